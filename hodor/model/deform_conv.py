@@ -1,0 +1,97 @@
+"""Deformable convolution v1 (one offset group, no modulation) from grid sampling and a matmul.
+
+Semantics are those of the usual ``DeformConv2d`` (stride 1, dilation 1, "same"
+padding): for output pixel (y, x) and kernel tap (i, j), taken row-major, the
+input is read at ``(y - pad + i + dy, x - pad + j + dx)`` where ``(dy, dx)`` is
+the tap's offset pair, bilinearly, with zeros outside the map. Sampling every
+tap with ``grid_sample`` and contracting with the weights as one matmul keeps
+the operation exportable (GridSample + MatMul) without a custom operator.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _normalised(coord: Tensor, size: int) -> Tensor:
+    """Pixel coordinate -> ``grid_sample`` coordinate for ``align_corners=False``.
+
+    ``grid_sample`` reads pixel ``((g + 1) * size - 1) / 2`` for normalised ``g``; this is its inverse.
+    """
+    return (2.0 * coord + 1.0) / size - 1.0
+
+
+def deform_conv2d(x: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """Deformable 3x3 (any odd kxk) convolution, stride 1, "same" padding.
+
+    Args:
+        x: ``[B, C, H, W]`` input.
+        offsets: ``[B, 2*kh*kw, H, W]``, per tap ``(dy, dx)``, taps row-major.
+        weight: ``[O, C, kh, kw]``.
+        bias: ``[O]`` or None.
+
+    Returns:
+        ``[B, O, H, W]``.
+    """
+    b, c, h, w = x.shape
+    out_ch, _, kh, kw = weight.shape
+    taps = kh * kw
+    # Sampling positions reach ~100s of pixels: in half precision they would be off by a
+    # sizeable fraction of a pixel, so positions and sampling use at least float32.
+    pos_dtype = torch.promote_types(x.dtype, torch.float32)
+    off = offsets.to(pos_dtype).unflatten(1, (taps, 2))  # [B, taps, 2, H, W]
+
+    # Undeformed sampling position of every tap, relative to the output pixel.
+    tap = torch.arange(taps, device=x.device)
+    tap_dy = (tap // kw - (kh - 1) // 2).to(pos_dtype)[:, None, None]  # [taps, 1, 1]
+    tap_dx = (tap % kw - (kw - 1) // 2).to(pos_dtype)[:, None, None]
+    rows = torch.arange(h, device=x.device).to(pos_dtype)[None, :, None]  # [1, H, 1]
+    cols = torch.arange(w, device=x.device).to(pos_dtype)[None, None, :]  # [1, 1, W]
+
+    py = rows + tap_dy + off[:, :, 0]  # [B, taps, H, W]
+    px = cols + tap_dx + off[:, :, 1]
+    grid = torch.stack((_normalised(px, w), _normalised(py, h)), dim=-1)  # [B, taps, H, W, 2]
+    sampled = F.grid_sample(
+        x.to(pos_dtype), grid.flatten(1, 2), mode="bilinear", padding_mode="zeros", align_corners=False
+    ).to(x.dtype)  # [B, C, taps*H, W]
+
+    # Columns ordered (channel, tap), as the weight's [C, kh, kw] flattening.
+    columns = sampled.reshape(b, c * taps, h * w)
+    out = torch.matmul(weight.reshape(out_ch, c * taps), columns)  # [B, O, H*W]
+    if bias is not None:
+        out = out + bias[:, None]
+    return out.unflatten(-1, (h, w))
+
+
+class DeformConv2d(nn.Module):
+    """Parameters named as in the official checkpoints: ``weight [O, C, k, k]``, ``bias [O]``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError("only odd kernel sizes ('same' padding) are supported")
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor, offsets: Tensor) -> Tensor:
+        """``x [B, C, H, W]``, ``offsets [B, 2*k*k, H, W]`` -> ``[B, O, H, W]``."""
+        return deform_conv2d(x, offsets, self.weight, self.bias)
+
+
+class DeformConvBlock(nn.Module):
+    """Offsets predicted by a plain 3x3 convolution, then a deformable 3x3 convolution."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv_offsets = nn.Conv2d(channels, 3 * 3 * 2, 3, padding=1)
+        self.conv_deform = DeformConv2d(channels, channels, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C, H, W]`` -> ``[B, C, H, W]``."""
+        return self.conv_deform(x, self.conv_offsets(x))

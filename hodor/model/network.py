@@ -1,0 +1,61 @@
+"""The HODOR network as three stages: backbone, encode, decode (DESIGN.md, "Stages")."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from hodor.config import ModelConfig
+from hodor.model.backbone import FeatureExtractor
+from hodor.model.decoder import Decoder
+from hodor.model.encoder import Encoder
+
+
+class HodorNet(nn.Module):
+    """HODOR for inference; its ``state_dict`` keys are those of the official checkpoints.
+
+    The stages are separate methods, not ``forward``, because the runtime calls them
+    at different rates (backbone per frame batch, encode/decode per frame).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.feature_extractor = FeatureExtractor()
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    def backbone(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``images [B, 3, H, W]`` normalised, H and W multiples of 32
+        -> ``f4 [B, 256, H/4, W/4]``, ``f8 [B, 256, H/8, W/8]``."""
+        return self.feature_extractor(images)
+
+    def encode(self, f8: Tensor, fg_masks: Tensor, bg_masks: Tensor) -> tuple[Tensor, Tensor]:
+        """``f8 [1, 256, h, w]``, ``fg_masks [1, I, h, w]``, ``bg_masks [1, Qb, h, w]`` (probabilities)
+        -> ``fg_desc [1, I, 256]``, ``bg_desc [1, Qb, 256]``."""
+        return self.encoder(f8, fg_masks, bg_masks)
+
+    def decode(
+        self,
+        f4: Tensor,
+        f8: Tensor,
+        fg_hist: Tensor,
+        bg_hist: Tensor,
+        fg_invalid: Tensor,
+        bg_invalid: Tensor,
+    ) -> Tensor:
+        """``f4 [1, 256, 2h, 2w]``, ``f8 [1, 256, h, w]``, ``fg_hist [1, I, T, 256]``,
+        ``bg_hist [1, Qb, T, 256]``, ``fg_invalid [1, I, T]`` and ``bg_invalid [1, Qb, T]`` bool
+        (True = ignore) -> ``logits [1, 1 + Qb + I, 2h, 2w]`` (catch-all, background, objects)."""
+        return self.decoder(
+            f4,
+            f8,
+            fg_hist,
+            bg_hist,
+            fg_invalid,
+            bg_invalid,
+            self.encoder.fg_query_embed,
+            self.encoder.bg_query_embed,
+        )
+
+    def forward(self, *args: object) -> None:
+        raise TypeError("HodorNet has no single forward pass: call backbone(), encode() or decode()")

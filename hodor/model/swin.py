@@ -1,0 +1,219 @@
+"""Swin Transformer (Tiny) backbone, inference only, with the official parameter names.
+
+Patch embedding 4x4 + LayerNorm; four stages of (shifted-)window attention
+blocks, window 7, depths 2/2/6/2, heads 3/6/12/24, patch merging between stages;
+a LayerNorm on each stage's output. Feature maps travel as ``[B, H, W, C]``
+inside the stages. Window padding and the shifted-window mask are derived from
+the input's shape on every call, so one traced graph serves every size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+EMBED_DIM = 96
+DEPTHS = (2, 2, 6, 2)
+NUM_HEADS = (3, 6, 12, 24)
+WINDOW = 7
+MASK_VALUE = -100.0  # what the original adds between tokens from different regions
+
+
+def relative_position_index(window: int) -> Tensor:
+    """``[window^2, window^2]`` index into the relative position bias table."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij"))
+    coords = coords.flatten(1)  # [2, N]
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # [N, N, 2]
+    rel = rel + (window - 1)
+    return rel[:, :, 0] * (2 * window - 1) + rel[:, :, 1]
+
+
+def window_partition(x: Tensor, window: int) -> Tensor:
+    """``[B, Hp, Wp, C]`` (Hp, Wp multiples of ``window``) -> ``[B * nW, window^2, C]``, windows row-major."""
+    b, hp, wp, c = x.shape
+    x = x.reshape(b, hp // window, window, wp // window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c)
+
+
+def window_merge(windows: Tensor, window: int, b: int, hp: int, wp: int) -> Tensor:
+    """Inverse of :func:`window_partition`: ``[B * nW, window^2, C]`` -> ``[B, Hp, Wp, C]``."""
+    c = windows.shape[-1]
+    x = windows.reshape(b, hp // window, wp // window, window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
+
+
+def shifted_window_mask(hp: int, wp: int, window: int, shift: int, like: Tensor) -> Tensor:
+    """Attention bias that keeps a shifted window from mixing regions that the roll made adjacent.
+
+    The padded map (``hp x wp``) is cut into 3 bands per axis — ``[0, hp-window)``,
+    ``[hp-window, hp-shift)``, ``[hp-shift, hp)`` — and tokens of different regions
+    get ``-100``, as in the original. Computed from shapes with tensor ops only.
+
+    Returns:
+        ``[nW, window^2, window^2]`` in ``like``'s dtype and device.
+    """
+
+    def bands(n: int) -> Tensor:
+        i = torch.arange(n, device=like.device)
+        return (i >= n - window).long() + (i >= n - shift).long()  # 0, 1, 2
+
+    region = bands(hp)[:, None] * 3 + bands(wp)[None, :]  # [hp, wp]
+    region = window_partition(region[None, :, :, None], window).squeeze(-1)  # [nW, N]
+    different = region[:, None, :] != region[:, :, None]  # [nW, N, N]
+    zero = torch.zeros((), dtype=like.dtype, device=like.device)
+    return torch.where(different, zero + MASK_VALUE, zero)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside each window, with a learned relative position bias."""
+
+    def __init__(self, dim: int, num_heads: int, window: int = WINDOW) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.window = window
+        self.scale = (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
+        # Part of the official checkpoints, so it is a persistent buffer loaded like a weight.
+        self.register_buffer("relative_position_index", relative_position_index(window))
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """``x [B*nW, N, C]``, ``mask [nW, N, N]`` or None -> ``[B*nW, N, C]``."""
+        bw, n, c = x.shape
+        qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # [B*nW, heads, N, D]
+        attn = (q * self.scale) @ k.transpose(-2, -1)  # [B*nW, heads, N, N]
+        bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
+        attn = attn + bias.reshape(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+        if mask is not None:
+            nw = mask.shape[0]
+            attn = attn.reshape(-1, nw, self.num_heads, n, n) + mask[None, :, None]
+            attn = attn.reshape(-1, self.num_heads, n, n)
+        attn = attn.softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(bw, n, c))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwinBlock(nn.Module):
+    """(Shifted-)window attention + MLP, both residual, LayerNorm before each."""
+
+    def __init__(self, dim: int, num_heads: int, shift: int, window: int = WINDOW) -> None:
+        super().__init__()
+        self.window = window
+        self.shift = shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, window)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, 4 * dim)
+
+    def forward(self, x: Tensor, shift_mask: Tensor) -> Tensor:
+        """``x [B, H, W, C]``, ``shift_mask [nW, N, N]`` (used by shifted blocks) -> ``[B, H, W, C]``."""
+        b, h, w, c = x.shape
+        win = self.window
+        y = self.norm1(x)
+        # Zero-pad the normalised map to whole windows; padded tokens take part in the
+        # attention unmasked (as in the original) and are cropped before the residual.
+        y = F.pad(y, (0, 0, 0, (win - w % win) % win, 0, (win - h % win) % win))
+        hp, wp = y.shape[1], y.shape[2]
+        if self.shift > 0:
+            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        y = self.attn(window_partition(y, win), shift_mask if self.shift > 0 else None)
+        y = window_merge(y, win, b, hp, wp)
+        if self.shift > 0:
+            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = x + y[:, :h, :w, :]
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbourhoods -> LayerNorm -> linear 4C -> 2C."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, H, W, C]`` -> ``[B, ceil(H/2), ceil(W/2), 2C]``."""
+        h, w = x.shape[1], x.shape[2]
+        x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        return self.reduction(self.norm(x))
+
+
+class SwinStage(nn.Module):
+    """``depth`` blocks alternating plain and shifted windows, then (optionally) patch merging."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, downsample: bool, window: int = WINDOW) -> None:
+        super().__init__()
+        self.window = window
+        self.shift = window // 2
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, num_heads, shift=0 if i % 2 == 0 else self.shift, window=window)
+            for i in range(depth)
+        )
+        self.downsample = PatchMerging(dim) if downsample else None
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``[B, H, W, C]`` -> (stage output ``[B, H, W, C]``, input of the next stage)."""
+        win = self.window
+        hp = x.shape[1] + (win - x.shape[1] % win) % win
+        wp = x.shape[2] + (win - x.shape[2] % win) % win
+        mask = shifted_window_mask(hp, wp, win, self.shift, like=x)
+        for block in self.blocks:
+            x = block(x, mask)
+        return x, (self.downsample(x) if self.downsample is not None else x)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch: int = 4, in_ch: int = 3, dim: int = EMBED_DIM) -> None:
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Conv2d(in_ch, dim, kernel_size=patch, stride=patch)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, 3, H, W]`` -> ``[B, H/4, W/4, C]`` (channels last)."""
+        p = self.patch
+        x = F.pad(x, (0, (p - x.shape[3] % p) % p, 0, (p - x.shape[2] % p) % p))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class SwinTransformer(nn.Module):
+    """Swin-Tiny; ``forward`` returns the four normalised stage outputs ``[B, C_i, H/2^(i+2), W/2^(i+2)]``.
+
+    ``C_i`` = 96, 192, 384, 768.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch_embed = PatchEmbed()
+        dims = [EMBED_DIM * 2**i for i in range(len(DEPTHS))]
+        self.layers = nn.ModuleList(
+            SwinStage(dims[i], DEPTHS[i], NUM_HEADS[i], downsample=i < len(DEPTHS) - 1)
+            for i in range(len(DEPTHS))
+        )
+        for i, dim in enumerate(dims):
+            self.add_module(f"norm{i}", nn.LayerNorm(dim))
+        self.num_features = dims
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.patch_embed(x)
+        outs = []
+        for i, stage in enumerate(self.layers):
+            out, x = stage(x)
+            norm = getattr(self, f"norm{i}")
+            outs.append(norm(out).permute(0, 3, 1, 2).contiguous())
+        return outs

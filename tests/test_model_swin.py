@@ -1,0 +1,68 @@
+"""Swin pieces whose construction is shape-derived: windows, the shifted-window mask, the bias index."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hodor.model.swin import (
+    SwinBlock,
+    relative_position_index,
+    shifted_window_mask,
+    window_merge,
+    window_partition,
+)
+
+
+def _mask_by_slices(hp: int, wp: int, window: int, shift: int) -> torch.Tensor:
+    """The original construction: label 3x3 regions by slice assignment, compare labels per window."""
+    img = torch.zeros(1, hp, wp, 1)
+    slices = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    cnt = 0
+    for hs in slices:
+        for ws in slices:
+            img[:, hs, ws, :] = cnt
+            cnt += 1
+    windows = window_partition(img, window).squeeze(-1)  # [nW, N]
+    diff = windows.unsqueeze(1) - windows.unsqueeze(2)
+    return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+
+
+@pytest.mark.parametrize("hp,wp", [(7, 7), (7, 14), (14, 21), (28, 14), (35, 56)])
+def test_shifted_window_mask_matches_slices(hp: int, wp: int) -> None:
+    got = shifted_window_mask(hp, wp, 7, 3, like=torch.zeros(1))
+    assert torch.equal(got, _mask_by_slices(hp, wp, 7, 3))
+
+
+def test_shifted_window_mask_dtype() -> None:
+    got = shifted_window_mask(14, 14, 7, 3, like=torch.zeros(1, dtype=torch.float16))
+    assert got.dtype == torch.float16 and set(got.unique().tolist()) == {-100.0, 0.0}
+
+
+def test_relative_position_index() -> None:
+    idx = relative_position_index(7)
+    assert idx.shape == (49, 49) and idx.dtype == torch.int64
+    for a in range(49):
+        for b in range(0, 49, 5):
+            dy, dx = a // 7 - b // 7, a % 7 - b % 7
+            assert idx[a, b] == (dy + 6) * 13 + (dx + 6)
+
+
+def test_window_partition_round_trip() -> None:
+    x = torch.randn(2, 14, 21, 5)
+    windows = window_partition(x, 7)
+    assert windows.shape == (2 * 2 * 3, 49, 5)
+    assert torch.equal(windows[1].reshape(7, 7, 5), x[0, 0:7, 7:14])
+    assert torch.equal(window_merge(windows, 7, 2, 14, 21), x)
+
+
+@pytest.mark.parametrize("shift", [0, 3])
+def test_block_crops_its_padding(shift: int) -> None:
+    """A map that is not a whole number of windows keeps its size; padded tokens are dropped."""
+    torch.manual_seed(0)
+    block = SwinBlock(12, 3, shift=shift).eval()
+    x = torch.randn(2, 9, 11, 12)
+    mask = shifted_window_mask(14, 14, 7, 3, like=x)
+    with torch.no_grad():
+        y = block(x, mask)
+    assert y.shape == x.shape and torch.isfinite(y).all()
