@@ -23,7 +23,8 @@ class Backend(Protocol):
     config: HodorConfig
 
     def backbone(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``images [B,3,H,W]`` f32, normalised, padded to /32 -> ``f4 [B,256,H/4,W/4]``, ``f8 [B,256,H/8,W/8]``."""
+        """``images [B,3,H,W]`` f32, normalised, padded to /32
+        -> ``f4 [B,256,H/4,W/4]``, ``f8 [B,256,H/8,W/8]``."""
         ...
 
     def encode(
@@ -48,5 +49,9 @@ class Backend(Protocol):
         ...
 
     def check_limits(self, num_objects: int, history: int, height: int, width: int) -> None:
-        """Raise ``HodorError`` naming the limit (and how to lift it) if a call would exceed it."""
+        """Raise ``HodorError`` naming the limit (and how to lift it) if a call would exceed it.
+
+        The session calls it before every ``encode`` (``history`` = 1) and ``decode``;
+        ``height``/``width`` are the padded frame's (multiples of 32), ``num_objects`` is I.
+        """
         ...

@@ -1,0 +1,85 @@
+"""Choosing and opening a backend for a model path (``hodor-run --model/--backend/--device``).
+
+A ``.pth`` file is an official checkpoint and runs on the torch backend. A directory
+is an export (``hodor-export``): ONNX graphs and TensorRT engines with a manifest;
+the backends that run those register in ``EXPORT_BACKENDS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hodor.config import HodorConfig, config_beside, with_dims
+from hodor.engine.backend import Backend
+from hodor.errors import HodorError
+
+BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
+
+
+@dataclass(frozen=True)
+class ConfigOverrides:
+    """What the command line may change in the model's config."""
+
+    config_path: Path | None = None  # default: config.yaml beside the checkpoint
+    min_dim: int | None = None
+    max_dim: int | None = None
+
+    def apply(self, cfg: HodorConfig) -> HodorConfig:
+        return with_dims(cfg, self.min_dim, self.max_dim)
+
+
+ExportOpener = Callable[[Path, str | None, ConfigOverrides], Backend]
+"""``(export_dir, device, overrides) -> Backend``; raises ``HodorError`` when it cannot run here."""
+
+EXPORT_BACKENDS: dict[str, ExportOpener] = {}
+"""Export-directory backends by name, in the order ``--backend auto`` tries them."""
+
+
+def open_backend(
+    model_path: str | Path,
+    backend: str = "auto",
+    device: str | None = None,
+    overrides: ConfigOverrides | None = None,
+) -> Backend:
+    """Open ``model_path`` (a ``.pth`` checkpoint or an export directory) on ``backend``/``device``."""
+    path = Path(model_path)
+    overrides = overrides or ConfigOverrides()
+    if backend not in BACKEND_CHOICES:
+        raise HodorError(f"unknown backend {backend!r}: choose one of {', '.join(BACKEND_CHOICES)}")
+    if path.is_dir():
+        return _open_export(path, backend, device, overrides)
+    if not path.exists():
+        raise HodorError(f"model not found: {path}")
+    if backend not in ("auto", "torch"):
+        raise HodorError(
+            f"--backend {backend} runs an export directory, but {path} is a checkpoint file; "
+            f"export it first (hodor-export {path}) or use --backend torch"
+        )
+    from hodor.engine.torch_backend import open_torch_backend
+
+    cfg = overrides.apply(config_beside(path, overrides.config_path))
+    return open_torch_backend(path, cfg, device)
+
+
+def _open_export(path: Path, backend: str, device: str | None, overrides: ConfigOverrides) -> Backend:
+    if backend == "torch":
+        raise HodorError(f"--backend torch needs a .pth checkpoint, but {path} is a directory (an export)")
+    names = list(EXPORT_BACKENDS) if backend == "auto" else [backend]
+    available = [n for n in names if n in EXPORT_BACKENDS]
+    if not available:
+        wanted = "an onnxruntime or tensorrt backend" if backend == "auto" else f"the {backend} backend"
+        raise HodorError(
+            f"{path} is an export directory, but {wanted} is not available in this installation; "
+            "pass a .pth checkpoint with --model to run on the torch backend"
+        )
+    errors = []
+    for name in available:
+        try:
+            return EXPORT_BACKENDS[name](path, device, overrides)
+        except HodorError as exc:
+            if backend != "auto":
+                raise
+            errors.append(f"{name}: {exc}")
+    raise HodorError(f"no backend could open {path} ({'; '.join(errors)})")

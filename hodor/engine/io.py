@@ -1,0 +1,344 @@
+"""Reading frames and masks, writing masks and the overlay video.
+
+Frames come from a video file (anything PyAV decodes, as ``rgb24``, with the
+rotation of its display matrix applied) or a directory of jpg/png images sorted by
+name. Masks are palette PNGs whose pixel values are object ids. Every output file
+is written under a temporary name and renamed, so an interrupted run leaves only
+whole files.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from hodor.errors import HodorError
+
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
+DIRECTORY_FPS = Fraction(24)
+"""Frame rate of the overlay for a directory of frames, which carries none (DAVIS is 24 fps)."""
+MIN_INDEX_DIGITS = 5
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def rotate_to_display(frame: np.ndarray, rotation: float) -> np.ndarray:
+    """Turn a decoded frame ``[H,W,C]`` upright: ``rotation`` is the display matrix's
+    counter-clockwise angle in degrees (PyAV's ``VideoFrame.rotation``), a multiple of 90."""
+    quarter_turns = int(round(rotation / 90.0)) % 4
+    if quarter_turns == 0:
+        return frame
+    return np.ascontiguousarray(np.rot90(frame, quarter_turns))
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """The frames of one input: ``len()`` frames of ``height x width``, named by ``stems``."""
+
+    path: Path
+    kind: str  # "video" or "directory"
+    stems: tuple[str, ...]
+    height: int
+    width: int
+    fps: Fraction
+    files: tuple[Path, ...] = ()  # directory inputs only
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    def stem(self, index: int) -> str:
+        """Output name of frame ``index`` (a video may decode more frames than its container says)."""
+        if index < len(self.stems):
+            return self.stems[index]
+        return f"{index:0{len(self.stems[-1])}d}"
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Frames ``[H,W,3]`` uint8 RGB, in order, decoded one at a time."""
+        if self.kind == "directory":
+            for file in self.files:
+                frame = read_image_rgb(file)
+                if frame.shape[:2] != self.size:
+                    raise HodorError(
+                        f"{file}: frame is {frame.shape[1]}x{frame.shape[0]}, "
+                        f"but the first frame is {self.width}x{self.height}; all frames must be the same size"
+                    )
+                yield frame
+        else:
+            yield from _decode_video(self.path)
+
+
+def read_image_rgb(path: Path) -> np.ndarray:
+    """An image file as ``[H,W,3]`` uint8 RGB, EXIF orientation applied (as OpenCV reads it)."""
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            return np.asarray(img.convert("RGB")).copy()
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise HodorError(f"{path}: cannot read this image ({exc.__class__.__name__})") from None
+
+
+def _open_container(path: Path) -> av.container.InputContainer:
+    try:
+        container = av.open(str(path), mode="r")
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
+        raise HodorError(f"{path}: not a readable video ({exc.__class__.__name__}: {exc})") from None
+    if not container.streams.video:
+        container.close()
+        raise HodorError(f"{path}: has no video stream (no frames to segment)")
+    return container
+
+
+def _frame_rgb(frame: av.VideoFrame, stream_rotation: float) -> np.ndarray:
+    rotation = getattr(frame, "rotation", None)
+    if rotation is None:
+        rotation = stream_rotation
+    return rotate_to_display(frame.to_ndarray(format="rgb24"), rotation)
+
+
+def _stream_rotation(stream: av.video.stream.VideoStream) -> float:
+    # Older containers carry a clockwise "rotate" tag instead of a display matrix on the frames.
+    try:
+        return -float(stream.metadata.get("rotate", 0))
+    except ValueError:
+        return 0.0
+
+
+def _decode_video(path: Path) -> Iterator[np.ndarray]:
+    container = _open_container(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        fallback = _stream_rotation(stream)
+        for frame in container.decode(stream):
+            yield _frame_rgb(frame, fallback)
+    except av.error.FFmpegError as exc:
+        raise HodorError(f"{path}: video cannot be decoded ({exc})") from None
+    finally:
+        container.close()
+
+
+def _count_video_frames(container: av.container.InputContainer) -> int:
+    stream = container.streams.video[0]
+    if stream.frames > 0:
+        return stream.frames
+    # The container does not say: count packets (demuxing only, no decoding).
+    return sum(1 for packet in container.demux(stream) if packet.size > 0)
+
+
+def index_stems(count: int) -> tuple[str, ...]:
+    """Names of a video's frames: zero-padded indices, at least five digits."""
+    width = max(MIN_INDEX_DIGITS, len(str(max(count - 1, 0))))
+    return tuple(f"{i:0{width}d}" for i in range(count))
+
+
+def open_frames(path: str | Path) -> FrameSource:
+    """Open a video file or a directory of frames; check that it has frames and read the first."""
+    path = Path(path)
+    if not path.exists():
+        raise HodorError(f"input not found: {path}")
+    if path.is_dir():
+        files = sorted(
+            (p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith(".")),
+            key=lambda p: p.name,
+        )
+        if not files:
+            raise HodorError(f"{path}: no frames (no .jpg or .png files in this directory)")
+        stems = [p.stem for p in files]
+        if len(set(stems)) != len(stems):
+            twice = sorted({s for s in stems if stems.count(s) > 1})
+            raise HodorError(
+                f"{path}: several frames share the name {twice[0]!r}; output masks would collide"
+            )
+        first = read_image_rgb(files[0])
+        return FrameSource(
+            path=path,
+            kind="directory",
+            stems=tuple(stems),
+            height=first.shape[0],
+            width=first.shape[1],
+            fps=DIRECTORY_FPS,
+            files=tuple(files),
+        )
+
+    container = _open_container(path)
+    try:
+        stream = container.streams.video[0]
+        fps = stream.average_rate or stream.guessed_rate or stream.base_rate or Fraction(25)
+        try:
+            first = next((f for f in container.decode(stream)), None)
+        except av.error.FFmpegError as exc:
+            raise HodorError(f"{path}: video cannot be decoded ({exc})") from None
+        if first is None:
+            raise HodorError(f"{path}: the video has no frames")
+        first_rgb = _frame_rgb(first, _stream_rotation(stream))
+    finally:
+        container.close()
+    # A fresh container for counting: not every format can seek back to the start.
+    container = _open_container(path)
+    try:
+        count = _count_video_frames(container)
+    except av.error.FFmpegError as exc:
+        raise HodorError(f"{path}: video cannot be read to the end ({exc})") from None
+    finally:
+        container.close()
+    count = max(count, 1)
+    return FrameSource(
+        path=path,
+        kind="video",
+        stems=index_stems(count),
+        height=first_rgb.shape[0],
+        width=first_rgb.shape[1],
+        fps=Fraction(fps),
+    )
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def default_palette() -> list[int]:
+    """The DAVIS / PASCAL VOC palette (768 values): object ``i``'s colour from the bits of ``i``."""
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+@dataclass(frozen=True)
+class MaskImage:
+    """A mask file: ``ids [H,W]`` uint8 object ids and its palette (768 values; ``None`` if it had none)."""
+
+    path: Path
+    ids: np.ndarray
+    palette: list[int] | None
+
+
+def read_mask(path: str | Path) -> MaskImage:
+    """Read a palette PNG (pixel value = object id); greyscale images are accepted as ids too."""
+    path = Path(path)
+    if not path.is_file():
+        raise HodorError(f"mask not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            palette = img.getpalette() if mode == "P" else None
+            if mode not in ("P", "L"):
+                raise HodorError(
+                    f"{path}: a mask must be a palette PNG whose pixel values are object ids "
+                    f"(this image is {mode}); save it in P mode"
+                )
+            ids = np.asarray(img).astype(np.uint8).copy()
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise HodorError(f"{path}: cannot read this mask ({exc.__class__.__name__})") from None
+    if palette is not None:
+        palette = (list(palette) + [0] * 768)[:768]
+    return MaskImage(path=path, ids=ids, palette=palette)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _temporary_beside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_mask(path: str | Path, ids: np.ndarray, palette: list[int]) -> None:
+    """Write ``ids [H,W]`` uint8 as a palette PNG, atomically."""
+    path = Path(path)
+    tmp = _temporary_beside(path)
+    try:
+        img = Image.fromarray(np.ascontiguousarray(ids, dtype=np.uint8), mode="P")
+        img.putpalette(palette)
+        img.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise HodorError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def prepare_output_dir(path: str | Path) -> Path:
+    """Create ``path`` (and ``path/masks``) and check that files can be written there."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise HodorError(f"output directory {path} is an existing file; choose another --out")
+    try:
+        (path / "masks").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path / "masks"):
+            pass
+    except OSError as exc:
+        raise HodorError(f"cannot write to output directory {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def blend_overlay(frame: np.ndarray, ids: np.ndarray, palette: list[int], alpha: float = 0.5) -> np.ndarray:
+    """Objects' palette colours blended over ``frame [H,W,3]`` uint8 where ``ids [H,W]`` is non-zero."""
+    colours = np.asarray(palette, dtype=np.float32).reshape(-1, 3)[ids]
+    blended = frame.astype(np.float32) * (1 - alpha) + colours * alpha
+    return np.where(ids[..., None] > 0, blended + 0.5, frame).astype(np.uint8)
+
+
+class OverlayWriter:
+    """``overlay.mp4``: the masks over the frames at the source frame rate (H.264 where available)."""
+
+    def __init__(self, path: str | Path, fps: Fraction, height: int, width: int, palette: list[int]) -> None:
+        self.path = Path(path)
+        self.palette = palette
+        self._tmp = _temporary_beside(self.path)
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        try:
+            self._container = av.open(str(self._tmp), mode="w", format="mp4")
+            self._stream = self._container.add_stream(codec, rate=fps)
+        except (av.error.FFmpegError, OSError) as exc:
+            self._tmp.unlink(missing_ok=True)
+            raise HodorError(f"cannot write {self.path}: {exc}") from None
+        # 4:2:0 chroma needs even sizes; the odd last row/column is repeated.
+        self._stream.height = height + height % 2
+        self._stream.width = width + width % 2
+        self._stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            self._stream.options = {"crf": "20", "preset": "veryfast"}
+        else:
+            self._stream.bit_rate = 4_000_000
+
+    def write(self, frame: np.ndarray, ids: np.ndarray) -> None:
+        image = blend_overlay(frame, ids, self.palette)
+        pad_h, pad_w = self._stream.height - image.shape[0], self._stream.width - image.shape[1]
+        if pad_h or pad_w:
+            image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        video_frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        for packet in self._stream.encode(video_frame):
+            self._container.mux(packet)
+
+    def close(self) -> None:
+        """Flush, close and move the finished file into place."""
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            self._container.close()
+        except (av.error.FFmpegError, OSError):
+            pass  # already failing; the temporary file goes either way
+        self._tmp.unlink(missing_ok=True)

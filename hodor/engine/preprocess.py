@@ -1,0 +1,114 @@
+"""Frames and reference masks into the network's input space, as the official pipeline prepares them.
+
+Frames: BGR float → bilinear resize (``align_corners=False``, no antialiasing) to
+``(round(s·h), round(s·w))`` → ÷255 if the config says so → ``(x − mean) / std`` with
+the config's BGR-ordered vectors → flip to RGB if the config says so → zero-pad
+right/bottom to a multiple of 32. Reference masks: one binary mask per object,
+resized on its own as floats, kept where > 0.5, zero-padded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from hodor.config import InputConfig
+
+PAD_MULTIPLE = 32
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """Sizes (height, width) of one video's frames at each stage of pre-processing."""
+
+    height: int
+    width: int
+    resized_height: int
+    resized_width: int
+    padded_height: int
+    padded_width: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    @property
+    def resized(self) -> tuple[int, int]:
+        return self.resized_height, self.resized_width
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        return self.padded_height, self.padded_width
+
+    def at_stride(self, stride: int) -> tuple[int, int]:
+        """Size of the padded frame's feature map at ``1/stride`` (4 or 8)."""
+        return self.padded_height // stride, self.padded_width // stride
+
+
+def frame_geometry(height: int, width: int, min_dim: int, max_dim: int) -> FrameGeometry:
+    """Resize the short side to ``min_dim`` unless the long side would exceed ``max_dim``.
+
+    Python's ``round`` (half to even) on ``scale · side``, in this order of operations,
+    as the official pre-processing computes it; a different rounding shifts every
+    resampled pixel.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"frame size must be positive, got {height}x{width}")
+    lower, higher = float(min(height, width)), float(max(height, width))
+    scale = min_dim / lower
+    if higher * scale > max_dim:
+        scale = max_dim / higher
+    resized_h, resized_w = round(scale * height), round(scale * width)
+    if resized_h < 1 or resized_w < 1:
+        raise ValueError(
+            f"frame {height}x{width} resizes to nothing with min_dim={min_dim}, max_dim={max_dim}"
+        )
+    return FrameGeometry(
+        height=height,
+        width=width,
+        resized_height=resized_h,
+        resized_width=resized_w,
+        padded_height=math.ceil(resized_h / PAD_MULTIPLE) * PAD_MULTIPLE,
+        padded_width=math.ceil(resized_w / PAD_MULTIPLE) * PAD_MULTIPLE,
+    )
+
+
+def _pad(x: torch.Tensor, geometry: FrameGeometry) -> torch.Tensor:
+    pad_h = geometry.padded_height - x.shape[-2]
+    pad_w = geometry.padded_width - x.shape[-1]
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="constant", value=0)
+
+
+def normalise_frames(frames: torch.Tensor, geometry: FrameGeometry, cfg: InputConfig) -> torch.Tensor:
+    """``frames [B,H,W,3]`` uint8 RGB -> network input ``[B,3,Hp,Wp]`` float32."""
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected frames [B,H,W,3], got {list(frames.shape)}")
+    # The official reader yields BGR; resampling is per channel, so the order only
+    # matters for which statistics apply to which channel.
+    x = frames.permute(0, 3, 1, 2).to(torch.float32).flip(1)
+    x = F.interpolate(x, size=geometry.resized, mode="bilinear", align_corners=False)
+    if cfg.normalize_to_unit_scale:
+        x = x / 255.0
+    mean = torch.tensor(cfg.mean_bgr, dtype=torch.float32, device=x.device)[None, :, None, None]
+    std = torch.tensor(cfg.std_bgr, dtype=torch.float32, device=x.device)[None, :, None, None]
+    x = (x - mean) / std
+    if cfg.rgb_input:
+        x = x.flip(1)
+    return _pad(x, geometry).contiguous()
+
+
+def reference_masks(
+    id_mask: torch.Tensor, object_ids: Sequence[int], geometry: FrameGeometry
+) -> torch.Tensor:
+    """``id_mask [H,W]`` (object ids) -> ``[I,Hp,Wp]`` bool, one resized binary mask per id."""
+    if tuple(id_mask.shape) != geometry.size:
+        raise ValueError(f"mask is {list(id_mask.shape)}, frames are {list(geometry.size)}")
+    if not object_ids:
+        return torch.zeros(0, *geometry.padded, dtype=torch.bool, device=id_mask.device)
+    binary = torch.stack([id_mask == int(i) for i in object_ids], 0).to(torch.float32)
+    resized = F.interpolate(binary[None], size=geometry.resized, mode="bilinear", align_corners=False)[0]
+    return _pad(resized > 0.5, geometry)
