@@ -35,7 +35,16 @@ def test_loads_the_parity_checkpoint_with_extra_entries(parity_checkpoint, parit
     assert not any(p.requires_grad for p in net.parameters())
     assert len(parity_state) == 469
     for key, value in net.state_dict().items():
+        assert value.device.type == "cpu" and value.dtype == parity_state[key].dtype
         assert torch.equal(value, parity_state[key]), key
+
+
+def test_half_precision_weights_are_loaded_as_float32(parity_checkpoint, parity_state, tmp_path) -> None:
+    half = {k: v.half() if v.is_floating_point() else v for k, v in parity_state.items()}
+    net = load_hodor(_save(tmp_path / "half.pth", {"model": half}), config_beside(parity_checkpoint))
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    index = "feature_extractor.bb_fpn.0.layers.0.blocks.0.attn.relative_position_index"
+    assert net.state_dict()[index].dtype == torch.int64
 
 
 def test_accepts_a_model_config_and_an_ordered_dict(parity_checkpoint, parity_state, tmp_path) -> None:

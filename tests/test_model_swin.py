@@ -7,6 +7,7 @@ import torch
 
 from hodor.model.swin import (
     SwinBlock,
+    SwinStage,
     relative_position_index,
     shifted_window_mask,
     window_merge,
@@ -66,3 +67,15 @@ def test_block_crops_its_padding(shift: int) -> None:
     with torch.no_grad():
         y = block(x, mask)
     assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+def test_stage_keeps_reduced_precision() -> None:
+    """The shifted-window mask follows the input's dtype: a bfloat16 stage stays bfloat16."""
+    torch.manual_seed(1)
+    stage = SwinStage(12, depth=2, num_heads=3, downsample=True).eval().to(torch.bfloat16)
+    x = torch.randn(1, 9, 16, 12, dtype=torch.bfloat16)
+    with torch.no_grad():
+        out, down = stage(x)
+    assert out.dtype == down.dtype == torch.bfloat16
+    assert out.shape == x.shape and down.shape == (1, 5, 8, 24)
+    assert torch.isfinite(out).all() and torch.isfinite(down).all()

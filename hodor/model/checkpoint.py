@@ -80,14 +80,26 @@ def check_state_dict(state: dict[str, torch.Tensor], net: torch.nn.Module, where
             )
 
 
+def hodor_from_state_dict(
+    state: dict[str, torch.Tensor], cfg: HodorConfig | ModelConfig, where: str = "weights"
+) -> HodorNet:
+    """The network for ``cfg`` holding ``state`` (strictly checked); eval mode, no gradients, on the CPU."""
+    model_cfg = cfg.model if isinstance(cfg, HodorConfig) else cfg
+    # Built without storage: every tensor is replaced by the checkpoint's, so a random
+    # initialisation would be wasted work and memory.
+    with torch.device("meta"):
+        net = HodorNet(model_cfg)
+    check_state_dict(state, net, where)
+    expected = net.state_dict()
+    state = {k: v.to(dtype=expected[k].dtype, device="cpu") for k, v in state.items()}
+    net.load_state_dict(state, strict=True, assign=True)
+    net.requires_grad_(False)
+    return net.eval()
+
+
 def load_hodor(
     checkpoint_path: str | Path, cfg: HodorConfig | ModelConfig, device: str | torch.device = "cpu"
 ) -> HodorNet:
     """Build the network for ``cfg`` and load the checkpoint strictly; eval mode, no gradients."""
-    model_cfg = cfg.model if isinstance(cfg, HodorConfig) else cfg
     state = read_state_dict(checkpoint_path)
-    net = HodorNet(model_cfg)
-    check_state_dict(state, net, str(checkpoint_path))
-    net.load_state_dict(state, strict=True)
-    net.requires_grad_(False)
-    return net.eval().to(device)
+    return hodor_from_state_dict(state, cfg, str(checkpoint_path)).to(device)
