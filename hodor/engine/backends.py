@@ -8,11 +8,12 @@ the backends that run those register in ``EXPORT_BACKENDS``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hodor.config import HodorConfig, config_beside, with_dims
 from hodor.engine.backend import Backend
+from hodor.engine.torch_backend import TorchOptions, open_torch_backend
 from hodor.errors import HodorError
 
 BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -20,11 +21,12 @@ BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
 
 @dataclass(frozen=True)
 class ConfigOverrides:
-    """What the command line may change in the model's config."""
+    """What the command line may change in the model's config, and how the torch backend runs it."""
 
     config_path: Path | None = None  # default: config.yaml beside the checkpoint
     min_dim: int | None = None
     max_dim: int | None = None
+    torch: TorchOptions = field(default_factory=TorchOptions)  # only for a .pth checkpoint
 
     def apply(self, cfg: HodorConfig) -> HodorConfig:
         return with_dims(cfg, self.min_dim, self.max_dim)
@@ -49,6 +51,12 @@ def open_backend(
     if backend not in BACKEND_CHOICES:
         raise HodorError(f"unknown backend {backend!r}: choose one of {', '.join(BACKEND_CHOICES)}")
     if path.is_dir():
+        if given := overrides.torch.given():
+            raise HodorError(
+                f"{' and '.join(given)} choose how the torch backend runs a .pth checkpoint, but {path} "
+                "is an export directory, whose precision is fixed when it is built "
+                "(hodor-export --precision): leave them out, or pass the checkpoint with --model"
+            )
         return _open_export(path, backend, device, overrides)
     if not path.exists():
         raise HodorError(f"model not found: {path}")
@@ -57,10 +65,11 @@ def open_backend(
             f"--backend {backend} runs an export directory, but {path} is a checkpoint file; "
             f"export it first (hodor-export {path}) or use --backend torch"
         )
-    from hodor.engine.torch_backend import open_torch_backend
-
     cfg = overrides.apply(config_beside(path, overrides.config_path))
-    return open_torch_backend(path, cfg, device)
+    options = overrides.torch
+    return open_torch_backend(
+        path, cfg, device, kernels=options.kernels, dtype=options.precision, cuda_graphs=options.cuda_graphs
+    )
 
 
 def _open_export(path: Path, backend: str, device: str | None, overrides: ConfigOverrides) -> Backend:

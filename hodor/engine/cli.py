@@ -22,6 +22,7 @@ from hodor.engine.backends import BACKEND_CHOICES, ConfigOverrides, open_backend
 from hodor.engine.binding import load_references
 from hodor.engine.io import FrameSource, OverlayWriter, open_frames, prepare_output_dir, write_mask
 from hodor.engine.session import DEFAULT_CHUNK, DEFAULT_TEMPORAL_WINDOW, TinyObjectWarning, VideoSession
+from hodor.engine.torch_backend import KERNEL_CHOICES, PRECISIONS, TorchOptions
 from hodor.errors import HodorError
 
 PROG = "hodor-run"
@@ -86,6 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"frames per backbone batch (default {DEFAULT_CHUNK}); only these frames' features are held",
     )
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay.mp4")
+    torch_options = p.add_argument_group("torch backend (a .pth checkpoint)")
+    torch_options.add_argument(
+        "--kernels",
+        choices=KERNEL_CHOICES,
+        help="what computes the descriptor attentions, mask logits and pooling: the fused Triton kernels "
+        "(CUDA) or plain PyTorch (default: triton on CUDA when Triton is installed, else torch)",
+    )
+    torch_options.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        help="compute precision of the network; fp16 and bf16 need --device cuda (default: fp32)",
+    )
+    torch_options.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        default=None,
+        help="run the per-frame encode and decode eagerly instead of replaying CUDA graphs",
+    )
     return p
 
 
@@ -135,7 +155,12 @@ def run(args: argparse.Namespace) -> str:
     references = load_references(args.masks, frames)
     model_path = find_model(args.model)
     out_dir = prepare_output_dir(args.out or default_output_dir(args.input))
-    overrides = ConfigOverrides(config_path=args.config, min_dim=args.min_dim, max_dim=args.max_dim)
+    overrides = ConfigOverrides(
+        config_path=args.config,
+        min_dim=args.min_dim,
+        max_dim=args.max_dim,
+        torch=TorchOptions(kernels=args.kernels, precision=args.precision, cuda_graphs=args.cuda_graphs),
+    )
     backend = open_backend(model_path, args.backend, args.device, overrides)
     session = VideoSession(backend, temporal_window=args.temporal_window, chunk=args.chunk)
 

@@ -1,13 +1,50 @@
-"""The PyTorch backend: the plain model behind the three-stage seam, on the CPU or a CUDA GPU."""
+"""The PyTorch backend: the plain model behind the three-stage seam, on the CPU or a CUDA GPU.
+
+On CUDA it can run the fused Triton kernels for the descriptor computations
+(``kernels``), the network in half precision (``dtype``), and the per-frame encode
+and decode as CUDA graphs (``cuda_graphs``, see :mod:`hodor.engine.cuda_graphs`).
+Whatever the compute dtype, descriptors and logits leave the backend as float32, so the
+runtime's resampling, softmax and reference override always run in float32; backbone
+features stay in the compute dtype, since the runtime only hands them back.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from hodor.config import HodorConfig
+from hodor.engine.cuda_graphs import CudaGraphRunner
 from hodor.errors import HodorError
+
+KERNEL_CHOICES = ("torch", "triton")
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class TorchOptions:
+    """How the torch backend runs a checkpoint (``hodor-run --kernels/--precision/--no-cuda-graphs``).
+
+    ``None`` means the default: ``kernels`` triton on CUDA where Triton imports, else torch;
+    ``precision`` fp32; ``cuda_graphs`` on for CUDA.
+    """
+
+    kernels: str | None = None
+    precision: str | None = None
+    cuda_graphs: bool | None = None
+
+    def given(self) -> list[str]:
+        """The command-line options that were set, for messages."""
+        flags = []
+        if self.kernels is not None:
+            flags.append(f"--kernels {self.kernels}")
+        if self.precision is not None:
+            flags.append(f"--precision {self.precision}")
+        if self.cuda_graphs is False:
+            flags.append("--no-cuda-graphs")
+        return flags
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -25,25 +62,102 @@ def resolve_device(device: str | None) -> torch.device:
     raise HodorError(f"unknown device {device!r}: choose cpu or cuda")
 
 
+def resolve_kernels(kernels: str | None, device: torch.device) -> str:
+    """``"torch"`` or ``"triton"`` for ``device``; ``None`` picks triton on CUDA where Triton imports.
+
+    Raises ``HodorError`` when ``"triton"`` cannot run here (not installed, or the CPU
+    without ``TRITON_INTERPRET=1``).
+    """
+    from hodor.model.kernel_choice import triton_unavailable_reason  # the model only loads for this backend
+
+    if kernels is None:
+        if device.type == "cuda" and triton_unavailable_reason(device) is None:
+            return "triton"
+        return "torch"
+    if kernels not in KERNEL_CHOICES:
+        raise HodorError(f"unknown kernels {kernels!r}: choose one of {', '.join(KERNEL_CHOICES)}")
+    if kernels == "triton" and (reason := triton_unavailable_reason(device)) is not None:
+        raise HodorError(f"--kernels triton: {reason}; use --kernels torch")
+    return kernels
+
+
+def resolve_dtype(precision: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The compute dtype for ``precision`` (``fp32``, ``fp16``, ``bf16`` or a torch dtype; None: fp32).
+
+    Raises ``HodorError`` for half precision off CUDA, and for bf16 on a GPU without it.
+    """
+    if precision is None:
+        return torch.float32
+    if isinstance(precision, torch.dtype):
+        names = {dtype: name for name, dtype in PRECISIONS.items()}
+        if precision not in names:
+            raise HodorError(f"unsupported dtype {precision}: choose one of {', '.join(PRECISIONS)}")
+        precision = names[precision]
+    if precision not in PRECISIONS:
+        raise HodorError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    if dtype != torch.float32 and device.type != "cuda":
+        raise HodorError(
+            f"--precision {precision} runs on CUDA GPUs only (--device cuda); "
+            f"on the {device.type} the torch backend computes in fp32: use --precision fp32"
+        )
+    if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise HodorError(
+            f"--precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; "
+            "use --precision fp16"
+        )
+    return dtype
+
+
 class TorchBackend:
-    """Runs ``hodor.model.HodorNet`` eagerly. No limits beyond memory."""
+    """Runs ``hodor.model.HodorNet`` eagerly, or through CUDA graphs. No limits beyond memory,
+    except the fused mask-logits kernel's history length.
+
+    ``net`` (a ``HodorNet``) is converted in place when ``kernels`` or ``dtype`` is given:
+    its kernels set to ``kernels``, its weights cast to ``dtype``; None keeps what it has.
+    ``graphs`` runs the per-frame encode and decode; None runs them eagerly.
+    """
 
     name = "torch"
 
-    def __init__(self, net: torch.nn.Module, config: HodorConfig, device: torch.device) -> None:
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        config: HodorConfig,
+        device: torch.device,
+        *,
+        kernels: str | None = None,
+        dtype: torch.dtype | None = None,
+        graphs: CudaGraphRunner | None = None,
+    ) -> None:
         self.net = net.eval()
         self.config = config
         self.device = device
+        if kernels is not None:
+            net.set_kernels(kernels)
+        if dtype is not None:
+            net.to(dtype)
+        self.kernels: str = net.kernels
+        self.dtype: torch.dtype = next(net.parameters()).dtype
+        self.graphs = graphs if graphs is not None else CudaGraphRunner(enabled=False)
+        self._max_history: int | None = None
+        if self.kernels == "triton":
+            from hodor.kernels.mask_logits import MAX_HISTORY  # the fused mask logits take a bounded history
+
+            self._max_history = MAX_HISTORY
 
     @torch.inference_mode()
     def backbone(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net.backbone(images)
+        """``images [B,3,H,W]`` float32 -> ``f4``, ``f8`` in the compute dtype."""
+        return self.net.backbone(images.to(self.dtype))
 
     @torch.inference_mode()
     def encode(
         self, f8: torch.Tensor, fg_masks: torch.Tensor, bg_masks: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net.encode(f8, fg_masks, bg_masks)
+        """Descriptors as float32 ``[1,I,256]``, ``[1,Qb,256]``."""
+        fg_desc, bg_desc = self.graphs("encode", self._encode, f8, fg_masks, bg_masks)
+        return fg_desc, bg_desc
 
     @torch.inference_mode()
     def decode(
@@ -55,22 +169,67 @@ class TorchBackend:
         fg_invalid: torch.Tensor,
         bg_invalid: torch.Tensor,
     ) -> torch.Tensor:
-        return self.net.decode(f4, f8, fg_hist, bg_hist, fg_invalid, bg_invalid)
+        """Logits as float32 ``[1,1+Qb+I,2h,2w]``."""
+        (logits,) = self.graphs("decode", self._decode, f4, f8, fg_hist, bg_hist, fg_invalid, bg_invalid)
+        return logits
 
     def check_limits(self, num_objects: int, history: int, height: int, width: int) -> None:
-        return None
+        if self._max_history is not None and history > self._max_history:
+            raise HodorError(
+                f"the Triton kernels take at most {self._max_history - 1} past frames, but this frame "
+                f"attends to {history - 1}: lower --temporal-window, or use --kernels torch"
+            )
+
+    # The stages as graphed: inputs converted to the compute dtype on the way in, outputs to
+    # float32 on the way out, so that the conversions are captured too.
+
+    def _encode(
+        self, f8: torch.Tensor, fg_masks: torch.Tensor, bg_masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        fg_desc, bg_desc = self.net.encode(f8.to(self.dtype), fg_masks, bg_masks)
+        return fg_desc.float(), bg_desc.float()
+
+    def _decode(
+        self,
+        f4: torch.Tensor,
+        f8: torch.Tensor,
+        fg_hist: torch.Tensor,
+        bg_hist: torch.Tensor,
+        fg_invalid: torch.Tensor,
+        bg_invalid: torch.Tensor,
+    ) -> tuple[torch.Tensor]:
+        logits = self.net.decode(
+            f4.to(self.dtype), f8.to(self.dtype), fg_hist, bg_hist, fg_invalid, bg_invalid
+        )
+        return (logits.float(),)
 
 
 def open_torch_backend(
-    checkpoint: str | Path, config: HodorConfig, device: str | None = None
+    checkpoint: str | Path,
+    config: HodorConfig,
+    device: str | None = None,
+    *,
+    kernels: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    cuda_graphs: bool | None = None,
 ) -> TorchBackend:
-    """Load an official ``.pth`` checkpoint (strict keys) for ``config`` on ``device``."""
+    """Load an official ``.pth`` checkpoint (strict keys) for ``config`` on ``device``.
+
+    ``kernels``: ``"torch"`` or ``"triton"`` (default: triton on CUDA where Triton imports);
+    ``dtype``: ``"fp32"``, ``"fp16"``, ``"bf16"`` or a torch dtype (default fp32; half
+    precision on CUDA only); ``cuda_graphs``: replay the per-frame stages as CUDA graphs
+    (default: on CUDA). Options that cannot run here raise ``HodorError`` before the
+    checkpoint is read.
+    """
     from hodor.model import load_hodor  # the model is only needed by this backend
 
     dev = resolve_device(device)
+    impl = resolve_kernels(kernels, dev)
+    compute_dtype = resolve_dtype(dtype, dev)
     if dev.type == "cuda":
         # TF32 convolutions would drift from the fp32 reference the masks are checked against.
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     net = load_hodor(checkpoint, config, device=str(dev))
-    return TorchBackend(net, config, dev)
+    graphs = CudaGraphRunner(enabled=dev.type == "cuda" and cuda_graphs is not False)
+    return TorchBackend(net, config, dev, kernels=impl, dtype=compute_dtype, graphs=graphs)

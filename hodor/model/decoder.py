@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from hodor.config import ModelConfig
 from hodor.model.deform_conv import DeformConvBlock
 from hodor.model.functional import mask_logits, pixel_descriptor_attention
+from hodor.model.kernel_choice import SelectsKernels, fused_kernels
 from hodor.model.position_encoding import sine_position_encoding
 
 DIMS = 256
@@ -39,7 +40,7 @@ class PixelQueryProjection(nn.Module):
         self.q_proj = nn.Linear(dims, dims)
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(SelectsKernels, nn.Module):
     def __init__(self, dims: int, num_heads: int, pre_normalize: bool) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -86,7 +87,13 @@ class DecoderLayer(nn.Module):
         query = pixels if pixel_pos is None else pixels + pixel_pos
         key = torch.cat((self.k_proj_fg(fg + fg_pos), self.k_proj_bg(bg + bg_pos)), 1)
         value = torch.cat((self.v_proj_fg(fg), self.v_proj_bg(bg)), 1)
-        attn = pixel_descriptor_attention(self.cross_attn.q_proj(query), key, value, invalid, self.num_heads)
+        query = self.cross_attn.q_proj(query)
+        if self.kernels == "triton":
+            attn = fused_kernels().pixel_descriptor_attention(
+                query, key, value, invalid, self.num_heads, impl="triton"
+            )
+        else:
+            attn = pixel_descriptor_attention(query, key, value, invalid, self.num_heads)
 
         pixels = self.norm1(pixels + attn)
         ffn = self.fc2(F.relu(self.fc1(pixels)))
@@ -94,7 +101,7 @@ class DecoderLayer(nn.Module):
         return pixels.transpose(1, 2).reshape(b, c, h, w)
 
 
-class Decoder(nn.Module):
+class Decoder(SelectsKernels, nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.use_pos_encodings = cfg.pos_encodings_in_decoder
@@ -161,5 +168,10 @@ class Decoder(nn.Module):
 
         desc = torch.cat((self.bg_query_proj(bg_hist), self.instance_query_proj(fg_hist)), 1)
         desc_invalid = torch.cat((bg_invalid, fg_invalid), 1)
+        if self.kernels == "triton":
+            # The kernel writes the logits after the catch-all map into one output: no concatenation.
+            return fused_kernels().mask_logits(
+                fmap, desc, desc_invalid, self.catch_all_conv(fmap), impl="triton"
+            )  # [B, 1+Qb+I, 2h, 2w]
         logits = mask_logits(fmap, desc, desc_invalid)  # [B, Qb+I, 2h, 2w]
         return torch.cat((self.catch_all_conv(fmap), logits), 1)

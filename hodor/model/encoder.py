@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from hodor.config import ModelConfig
 from hodor.model.functional import masked_avg_pool, soft_masked_attention
+from hodor.model.kernel_choice import SelectsKernels, fused_kernels
 from hodor.model.position_encoding import sine_position_encoding
 
 DIMS = 256
@@ -53,7 +54,7 @@ class DescriptorSelfAttention(nn.Module):
         return self.out_proj((attn @ v).transpose(1, 2).reshape(b, n, c))
 
 
-class SoftMaskedAttention(nn.Module):
+class SoftMaskedAttention(SelectsKernels, nn.Module):
     """Projections around :func:`soft_masked_attention`; ``scaling_factors`` are the per-head penalties."""
 
     def __init__(self, dims: int, num_heads: int) -> None:
@@ -68,9 +69,14 @@ class SoftMaskedAttention(nn.Module):
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, soft_mask: Tensor) -> Tensor:
         """``query [B, Q, C]``, ``key``/``value [B, S, C]``, ``soft_mask [B, Q, S]`` -> ``[B, Q, C]``."""
-        out = soft_masked_attention(
-            self.q_proj(query), self.k_proj(key), self.v_proj(value), soft_mask, self.scaling_factors
-        )
+        q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
+        if self.kernels == "triton":
+            num_heads = self.scaling_factors.shape[0]
+            out = fused_kernels().soft_masked_attention(
+                q, k, v, soft_mask, self.scaling_factors, num_heads, impl="triton"
+            )
+        else:
+            out = soft_masked_attention(q, k, v, soft_mask, self.scaling_factors)
         return self.out_proj(out)
 
 
@@ -109,7 +115,7 @@ class EncoderLayer(nn.Module):
         return self.norm3(desc + self.ffn(desc))
 
 
-class Encoder(nn.Module):
+class Encoder(SelectsKernels, nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.num_bg = cfg.num_bg_descriptors
@@ -132,7 +138,10 @@ class Encoder(nn.Module):
         bg_masks = bg_masks.to(f8.dtype)
 
         masks = torch.cat((bg_masks, fg_masks), 1)  # [B, Qb+I, h, w]: background first, as in training
-        desc = masked_avg_pool(f8, masks, num_background=self.num_bg)  # [B, Qb+I, C]
+        if self.kernels == "triton":
+            desc = fused_kernels().masked_avg_pool(f8, masks, self.num_bg, impl="triton")  # [B, Qb+I, C]
+        else:
+            desc = masked_avg_pool(f8, masks, num_background=self.num_bg)  # [B, Qb+I, C]
         desc_pos = torch.cat(
             (
                 self.bg_query_embed.unsqueeze(0).expand(b, -1, -1),

@@ -8,6 +8,7 @@ from hodor.config import ModelConfig
 from hodor.model.backbone import FeatureExtractor
 from hodor.model.decoder import Decoder
 from hodor.model.encoder import Encoder
+from hodor.model.kernel_choice import KernelImpl, SelectsKernels, check_kernels
 
 
 class HodorNet(nn.Module):
@@ -15,14 +16,40 @@ class HodorNet(nn.Module):
 
     The stages are separate methods, not ``forward``, because the runtime calls them
     at different rates (backbone per frame batch, encode/decode per frame).
+
+    ``kernels`` chooses what computes the soft-masked attention, the pixel->descriptor
+    attention, the mask logits and the masked average pooling: ``"torch"`` (default,
+    :mod:`hodor.model.functional`, what export traces) or ``"triton"`` (the fused kernels
+    of :mod:`hodor.kernels`); see :mod:`hodor.model.kernel_choice`.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, kernels: KernelImpl = "torch") -> None:
         super().__init__()
         self.config = cfg
         self.feature_extractor = FeatureExtractor()
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
+        self._kernels: KernelImpl = "torch"
+        self.set_kernels(kernels)
+
+    @property
+    def kernels(self) -> KernelImpl:
+        """The implementation in use, ``"torch"`` or ``"triton"``; change it with :meth:`set_kernels`."""
+        return self._kernels
+
+    def set_kernels(self, impl: KernelImpl) -> HodorNet:
+        """Route the four descriptor computations to ``impl`` (``"torch"`` or ``"triton"``); returns self.
+
+        Raises ``ValueError`` for an unknown name and ``HodorError`` for ``"triton"`` where
+        Triton is not installed. Where the kernels can run (CUDA, or the CPU under
+        ``TRITON_INTERPRET=1``) is checked when they are launched.
+        """
+        check_kernels(impl)
+        for module in self.modules():
+            if isinstance(module, SelectsKernels):
+                module.kernels = impl
+        self._kernels = impl
+        return self
 
     def backbone(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """``images [B, 3, H, W]`` normalised, H and W multiples of 32

@@ -1,0 +1,189 @@
+"""CUDA graphs for the per-frame stages, one per input shape that repeats.
+
+A frame's encode and decode are a few hundred small kernels; at common frame sizes
+launching them costs more than running them. Once the inputs' shapes repeat (the
+object count I, history length T and map size h×w stay the same from frame to frame
+once the window is full), the stage is captured into a CUDA graph and replayed:
+
+- the first call with a shape runs eagerly: it compiles Triton kernels, picks cuBLAS
+  and cuDNN algorithms and allocates what lazy initialisation needs, none of which may
+  happen during a capture;
+- the second call with that shape captures the stage on static input buffers (copies of
+  this call's inputs) and replays it; later calls copy their inputs into those buffers
+  and replay. Outputs are cloned before they are returned because the next replay
+  overwrites the static outputs, and the runtime keeps descriptors for several frames;
+- if a capture fails, the stages run eagerly from then on, with one warning.
+
+One backend may serve several videos from several threads, each on its own CUDA stream
+(as the throughput benchmark does): graphs are kept per stream, and copying into a
+graph's inputs, replaying it and cloning its outputs happen under a lock, so no two
+callers share static buffers in flight. Eager calls take no lock.
+
+The capture itself is a parameter, so the bookkeeping is tested on the CPU with a
+stand-in.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+import torch
+
+StageFn = Callable[..., tuple[torch.Tensor, ...]]
+"""A stage: tensors in, a tuple of tensors out, with no host synchronisation inside."""
+
+Capture = Callable[[StageFn, tuple[torch.Tensor, ...]], tuple[Callable[[], None], tuple[torch.Tensor, ...]]]
+"""``(fn, static_inputs) -> (replay, static_outputs)``: after ``replay()``, ``static_outputs``
+hold ``fn(*static_inputs)`` for the values the static inputs hold at that time."""
+
+DEFAULT_MAX_GRAPHS = 8
+
+
+class CudaGraphWarning(RuntimeWarning):
+    """Capturing a stage failed; the stages run eagerly (slower, same results)."""
+
+
+def capture_cuda_graph(
+    fn: StageFn, static_inputs: tuple[torch.Tensor, ...]
+) -> tuple[Callable[[], None], tuple[torch.Tensor, ...]]:
+    """Capture ``fn(*static_inputs)`` into a ``torch.cuda.CUDAGraph`` (the real :data:`Capture`).
+
+    One warm-up run on a fresh side stream first, as ``torch.cuda.graph`` asks: it sets up
+    per-stream state (cuBLAS workspaces) outside the capture. The capture runs on that same
+    private stream (not the process-wide default capture stream, which another backend may be
+    capturing on) and in thread-local mode, so that other threads' CUDA calls neither break
+    it nor are broken by it.
+    """
+    device = static_inputs[0].device
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        fn(*static_inputs)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
+        static_outputs = fn(*static_inputs)
+    return graph.replay, tuple(static_outputs)
+
+
+@dataclass
+class _Graph:
+    replay: Callable[[], None]
+    inputs: tuple[torch.Tensor, ...]
+    outputs: tuple[torch.Tensor, ...]
+
+
+@dataclass
+class GraphStats:
+    """What the runner did, for tests and benchmarks."""
+
+    eager: int = 0
+    captures: int = 0
+    replays: int = 0
+    evictions: int = 0
+
+
+class CudaGraphRunner:
+    """Runs stages through CUDA graphs keyed by stage name and input shapes.
+
+    ``enabled=False`` runs everything eagerly (the CPU, or graphs switched off). At most
+    ``max_graphs`` graphs are kept, least recently used first out, so that a video whose
+    object count keeps changing cannot pile up graph memory.
+    """
+
+    def __init__(
+        self,
+        enabled: bool,
+        capture: Capture = capture_cuda_graph,
+        max_graphs: int = DEFAULT_MAX_GRAPHS,
+    ) -> None:
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
+        self.enabled = enabled
+        self.max_graphs = max_graphs
+        self.stats = GraphStats()
+        self._capture = capture
+        self._graphs: OrderedDict[Hashable, _Graph] = OrderedDict()
+        self._seen: set[Hashable] = set()  # keys run once (warmed up), not captured yet
+        self._failure: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def failure(self) -> str | None:
+        """Why capturing was given up, or None."""
+        return self._failure
+
+    @staticmethod
+    def key(stage: str, inputs: tuple[torch.Tensor, ...]) -> Hashable:
+        """Stage name, the current CUDA stream (for CUDA inputs), and every input's shape, dtype
+        and device: for encode the shapes vary by (I, h, w), for decode by (I, T, h, w), the
+        rest being fixed by the model."""
+        device = inputs[0].device if inputs else None
+        stream = None
+        if device is not None and device.type == "cuda":
+            stream = torch.cuda.current_stream(device).cuda_stream
+        return (stage, stream, *((tuple(t.shape), t.dtype, t.device) for t in inputs))
+
+    def __call__(self, stage: str, fn: StageFn, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``fn(*inputs)``, eagerly or by a graph replay. ``fn`` must be the same function for
+        every call with the same ``stage``: a captured graph replays what it was captured from."""
+        if self.enabled and self._failure is None:
+            key = self.key(stage, inputs)
+            with self._lock:
+                graph = self._graphs.get(key)
+                if graph is not None:
+                    self._graphs.move_to_end(key)
+                elif key in self._seen:
+                    graph = self._capture_graph(key, fn, inputs)
+                else:
+                    self._seen.add(key)
+                if graph is not None:
+                    return self._replay(graph, inputs)
+        return self._eager(fn, inputs)
+
+    def clear(self) -> None:
+        """Drop every graph (and its memory) and forget which shapes were seen."""
+        with self._lock:
+            self._drop_all()
+
+    def _drop_all(self) -> None:
+        self._graphs.clear()
+        self._seen.clear()
+
+    def _replay(self, graph: _Graph, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        for static, value in zip(graph.inputs, inputs, strict=True):
+            static.copy_(value)
+        graph.replay()
+        self.stats.replays += 1
+        return tuple(out.clone() for out in graph.outputs)
+
+    def _eager(self, fn: StageFn, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        self.stats.eager += 1
+        return tuple(fn(*inputs))
+
+    def _capture_graph(self, key: Hashable, fn: StageFn, inputs: tuple[torch.Tensor, ...]) -> _Graph | None:
+        static_inputs = tuple(t.clone() for t in inputs)
+        try:
+            replay, static_outputs = self._capture(fn, static_inputs)
+        except Exception as exc:  # whatever went wrong, eager execution gives the same results
+            self._failure = f"{type(exc).__name__}: {exc}"
+            self._drop_all()
+            warnings.warn(
+                f"CUDA graph capture of the {key[0]} stage failed ({self._failure}); "
+                "running the stages eagerly from now on (same results, more launch overhead)",
+                CudaGraphWarning,
+                stacklevel=3,
+            )
+            return None
+        self._seen.discard(key)
+        graph = _Graph(replay, static_inputs, tuple(static_outputs))
+        self._graphs[key] = graph
+        self.stats.captures += 1
+        while len(self._graphs) > self.max_graphs:
+            self._graphs.popitem(last=False)
+            self.stats.evictions += 1
+        return graph

@@ -1,0 +1,232 @@
+"""CUDA graphs of the per-frame stages: the runner's bookkeeping on the CPU with a stand-in
+capture, and replay against eager execution on a GPU where one is present."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from hodor.engine.cuda_graphs import CudaGraphRunner, CudaGraphWarning, capture_cuda_graph
+from hodor.engine.session import VideoSession
+from hodor.engine.torch_backend import TorchBackend
+from hodor.model import HodorNet
+from tests.engine_fake_backend import small_config
+
+NO_CUDA = "needs an NVIDIA GPU (torch.cuda.is_available() is False here)"
+
+
+class FakeCapture:
+    """Stands in for ``capture_cuda_graph``: "replaying" recomputes ``fn`` on the static inputs
+    and writes into the static outputs, as a graph does; records what it was given."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.captured: list[tuple[torch.Tensor, ...]] = []
+
+    def __call__(self, fn, static_inputs):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.captured.append(static_inputs)
+        static_outputs = tuple(fn(*static_inputs))
+
+        def replay() -> None:
+            for out, new in zip(static_outputs, fn(*static_inputs), strict=True):
+                out.copy_(new)
+
+        return replay, static_outputs
+
+
+def stage(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return (x * 2 + y, x.sum(0, keepdim=True))
+
+
+def test_first_call_warms_up_second_captures_later_ones_replay():
+    capture = FakeCapture()
+    runner = CudaGraphRunner(enabled=True, capture=capture)
+    x, y = torch.arange(6.0).reshape(2, 3), torch.ones(2, 3)
+    outs = [runner("decode", stage, x + i, y) for i in range(4)]
+    for i, out in enumerate(outs):
+        for got, want in zip(out, stage(x + i, y), strict=True):
+            assert torch.equal(got, want), f"call {i}"
+    assert (runner.stats.eager, runner.stats.captures, runner.stats.replays) == (1, 1, 3)
+    assert len(capture.captured) == 1
+
+
+def test_replays_read_new_inputs_and_return_clones():
+    capture = FakeCapture()
+    runner = CudaGraphRunner(enabled=True, capture=capture)
+    x, y = torch.zeros(2, 3), torch.zeros(2, 3)
+    runner("encode", stage, x, y)
+    second = runner("encode", stage, x + 1, y)
+    third = runner("encode", stage, x + 5, y)
+    # The session keeps descriptors for several frames: a replay must not change earlier results.
+    assert torch.equal(second[0], torch.full((2, 3), 2.0))
+    assert torch.equal(third[0], torch.full((2, 3), 10.0))
+    static_inputs = capture.captured[0]
+    assert torch.equal(static_inputs[0], x + 5)  # the inputs were copied into the static buffers
+    assert all(a is not b for a in third for b in static_inputs)
+
+
+def test_one_graph_per_stage_and_shape():
+    capture = FakeCapture()
+    runner = CudaGraphRunner(enabled=True, capture=capture)
+    a = (torch.zeros(2, 3), torch.zeros(2, 3))
+    b = (torch.zeros(4, 3), torch.zeros(4, 3))  # e.g. another object count
+    c = (torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64))
+    for _ in range(3):
+        for inputs in (a, b, c):
+            runner("encode", stage, *inputs)
+        runner("decode", stage, *a)
+    assert runner.stats.captures == 4  # (encode, a), (encode, b), (encode, c), (decode, a)
+    assert runner.stats.eager == 4 and runner.stats.replays == 8
+    assert CudaGraphRunner.key("encode", a) != CudaGraphRunner.key("decode", a)
+    assert CudaGraphRunner.key("encode", a) != CudaGraphRunner.key("encode", c)
+
+
+def test_shapes_seen_once_are_never_captured():
+    """While the history fills up (T = 1, 2, ... window+1) every decode shape is new: no graph
+    is captured for them, only for the shape that then repeats."""
+    runner = CudaGraphRunner(enabled=True, capture=FakeCapture())
+    for t in range(1, 5):
+        runner("decode", stage, torch.zeros(t, 3), torch.zeros(t, 3))
+    assert runner.stats.captures == 0 and runner.stats.eager == 4
+    runner("decode", stage, torch.zeros(4, 3), torch.zeros(4, 3))
+    assert runner.stats.captures == 1
+
+
+def test_least_recently_used_graphs_are_dropped():
+    runner = CudaGraphRunner(enabled=True, capture=FakeCapture(), max_graphs=2)
+    shapes = [(1, 3), (2, 3), (3, 3)]
+    for shape in shapes:
+        for _ in range(2):
+            runner("encode", stage, torch.zeros(shape), torch.zeros(shape))
+    assert runner.stats.captures == 3 and runner.stats.evictions == 1
+    # (1, 3) was dropped: seen again, it warms up and is captured anew.
+    runner("encode", stage, torch.zeros(1, 3), torch.zeros(1, 3))
+    assert runner.stats.captures == 3
+    runner("encode", stage, torch.zeros(1, 3), torch.zeros(1, 3))
+    assert runner.stats.captures == 4 and runner.stats.evictions == 2
+    with pytest.raises(ValueError):
+        CudaGraphRunner(enabled=True, max_graphs=0)
+
+
+def test_a_failed_capture_falls_back_to_eager_with_one_warning():
+    capture = FakeCapture(fail=True)
+    runner = CudaGraphRunner(enabled=True, capture=capture)
+    x, y = torch.ones(2, 3), torch.ones(2, 3)
+    runner("encode", stage, x, y)
+    with pytest.warns(CudaGraphWarning, match="encode stage failed.*running the stages eagerly") as caught:
+        out = runner("encode", stage, x, y)
+    assert len(caught) == 1
+    assert torch.equal(out[0], stage(x, y)[0])
+    assert "operation not permitted" in runner.failure
+    capture.fail = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning, and no second attempt
+        for _ in range(3):
+            runner("encode", stage, x, y)
+            runner("decode", stage, x, y)
+    assert capture.captured == [] and runner.stats.captures == 0 and runner.stats.replays == 0
+
+
+def test_disabled_runner_is_eager():
+    capture = FakeCapture()
+    runner = CudaGraphRunner(enabled=False, capture=capture)
+    for _ in range(3):
+        runner("encode", stage, torch.ones(2, 3), torch.ones(2, 3))
+    assert capture.captured == [] and runner.stats.eager == 3
+
+
+def tiny_backend(graphs: CudaGraphRunner | None) -> TorchBackend:
+    cfg = small_config(min_dim=32, max_dim=64)  # 32×48 frames, padded to 32×64: a 4×8 map at 1/8
+    cfg = type(cfg)(
+        input=cfg.input,
+        model=type(cfg.model)(**{**cfg.model.__dict__, "encoder_layers": 1, "decoder_layers": 1}),
+    )
+    torch.manual_seed(0)
+    return TorchBackend(HodorNet(cfg.model), cfg, torch.device("cpu"), graphs=graphs)
+
+
+def clip(n: int) -> tuple[list[np.ndarray], dict[int, np.ndarray]]:
+    frames = []
+    for t in range(n):
+        f = np.full((32, 48, 3), 40, np.uint8)
+        f[2:18, 2 + 2 * t : 18 + 2 * t] = (230, 50, 50)
+        f[14:30, 30 - 2 * t : 46 - 2 * t] = (40, 200, 60)
+        frames.append(f)
+    mask = np.zeros((32, 48), np.uint8)
+    mask[2:18, 2:18] = 1
+    mask[14:30, 30:46] = 2
+    return frames, {0: mask}
+
+
+def test_torch_backend_through_the_runner_matches_eager_over_a_video():
+    """The whole loop with graphed stages: every result equal to the eager run, graphs replayed.
+    Without the copies into static inputs or the clones of outputs, later frames would differ."""
+    frames, masks = clip(5)
+    # A window of 2: frame t decodes with descriptors encoded at t - 2, which the encode replay
+    # at t - 1 would have overwritten, were outputs not cloned.
+    eager = list(VideoSession(tiny_backend(None), temporal_window=2).run(frames, masks))
+    runner = CudaGraphRunner(enabled=True, capture=FakeCapture())
+    graphed = list(VideoSession(tiny_backend(runner), temporal_window=2).run(frames, masks))
+    for t, (a, b) in enumerate(zip(eager, graphed, strict=True)):
+        assert np.array_equal(a, b), f"frame {t}"
+    # encode (2 objects): seen at frame 0, captured at 1, replayed at 1..4;
+    # decode: T = 2 at frame 1, T = 3 from frame 2 on: seen at 2, captured at 3, replayed at 3..4
+    assert (runner.stats.captures, runner.stats.replays) == (2, 4 + 2)
+
+
+# --------------------------------------------------------------------------- on a GPU
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+def test_capture_cuda_graph_replays_new_inputs():
+    x = torch.zeros(4, 8, device="cuda")
+    y = torch.ones(4, 8, device="cuda")
+    replay, (out, total) = capture_cuda_graph(stage, (x, y))
+    x.copy_(torch.arange(32.0, device="cuda").reshape(4, 8))
+    replay()
+    torch.testing.assert_close(out, x * 2 + y, rtol=0, atol=0)
+    torch.testing.assert_close(total, x.sum(0, keepdim=True), rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_graph_replay_equals_eager_on_cuda(parity_checkpoint, kernels):
+    """Real captures of the parity model's encode and decode. Same kernels on the same inputs;
+    held to a relative error of 1e-6 rather than bit equality, because a library may choose
+    another algorithm for the capture stream."""
+    from hodor.config import config_beside
+    from hodor.engine.torch_backend import open_torch_backend
+    from hodor.kernels.testing import relative_error
+
+    if kernels == "triton":
+        pytest.importorskip("triton", reason="the fused kernels need the triton package")
+    cfg = config_beside(parity_checkpoint)
+    eager = open_torch_backend(parity_checkpoint, cfg, "cuda", kernels=kernels, cuda_graphs=False)
+    graphed = open_torch_backend(parity_checkpoint, cfg, "cuda", kernels=kernels, cuda_graphs=True)
+    g = torch.Generator().manual_seed(3)
+    f4, f8 = eager.backbone(torch.randn(1, 3, 128, 224, generator=g).cuda())
+    h, w = f8.shape[-2:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CudaGraphWarning)
+        for step in range(4):  # warm-up, capture + replay, replay, replay
+            fg = (torch.rand(1, 3, h, w, generator=g) > 0.7).float().cuda()
+            bg = torch.rand(1, 9, h, w, generator=g).cuda()
+            for a, b in zip(graphed.encode(f8, fg, bg), eager.encode(f8, fg, bg), strict=True):
+                assert relative_error(a, b) <= 1e-6, f"encode, call {step}"
+            fg_hist = torch.randn(1, 3, 4, 256, generator=g).cuda()
+            bg_hist = torch.randn(1, 9, 4, 256, generator=g).cuda()
+            fg_invalid = torch.zeros(1, 3, 4, dtype=torch.bool, device="cuda")
+            fg_invalid[0, step % 3, 0] = True
+            bg_invalid = torch.zeros(1, 9, 4, dtype=torch.bool, device="cuda")
+            bg_invalid[..., -1] = True
+            args = (f4, f8, fg_hist, bg_hist, fg_invalid, bg_invalid)
+            assert relative_error(graphed.decode(*args), eager.decode(*args)) <= 1e-6, f"decode, call {step}"
+    assert graphed.graphs.failure is None
+    assert graphed.graphs.stats.captures == 2 and graphed.graphs.stats.replays == 6
