@@ -154,7 +154,6 @@ def run(args: argparse.Namespace) -> str:
     frames = open_frames(args.input)
     references = load_references(args.masks, frames)
     model_path = find_model(args.model)
-    out_dir = prepare_output_dir(args.out or default_output_dir(args.input))
     overrides = ConfigOverrides(
         config_path=args.config,
         min_dim=args.min_dim,
@@ -162,6 +161,8 @@ def run(args: argparse.Namespace) -> str:
         torch=TorchOptions(kernels=args.kernels, precision=args.precision, cuda_graphs=args.cuda_graphs),
     )
     backend = open_backend(model_path, args.backend, args.device, overrides)
+    # Only once every input has been accepted, so that a refused run leaves no empty output behind.
+    out_dir = prepare_output_dir(args.out or default_output_dir(args.input))
     session = VideoSession(backend, temporal_window=args.temporal_window, chunk=args.chunk)
 
     overlay = None
