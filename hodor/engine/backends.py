@@ -13,6 +13,8 @@ from pathlib import Path
 
 from hodor.config import HodorConfig, config_beside, with_dims
 from hodor.engine.backend import Backend
+from hodor.engine.onnxruntime_backend import open_onnxruntime_backend
+from hodor.engine.tensorrt_backend import open_tensorrt_backend
 from hodor.engine.torch_backend import TorchOptions, open_torch_backend
 from hodor.errors import HodorError
 
@@ -35,8 +37,13 @@ class ConfigOverrides:
 ExportOpener = Callable[[Path, str | None, ConfigOverrides], Backend]
 """``(export_dir, device, overrides) -> Backend``; raises ``HodorError`` when it cannot run here."""
 
-EXPORT_BACKENDS: dict[str, ExportOpener] = {}
-"""Export-directory backends by name, in the order ``--backend auto`` tries them."""
+EXPORT_BACKENDS: dict[str, ExportOpener] = {
+    # TensorRT first: ``--backend auto`` prefers engines that run on this GPU.
+    "tensorrt": open_tensorrt_backend,
+    "onnxruntime": open_onnxruntime_backend,
+}
+"""Export-directory backends by name, in the order ``--backend auto`` tries them. Each opener
+imports its runtime (onnxruntime, tensorrt) only when called."""
 
 
 def open_backend(

@@ -1,0 +1,194 @@
+"""The three stages run by ONNX Runtime from an export directory (``hodor-run --backend onnxruntime``).
+
+CPU execution provider by default. With ``onnxruntime-gpu`` installed (instead of
+``onnxruntime``: the two conflict) and ``--device cuda``, the TensorRT and CUDA providers are
+used, CPU as the fallback; tensors then still cross the seam through host memory.
+
+Sessions are created once, from graph bytes whose sha256 is checked against the manifest as
+they are read, with full graph optimisation and one intra-op thread per usable core.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hodor.config import HodorConfig
+from hodor.engine.manifest import MANIFEST_NAME, STAGES, GraphEntry, load_manifest
+from hodor.errors import HodorError
+
+GPU_HINT = "pip install hodor-engine[onnxruntime-gpu] (in place of onnxruntime)"
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise HodorError(
+            "ONNX Runtime is not installed: pip install hodor-engine[onnxruntime] "
+            "(or hodor-engine[onnxruntime-gpu] for NVIDIA GPUs)"
+        ) from None
+    return ort
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _providers(ort: Any, device: torch.device, export_dir: Path, entry: GraphEntry) -> list:
+    """Execution providers for one graph on ``device``, most specific first."""
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise HodorError(
+            f"--device {device} needs ONNX Runtime's CUDA provider, which this installation lacks "
+            f"(it has {', '.join(available)}): {GPU_HINT}, or use --device cpu"
+        )
+    index = device.index or 0
+    providers: list = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    if "TensorrtExecutionProvider" in available:
+        # Its engines are cached beside the graphs, with profiles spanning the manifest's limits.
+        trt = {
+            "device_id": index,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(export_dir / "ort-trt-cache"),
+        }
+        for key, k in (
+            ("trt_profile_min_shapes", 0),
+            ("trt_profile_opt_shapes", 1),
+            ("trt_profile_max_shapes", 2),
+        ):
+            trt[key] = ",".join(f"{n}:{'x'.join(map(str, shapes[k]))}" for n, shapes in entry.profile.items())
+        providers.insert(0, ("TensorrtExecutionProvider", trt))
+    return providers
+
+
+class OnnxRuntimeBackend:
+    """Implements ``hodor.engine.backend.Backend`` over the export's ONNX graphs."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        export_dir: str | Path,
+        device: str | torch.device | None = None,
+        config: HodorConfig | None = None,
+        precision: str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        """``config`` overrides the manifest's (e.g. run-time ``--min-dim``); ``precision`` picks the
+        graphs: default fp16 on a GPU when the export has them, else fp32 (the CPU provider lacks fp16
+        kernels for much of the network, and runs fp32 faster anyway)."""
+        ort = _import_ort()
+        self.export_dir = Path(export_dir)
+        self.manifest = load_manifest(self.export_dir, verify=False)
+        self.device = torch.device(device if device is not None else "cpu")
+        self.config = config or self.manifest.hodor_config
+        if precision is None:
+            on_gpu = self.device.type == "cuda"
+            precision = "fp16" if on_gpu and "fp16" in self.manifest.precisions else "fp32"
+        self.precision = precision
+        self.threads = threads or usable_cores()
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3  # errors only: its warnings name internal nodes, not user problems
+
+        self.sessions: dict[str, Any] = {}
+        for stage in STAGES:
+            entry = self.manifest.graph(stage, precision)
+            providers = _providers(ort, self.device, self.export_dir, entry)
+            graph = self._read_verified(entry)
+            try:
+                self.sessions[stage] = ort.InferenceSession(graph, options, providers=providers)
+            except Exception as exc:  # ORT raises its own exception types, one per failure kind
+                raise HodorError(
+                    f"ONNX Runtime {ort.__version__} cannot load {entry.file} on {self.device} "
+                    f"({' '.join(str(exc).split())[:300]}); re-export with this version of hodor-export"
+                ) from None
+
+    def _read_verified(self, entry: GraphEntry) -> bytes:
+        """The graph's bytes, checked against the manifest as read (no window for a swap in between)."""
+        path = self.export_dir / entry.file
+        if not path.is_file():
+            raise HodorError(
+                f"{path} is missing from the export: re-export with hodor-export CKPT --out {self.export_dir}"
+            )
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise HodorError(
+                f"{path} does not match its sha256 in {MANIFEST_NAME} (the file was changed or damaged): "
+                f"re-export with hodor-export CKPT --out {self.export_dir}"
+            )
+        return data
+
+    # ------------------------------------------------------------------ the seam
+
+    def _run(self, stage: str, **inputs: torch.Tensor) -> list[torch.Tensor]:
+        feeds = {}
+        for name, t in inputs.items():
+            t = t.detach().to("cpu")
+            t = t if t.dtype == torch.bool else t.to(torch.float32)
+            feeds[name] = np.ascontiguousarray(t.numpy())
+        outputs = self.sessions[stage].run(None, feeds)
+        return [torch.from_numpy(o).to(self.device) for o in outputs]
+
+    def backbone(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``images [B,3,H,W]`` -> ``f4 [B,256,H/4,W/4]``, ``f8 [B,256,H/8,W/8]``."""
+        f4, f8 = self._run("backbone", images=images)
+        return f4, f8
+
+    def encode(
+        self, f8: torch.Tensor, fg_masks: torch.Tensor, bg_masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f8 [1,256,h,w]``, ``fg_masks [1,I,h,w]``, ``bg_masks [1,Qb,h,w]``
+        -> ``fg_desc [1,I,256]``, ``bg_desc [1,Qb,256]``."""
+        fg, bg = self._run("encoder", f8=f8, fg_masks=fg_masks, bg_masks=bg_masks)
+        return fg, bg
+
+    def decode(
+        self,
+        f4: torch.Tensor,
+        f8: torch.Tensor,
+        fg_hist: torch.Tensor,
+        bg_hist: torch.Tensor,
+        fg_invalid: torch.Tensor,
+        bg_invalid: torch.Tensor,
+    ) -> torch.Tensor:
+        """-> ``logits [1,1+Qb+I,2h,2w]`` (shapes as ``hodor.engine.backend.Backend.decode``)."""
+        (logits,) = self._run(
+            "decoder",
+            f4=f4,
+            f8=f8,
+            fg_hist=fg_hist,
+            bg_hist=bg_hist,
+            fg_invalid=fg_invalid.to(torch.bool),
+            bg_invalid=bg_invalid.to(torch.bool),
+        )
+        return logits
+
+    def check_limits(self, num_objects: int, history: int, height: int, width: int) -> None:
+        """``height``, ``width``: the padded frame. ``HodorError`` names the limit and the re-export."""
+        self.manifest.limits.check(num_objects, history, height, width)
+
+
+def open_onnxruntime_backend(
+    export_dir: Path, device: str | None, overrides: Any = None
+) -> OnnxRuntimeBackend:
+    """``hodor.engine.backends.ExportOpener`` for ``onnxruntime``."""
+    manifest = load_manifest(export_dir, verify=False)
+    config = overrides.apply(manifest.hodor_config) if overrides is not None else None
+    return OnnxRuntimeBackend(export_dir, device=device, config=config)

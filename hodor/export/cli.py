@@ -1,0 +1,339 @@
+"""``hodor-export CKPT``: the three stage graphs (fp32, and fp16 on request) and their manifest.
+
+The export is written into a hidden sibling directory and renamed into place at the end, so an
+interrupted export never leaves anything that looks complete; re-running into an existing
+export directory replaces its graphs and manifest and keeps whatever else is there (engine
+caches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import replace
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import hodor
+from hodor.config import HodorConfig, config_beside
+from hodor.engine.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    PRECISIONS,
+    SIZE_MULTIPLE,
+    STAGES,
+    GraphEntry,
+    Limits,
+    Manifest,
+    sha256_file,
+    write_manifest,
+)
+from hodor.errors import HodorError
+
+DEFAULT_OPSET = 20
+MIN_OPSET = 18  # LayerNormalization (17) and the exporter's own floor (18)
+# Export-time self-check against the torch network, at a size the graph was not traced at.
+SELF_CHECK_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2}
+TENSORRT_MISSING = (
+    "TensorRT is not installed: pip install hodor-engine[tensorrt] or hodor-engine[tensorrt-rtx]"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hodor-export",
+        description="Export a HODOR checkpoint to ONNX stage graphs (and TensorRT engines) for hodor-run.",
+    )
+    p.add_argument("checkpoint", type=Path, metavar="CKPT", help="official HODOR checkpoint (.pth)")
+    p.add_argument("--config", type=Path, metavar="YAML", help="config.yaml (default: the one beside CKPT)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="export directory (default: ./<CKPT stem>.hodor/)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp16 also writes *.fp16.onnx graphs beside the fp32 ones (default: fp32)",
+    )
+    p.add_argument(
+        "--max-objects", type=int, default=32, metavar="N", help="most objects per video (default: 32)"
+    )
+    p.add_argument(
+        "--max-window", type=int, default=16, metavar="T", help="longest --temporal-window (default: 16)"
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=16, metavar="B", help="most frames per backbone call (default: 16)"
+    )
+    p.add_argument(
+        "--min-size",
+        type=int,
+        default=64,
+        metavar="PX",
+        help="smallest side of the padded frame (default: 64)",
+    )
+    p.add_argument(
+        "--max-size",
+        type=int,
+        metavar="PX",
+        help="largest side of the padded frame (default: the config's MAX_DIM or 1024, whichever is larger)",
+    )
+    p.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, metavar="N", help=f"ONNX opset (default: {DEFAULT_OPSET})"
+    )
+    p.add_argument(
+        "--tensorrt",
+        nargs="?",
+        const="on",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="build TensorRT engines: auto (when TensorRT is importable, the default), on (alone: on), off",
+    )
+    p.add_argument(
+        "--trt-flavour",
+        choices=("tensorrt", "rtx"),
+        help="TensorRT flavour that builds the engines (default: TensorRT with a GPU, else TensorRT for RTX)",
+    )
+    return p
+
+
+def _ceil(value: int, multiple: int = SIZE_MULTIPLE) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def limits_from_args(args: argparse.Namespace, cfg: HodorConfig) -> Limits:
+    if args.max_objects < 1:
+        raise HodorError(f"--max-objects must be at least 1, got {args.max_objects}")
+    if args.max_window < 0:
+        raise HodorError(f"--max-window must be 0 or more, got {args.max_window}")
+    if args.max_batch < 1:
+        raise HodorError(f"--max-batch must be at least 1, got {args.max_batch}")
+    min_size = args.min_size
+    max_size = args.max_size if args.max_size is not None else max(1024, _ceil(cfg.input.max_dim))
+    for flag, v in (("--min-size", min_size), ("--max-size", max_size)):
+        if v < SIZE_MULTIPLE or v % SIZE_MULTIPLE:
+            raise HodorError(f"{flag} must be a positive multiple of {SIZE_MULTIPLE}, got {v}")
+    if min_size > max_size:
+        raise HodorError(f"--min-size {min_size} is larger than --max-size {max_size}")
+    # TensorRT tunes for a 16:9 frame at the config's MIN_DIM, as the official pipeline resizes it.
+    opt_h = _ceil(cfg.input.min_dim)
+    opt_w = _ceil(round(cfg.input.min_dim * 16 / 9))
+    clamp = lambda v: min(max(v, min_size), max_size)  # noqa: E731
+    return Limits(
+        max_objects=args.max_objects,
+        max_history=args.max_window + 1,
+        max_batch=args.max_batch,
+        min_size=min_size,
+        max_size=max_size,
+        opt_height=clamp(opt_h),
+        opt_width=clamp(opt_w),
+    )
+
+
+def _check_opset(opset: int) -> None:
+    import onnx.defs
+
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise HodorError(f"--opset must be between {MIN_OPSET} and {newest} (this onnx), got {opset}")
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("torch", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _preprocessing(cfg: HodorConfig) -> dict[str, object]:
+    inp = cfg.input
+    return {
+        "color_order": "rgb" if inp.rgb_input else "bgr",
+        "mean_bgr": list(inp.mean_bgr),
+        "std_bgr": list(inp.std_bgr),
+        "normalize_to_unit_scale": inp.normalize_to_unit_scale,
+        "min_dim": inp.min_dim,
+        "max_dim": inp.max_dim,
+        "resize": "bilinear, align_corners=False, no antialiasing, to (round(s*h), round(s*w))",
+        "pad": f"zeros, right and bottom, to a multiple of {SIZE_MULTIPLE}",
+    }
+
+
+def _prepare_target(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise HodorError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise HodorError(
+            f"--out {out} is a non-empty directory that is not a hodor export (no {MANIFEST_NAME}); "
+            "choose another --out"
+        )
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Delete what exports into ``out`` that were killed outright (no cleanup ran) left behind."""
+    for leftover in out.parent.glob(f".{out.name}.partial-*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own earlier, abandoned attempt
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    try:
+        tmp.rename(out)
+    except OSError:
+        if old.exists():
+            old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _tensorrt_module() -> Any:
+    """``hodor.export.tensorrt_build``, or None where it cannot be imported."""
+    try:
+        from hodor.export import tensorrt_build
+    except ImportError:
+        return None
+    return tensorrt_build
+
+
+def _resolve_tensorrt(mode: str, flavour: str | None) -> tuple[Any, Any]:
+    """(builder module, chosen flavour) or (None, None) to build no engines.
+
+    Decided before the ONNX export so that ``--tensorrt on`` without TensorRT fails at once.
+    """
+    if mode == "off":
+        return None, None
+    module = _tensorrt_module()
+    if module is None:
+        if mode == "on":
+            raise HodorError(TENSORRT_MISSING)
+        return None, None
+    chosen = module.resolve_flavour(flavour, mode)
+    return (module, chosen) if chosen is not None else (None, None)
+
+
+def run_export(args: argparse.Namespace, say=print) -> Path:
+    """The whole export as the command line runs it. Returns the export directory."""
+    started = time.perf_counter()
+    ckpt: Path = args.checkpoint
+    if not ckpt.is_file():
+        raise HodorError(f"checkpoint not found: {ckpt}")
+    _check_opset(args.opset)
+    cfg = config_beside(ckpt, args.config)
+    limits = limits_from_args(args, cfg)
+    out: Path = args.out if args.out is not None else Path.cwd() / f"{ckpt.stem}.hodor"
+    out = out.absolute()
+    _prepare_target(out)
+    trt_module, trt_flavour = _resolve_tensorrt(args.tensorrt, args.trt_flavour)
+
+    import torch
+
+    from hodor.export.onnx_export import export_stage, save_graph, verify_against_torch
+    from hodor.export.onnx_fp16 import convert_to_fp16
+    from hodor.model import load_hodor
+
+    net = load_hodor(ckpt, cfg, torch.device("cpu")).eval()
+    precisions = ("fp32", "fp16") if args.precision == "fp16" else ("fp32",)
+    num_bg = cfg.model.num_bg_descriptors
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        graphs: dict[str, dict[str, GraphEntry]] = {p: {} for p in precisions}
+        checks: dict[str, dict[str, float | None]] = {p: {} for p in precisions}
+        for k, stage in enumerate(STAGES, 1):
+            t0 = time.perf_counter()
+            say(f"[{k}/{len(STAGES)}] {stage}: exporting ...")
+            fp32 = export_stage(net, stage, cfg, limits, args.opset)
+            models = {"fp32": fp32}
+            if "fp16" in precisions:
+                models["fp16"] = convert_to_fp16(fp32)
+            parts = []
+            for p, model in models.items():
+                err = verify_against_torch(net, stage, model, cfg, limits, SELF_CHECK_TOLERANCE[p])
+                checks[p][stage] = err
+                graphs[p][stage] = save_graph(model, tmp, stage, p, num_bg, limits)
+                note = "" if err is None else f", rel err {err:.1e}"
+                parts.append(f"{p} {graphs[p][stage].bytes / 1e6:.1f} MB{note}")
+            say(f"[{k}/{len(STAGES)}] {stage}: {'; '.join(parts)} ({time.perf_counter() - t0:.1f} s)")
+        manifest = Manifest(
+            hodor_version=hodor.__version__,
+            opset=args.opset,
+            precision=args.precision,
+            io_dtype="float32",
+            config=cfg.to_dict(),
+            preprocessing=_preprocessing(cfg),
+            limits=limits,
+            graphs=graphs,
+            dynamic_axes=limits.describe_axes(),
+            exporter={
+                "method": "torch.onnx.export(dynamo=True), onnx.checker full_check, shape inference",
+                "fp16": "hodor.export.onnx_fp16: fp32 I/O; norms, softmax, reductions, mask tests, "
+                "GridSample in fp32",
+                "format_version": FORMAT_VERSION,
+                "versions": _versions(),
+                "self_check_rel_err": checks,
+            },
+            checkpoint={"file": ckpt.name, "sha256": sha256_file(ckpt), "bytes": ckpt.stat().st_size},
+        )
+        write_manifest(tmp, manifest)
+        trt_note = (
+            "TensorRT engines: none (--tensorrt off)" if args.tensorrt == "off" else "TensorRT engines: none"
+        )
+        if trt_module is not None:
+            previous = out if (out / MANIFEST_NAME).is_file() else None
+            record = trt_module.build_engines(
+                tmp, manifest, trt_flavour.name, args.tensorrt, previous_dir=previous, progress=say
+            )
+            if record is not None:
+                write_manifest(tmp, replace(manifest, tensorrt=record))
+                trt_note = f"TensorRT engines: {trt_flavour.label} {trt_flavour.version}"
+        _swap_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    sizes = ", ".join(f"{s} {sum(graphs[p][s].bytes for p in precisions) / 1e6:.1f} MB" for s in STAGES)
+    say(
+        f"hodor-export: {'+'.join(precisions)} graphs ({sizes}) in {time.perf_counter() - started:.1f} s "
+        f"-> {out}; {trt_note}"
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run_export(args, say=lambda line: print(line, flush=True))
+    except HodorError as exc:
+        print(f"hodor-export: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hodor-export: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
