@@ -31,7 +31,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import importlib
-import inspect
 import json
 import math
 import os
@@ -504,7 +503,10 @@ class BackendSpec:
 def _build_torch(ctx: BenchContext) -> Any:
     mod = _import("hodor.engine.torch_backend", "torch backend")
     # The real loading path (strict keys from an official-format checkpoint), as hodor-run does it.
-    return mod.open_torch_backend(ctx.checkpoint(), ctx.config, ctx.device.type)
+    # The eager reference: plain PyTorch operators, no fused kernels, no CUDA graphs.
+    return mod.open_torch_backend(
+        ctx.checkpoint(), ctx.config, ctx.device.type, kernels="torch", dtype="fp32", cuda_graphs=False
+    )
 
 
 def _build_torch_triton(dtype: torch.dtype) -> Callable[[BenchContext], Any]:
@@ -515,14 +517,8 @@ def _build_torch_triton(dtype: torch.dtype) -> Callable[[BenchContext], Any]:
             raise Unavailable(f"{torch.cuda.get_device_name()} does not support bfloat16")
         _import("triton", "Triton kernels")
         mod = _import("hodor.engine.torch_backend", "torch backend")
-        params = inspect.signature(mod.open_torch_backend).parameters
-        if not {"dtype", "kernels", "cuda_graphs"} <= set(params):
-            raise Unavailable(
-                "this build's torch backend has no Triton-kernel / half-precision / CUDA-graph mode "
-                "(open_torch_backend takes no dtype, kernels, cuda_graphs)"
-            )
         return mod.open_torch_backend(
-            ctx.checkpoint(), ctx.config, ctx.device.type, dtype=dtype, kernels=True, cuda_graphs=True
+            ctx.checkpoint(), ctx.config, ctx.device.type, dtype=dtype, kernels="triton", cuda_graphs=True
         )
 
     return build
