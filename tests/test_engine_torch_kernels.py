@@ -13,7 +13,6 @@ given the same float32 inputs: fp16 1e-2, bf16 5e-2.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from hodor.kernels.testing import relative_error  # noqa: E402
 from hodor.model import load_hodor  # noqa: E402
 from hodor.model.kernel_choice import fused_kernels  # noqa: E402
 from tests.engine_fake_backend import FakeBackend, small_config  # noqa: E402
-from tests.test_parity_torch import FRAME_THRESHOLD, REFERENCE_FRAME_THRESHOLD  # noqa: E402
+from tests.parity_fixture import parity_check, parity_run_args  # noqa: E402
 
 NO_CUDA = "needs an NVIDIA GPU (torch.cuda.is_available() is False here)"
 HALF_TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -287,16 +286,10 @@ def test_parity_with_triton_kernels_on_cuda(
         return opened[-1]
 
     monkeypatch.setattr(cli, "open_backend", recording_open_backend)
-    video = parity_case / "video" / "JPEGImages" / "synth"
-    annotations = parity_case / "video" / "Annotations" / "synth"
-    expected = np.load(parity_case / "expected" / "masks.npy")
-    settings = json.loads((parity_case / "expected" / "settings.json").read_text())
-    references = {int(t): ids for t, ids in settings["refs"].items()}
     out = tmp_path / "out"
-    args = [video, "--masks", *(annotations / f"{t:05d}.png" for t in sorted(references))]
+    args = parity_run_args(parity_case, out)
     args += ["--model", parity_checkpoint, "--backend", "torch", "--device", "cuda", "--kernels", "triton"]
-    args += ["--precision", "fp32", "--min-dim", settings["min_dim"]]
-    args += ["--temporal-window", settings["temporal_window"], "--out", out, "--no-overlay"]
+    args += ["--precision", "fp32"]
     if not graphs:
         args.append("--no-cuda-graphs")
     code, err = run_cli(args, capsys)
@@ -310,18 +303,7 @@ def test_parity_with_triton_kernels_on_cuda(
     else:
         assert backend.graphs.stats.captures == 0
 
-    failures = []
-    stems = sorted(p.stem for p in video.iterdir())
-    for t, stem in enumerate(stems):
-        got = np.asarray(Image.open(out / "masks" / f"{stem}.png"))
-        agree = float((got == expected[t]).mean())
-        if t in references:
-            user = np.asarray(Image.open(annotations / f"{stem}.png"))
-            ok = np.array_equal(got[user > 0], user[user > 0]) and agree >= REFERENCE_FRAME_THRESHOLD
-        else:
-            ok = agree >= FRAME_THRESHOLD
-        if not ok:
-            failures.append(f"{stem} ({agree:.5%})")
+    _, failures = parity_check(parity_case, out)
     assert not failures, f"frames below the parity rule: {failures}"
 
 

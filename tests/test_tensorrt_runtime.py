@@ -8,10 +8,8 @@ masks (parity fixture case-a) through ``hodor-run --backend tensorrt``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -379,40 +377,17 @@ def test_real_engines_per_stage_against_the_network(real_exports, parity_checkpo
 def test_hodor_run_tensorrt_fp32_passes_parity_case_a(real_exports, parity_case, tmp_path, capsys):
     """The fixture README's rule: >= 99.9 % on frames without a reference; reference frames
     show every annotated pixel exactly and agree on >= 99 %."""
-    from PIL import Image
-
     from hodor.engine import cli
+    from tests.parity_fixture import parity_check, parity_run_args
 
-    video = parity_case / "video" / "JPEGImages" / "synth"
-    annotations = parity_case / "video" / "Annotations" / "synth"
-    expected = np.load(parity_case / "expected" / "masks.npy")
-    settings = json.loads((parity_case / "expected" / "settings.json").read_text())
-    references = {int(t): ids for t, ids in settings["refs"].items()}
     out = tmp_path / "out"
-    code = cli.main([
-        str(video),
-        "--masks", *(str(annotations / f"{t:05d}.png") for t in sorted(references)),
-        "--model", str(real_exports["fp32"]),
-        "--backend", "tensorrt",
-        "--device", "cuda",
-        "--min-dim", str(settings["min_dim"]),
-        "--temporal-window", str(settings["temporal_window"]),
-        "--out", str(out),
-        "--no-overlay",
-    ])  # fmt: skip
+    code = cli.main(
+        parity_run_args(parity_case, out)
+        + ["--model", str(real_exports["fp32"]), "--backend", "tensorrt", "--device", "cuda"]
+    )
     out_text, err = capsys.readouterr()
     assert code == 0, err
     assert "tensorrt" in out_text + err  # the summary names the backend that ran
 
-    failures = []
-    for t, stem in enumerate(sorted(p.stem for p in video.iterdir())):
-        got = np.asarray(Image.open(out / "masks" / f"{stem}.png"))
-        agree = float((got == expected[t]).mean())
-        if t in references:
-            user = np.asarray(Image.open(annotations / f"{stem}.png"))
-            ok = np.array_equal(got[user > 0], user[user > 0]) and agree >= 0.99
-        else:
-            ok = agree >= 0.999
-        if not ok:
-            failures.append(f"{stem} ({agree:.4%})")
+    _, failures = parity_check(parity_case, out)
     assert not failures, f"frames below the parity rule: {failures}"
