@@ -24,3 +24,9 @@ def parity_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def parity_case() -> Path:
     return CASE_A
+
+
+@pytest.fixture
+def interpreter(monkeypatch):
+    """Run CPU launches in Triton's interpreter (also where a GPU is present)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")

@@ -13,7 +13,6 @@ given the same float32 inputs: fp16 1e-2, bf16 5e-2.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,26 +20,22 @@ import pytest
 import torch
 from PIL import Image
 
-if not torch.cuda.is_available():
-    # Triton reads this when it is imported: set it before anything imports Triton.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from hodor.config import config_beside  # noqa: E402
-from hodor.engine import cli  # noqa: E402
-from hodor.engine.backends import ConfigOverrides, open_backend  # noqa: E402
-from hodor.engine.torch_backend import (  # noqa: E402
+from hodor.config import config_beside
+from hodor.engine import cli
+from hodor.engine.backends import ConfigOverrides, open_backend
+from hodor.engine.torch_backend import (
     TorchBackend,
     TorchOptions,
     open_torch_backend,
     resolve_dtype,
     resolve_kernels,
 )
-from hodor.errors import HodorError  # noqa: E402
-from hodor.kernels.testing import relative_error  # noqa: E402
-from hodor.model import load_hodor  # noqa: E402
-from hodor.model.kernel_choice import fused_kernels  # noqa: E402
-from tests.engine_fake_backend import FakeBackend, small_config  # noqa: E402
-from tests.parity_fixture import parity_check, parity_run_args  # noqa: E402
+from hodor.errors import HodorError
+from hodor.kernels.testing import relative_error
+from hodor.model import load_hodor
+from hodor.model.kernel_choice import fused_kernels
+from tests.engine_fake_backend import FakeBackend, small_config
+from tests.parity_fixture import parity_check, parity_run_args
 
 NO_CUDA = "needs an NVIDIA GPU (torch.cuda.is_available() is False here)"
 HALF_TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 5e-2}

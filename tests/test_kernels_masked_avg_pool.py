@@ -5,34 +5,19 @@ CPU: small shapes in Triton's interpreter. CUDA: HODOR's real shapes (60×108 at
 :mod:`hodor.kernels.testing`; the fallback rows are also checked exactly.
 """
 
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    # Triton reads this when @triton.jit runs, i.e. when the kernel modules are imported.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from hodor.kernels import masked_avg_pool, masked_avg_pool_reference  # noqa: E402
-from hodor.kernels.masked_avg_pool import MAX_ROWS, masked_avg_pool_triton  # noqa: E402
-from hodor.kernels.testing import assert_close, interpreter_skip_reason  # noqa: E402
+from hodor.kernels import masked_avg_pool, masked_avg_pool_reference
+from hodor.kernels.masked_avg_pool import MAX_ROWS, masked_avg_pool_triton
+from hodor.kernels.testing import assert_close
+from tests.triton_interpreter import skip_on_interpreter
 
 pytest.importorskip("triton", reason="the Triton kernels need the triton package")
 
 C, QB = 256, 9
 NO_CUDA = "needs an NVIDIA GPU (torch.cuda.is_available() is False here)"
-
-
-@pytest.fixture
-def interpreter(monkeypatch):
-    """Run CPU launches in Triton's interpreter (also where a GPU is present)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-
-
-def skip_on_interpreter(dtype: torch.dtype) -> None:
-    if reason := interpreter_skip_reason(dtype):
-        pytest.skip(reason)
 
 
 def make_inputs(hw, num_objects, dtype, device, seed=0, num_bg=QB):

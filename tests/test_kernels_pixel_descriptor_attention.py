@@ -5,34 +5,19 @@ keys = (9 background + 1, 4, 16 objects) × history 1 and 8).
 Relative error as in :mod:`hodor.kernels.testing`.
 """
 
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    # Triton reads this when @triton.jit runs, i.e. when the kernel modules are imported.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from hodor.kernels import pixel_descriptor_attention, pixel_descriptor_attention_reference  # noqa: E402
-from hodor.kernels.pixel_descriptor_attention import pixel_descriptor_attention_triton  # noqa: E402
-from hodor.kernels.testing import assert_close, interpreter_skip_reason  # noqa: E402
+from hodor.kernels import pixel_descriptor_attention, pixel_descriptor_attention_reference
+from hodor.kernels.pixel_descriptor_attention import pixel_descriptor_attention_triton
+from hodor.kernels.testing import assert_close
+from tests.triton_interpreter import skip_on_interpreter
 
 pytest.importorskip("triton", reason="the Triton kernels need the triton package")
 
 C, H, QB = 256, 8, 9
 NO_CUDA = "needs an NVIDIA GPU (torch.cuda.is_available() is False here)"
-
-
-@pytest.fixture
-def interpreter(monkeypatch):
-    """Run CPU launches in Triton's interpreter (also where a GPU is present)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-
-
-def skip_on_interpreter(dtype: torch.dtype) -> None:
-    if reason := interpreter_skip_reason(dtype):
-        pytest.skip(reason)
 
 
 def history_invalid(num_objects: int, history: int, pattern: str, g: torch.Generator) -> torch.Tensor:

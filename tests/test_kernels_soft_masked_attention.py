@@ -5,35 +5,20 @@ CPU: small shapes in Triton's interpreter. CUDA: HODOR's real shapes (1/8 map of
 Relative error as in :mod:`hodor.kernels.testing`.
 """
 
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    # Triton reads this when @triton.jit runs, i.e. when the kernel modules are imported.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from hodor.kernels import soft_masked_attention, soft_masked_attention_reference  # noqa: E402
-from hodor.kernels.soft_masked_attention import MAX_QUERIES, soft_masked_attention_triton  # noqa: E402
-from hodor.kernels.testing import assert_close, interpreter_skip_reason  # noqa: E402
+from hodor.kernels import soft_masked_attention, soft_masked_attention_reference
+from hodor.kernels.soft_masked_attention import MAX_QUERIES, soft_masked_attention_triton
+from hodor.kernels.testing import assert_close
+from tests.triton_interpreter import skip_on_interpreter
 
 pytest.importorskip("triton", reason="the Triton kernels need the triton package")
 
 C, H = 256, 8
 SCALES = torch.tensor([32.0, 32.0, 16.0, 16.0, 8.0, 8.0, 4.0, 4.0])
 NO_CUDA = "needs an NVIDIA GPU (torch.cuda.is_available() is False here)"
-
-
-@pytest.fixture
-def interpreter(monkeypatch):
-    """Run CPU launches in Triton's interpreter (also where a GPU is present)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-
-
-def skip_on_interpreter(dtype: torch.dtype) -> None:
-    if reason := interpreter_skip_reason(dtype):
-        pytest.skip(reason)
 
 
 def make_inputs(b, q, n, dtype, device, seed=0, masks="random"):

@@ -12,23 +12,17 @@ held to 1e-5; five encoder or decoder layers compound their differences.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    # Triton reads this when it is imported (its own library functions are @triton.jit'd too),
-    # so it must be set before anything imports Triton.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import hodor.model.kernel_choice as kernel_choice  # noqa: E402
-from hodor.config import config_beside, parse_config  # noqa: E402
-from hodor.errors import HodorError  # noqa: E402
-from hodor.kernels.testing import relative_error  # noqa: E402
-from hodor.model import HodorNet, load_hodor  # noqa: E402
+import hodor.model.kernel_choice as kernel_choice
+from hodor.config import config_beside, parse_config
+from hodor.errors import HodorError
+from hodor.kernels.testing import relative_error
+from hodor.model import HodorNet, load_hodor
 
 STAGE_TOLERANCE = 1e-4
 FUSED = ("soft_masked_attention", "pixel_descriptor_attention", "mask_logits", "masked_avg_pool")
