@@ -36,7 +36,6 @@ import math
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     # Run as a script from a checkout without an installed copy.
     sys.path.insert(0, str(REPO_ROOT))
+
+from measurements import summarize  # noqa: E402  (beside this script)
 
 import hodor  # noqa: E402
 from hodor.config import HodorConfig, load_config, parse_config, with_dims  # noqa: E402
@@ -81,22 +82,6 @@ class Unavailable(Exception):
 # Statistics
 
 
-def summarize(values: Sequence[float]) -> dict[str, Any]:
-    """Median and spread of repeated measurements (no outlier removal: the spread is the point)."""
-    xs = sorted(float(v) for v in values)
-    if not xs:
-        return {"n": 0, "median": None, "min": None, "max": None, "p25": None, "p75": None, "mean": None}
-    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
-    return {
-        "n": len(xs),
-        "median": statistics.median(xs),
-        "min": xs[0],
-        "max": xs[-1],
-        "p25": q[0],
-        "p75": q[2],
-        "mean": statistics.fmean(xs),
-        "values": xs,
-    }
 
 
 # --------------------------------------------------------------------------------------------------

@@ -39,9 +39,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from measurements import summarize  # beside this script; imports nothing of hodor-engine
 
 NEEDS = ("torch", "einops", "timm", "torchvision", "yaml", "cv2")
 
@@ -51,19 +51,6 @@ def fail(msg: str) -> None:
     sys.exit(2)
 
 
-def summarize(values: list[float]) -> dict[str, Any]:
-    xs = sorted(values)
-    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
-    return {
-        "n": len(xs),
-        "median": statistics.median(xs),
-        "min": xs[0],
-        "max": xs[-1],
-        "p25": q[0],
-        "p75": q[2],
-        "mean": statistics.fmean(xs),
-        "values": xs,
-    }
 
 
 def host_peak_reset() -> bool:
