@@ -486,7 +486,7 @@ class BackendSpec:
 
 
 def _build_torch(ctx: BenchContext) -> Any:
-    mod = _import("hodor.engine.torch_backend", "torch backend")
+    mod = _import("hodor.engine.backends.torch_backend", "torch backend")
     # The real loading path (strict keys from an official-format checkpoint), as hodor-run does it.
     # The eager reference: plain PyTorch operators, no fused kernels, no CUDA graphs.
     return mod.open_torch_backend(
@@ -501,7 +501,7 @@ def _build_torch_triton(dtype: torch.dtype) -> Callable[[BenchContext], Any]:
         if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
             raise Unavailable(f"{torch.cuda.get_device_name()} does not support bfloat16")
         _import("triton", "Triton kernels")
-        mod = _import("hodor.engine.torch_backend", "torch backend")
+        mod = _import("hodor.engine.backends.torch_backend", "torch backend")
         return mod.open_torch_backend(
             ctx.checkpoint(), ctx.config, ctx.device.type, dtype=dtype, kernels="triton", cuda_graphs=True
         )
@@ -566,7 +566,7 @@ def _source_digest(*packages: str) -> str:
 
 def _build_onnxruntime(ctx: BenchContext) -> Any:
     _import("onnxruntime", "ONNX Runtime")
-    mod = _import("hodor.engine.onnxruntime_backend", "ONNX Runtime backend")
+    mod = _import("hodor.engine.backends.onnxruntime_backend", "ONNX Runtime backend")
     export_dir = _export_dir(ctx, "fp32", tensorrt=False)
     if ctx.threads is not None:
         return mod.OnnxRuntimeBackend(export_dir, device=ctx.device.type, threads=ctx.threads)
@@ -576,7 +576,7 @@ def _build_onnxruntime(ctx: BenchContext) -> Any:
 def _build_tensorrt(ctx: BenchContext) -> Any:
     if ctx.device.type != "cuda":
         raise Unavailable("needs a CUDA GPU (TensorRT engines run on NVIDIA GPUs only)")
-    mod = _import("hodor.engine.tensorrt_backend", "TensorRT backend")
+    mod = _import("hodor.engine.backends.tensorrt_backend", "TensorRT backend")
     flavours = mod.installed_flavours() if hasattr(mod, "installed_flavours") else []
     if not flavours:
         raise Unavailable("no TensorRT installed: pip install hodor-engine[tensorrt]")
@@ -601,7 +601,7 @@ BACKENDS: dict[str, BackendSpec] = {
 
 
 def make_session(backend: StageTimedBackend, ctx: BenchContext) -> Any:
-    mod = _import("hodor.engine.session", "VideoSession")
+    mod = _import("hodor.engine.loop.session", "VideoSession")
     return mod.VideoSession(backend, temporal_window=ctx.window)
 
 

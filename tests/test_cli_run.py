@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from hodor.engine import cli
-from hodor.engine.backends import ConfigOverrides
+from hodor.engine.backends.base import ConfigOverrides
 from hodor.engine.io import default_palette
 from tests.engine_fake_backend import FakeBackend, small_config
 
@@ -58,7 +58,7 @@ def fake_model(tmp_path, monkeypatch) -> list:
     """A model path that exists, opened as the fake backend; records the overrides it was given."""
     seen: list = []
 
-    def open_fake(model_path, backend, device, overrides: ConfigOverrides):
+    def open_fake(model_path, backend, device, overrides: ConfigOverrides, torch_options=None):
         seen.append((Path(model_path), backend, device, overrides))
         return FakeBackend(config=overrides.apply(small_config(min_dim=48, max_dim=96)))
 
@@ -303,7 +303,7 @@ def test_cuda_without_a_gpu(tmp_path, clip_dir, mask0, capsys, parity_checkpoint
 
 
 def test_export_directory_without_its_backend(tmp_path, clip_dir, mask0, capsys, monkeypatch):
-    from hodor.engine import backends
+    from hodor.engine.backends import registry as backends
 
     monkeypatch.setattr(backends, "EXPORT_BACKENDS", {})
     export = tmp_path / "m.hodor"

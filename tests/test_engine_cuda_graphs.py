@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from hodor.engine.cuda_graphs import CudaGraphRunner, CudaGraphWarning, capture_cuda_graph
-from hodor.engine.session import VideoSession
-from hodor.engine.torch_backend import TorchBackend
+from hodor.engine.backends.cuda_graphs import CudaGraphRunner, CudaGraphWarning, capture_cuda_graph
+from hodor.engine.backends.torch_backend import TorchBackend
+from hodor.engine.loop.session import VideoSession
 from hodor.model import HodorNet
 from tests.engine_fake_backend import small_config
 
@@ -202,7 +202,7 @@ def test_graph_replay_equals_eager_on_cuda(parity_checkpoint, kernels):
     held to a relative error of 1e-6 rather than bit equality, because a library may choose
     another algorithm for the capture stream."""
     from hodor.config import config_beside
-    from hodor.engine.torch_backend import open_torch_backend
+    from hodor.engine.backends.torch_backend import open_torch_backend
     from hodor.kernels.testing import relative_error
 
     if kernels == "triton":

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from hodor.config import parse_config
-from hodor.engine.masks import background_grid, id_mask_from_maps, override_with_references, resample
-from hodor.engine.preprocess import frame_geometry, normalise_frames, reference_masks
+from hodor.engine.loop.masks import background_grid, id_mask_from_maps, override_with_references, resample
+from hodor.engine.loop.preprocess import frame_geometry, normalise_frames, reference_masks
 
 
 def test_geometry_of_the_parity_fixture():

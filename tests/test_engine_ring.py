@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hodor.engine.objects import ObjectMap
-from hodor.engine.ring import DescriptorRing
+from hodor.engine.loop.objects import ObjectMap
+from hodor.engine.loop.ring import DescriptorRing
 from hodor.errors import HodorError
 
 C = 256

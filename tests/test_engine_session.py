@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hodor.engine.masks import background_grid
-from hodor.engine.preprocess import frame_geometry, normalise_frames, reference_masks
-from hodor.engine.session import TinyObjectWarning, VideoSession
+from hodor.engine.loop.masks import background_grid
+from hodor.engine.loop.preprocess import frame_geometry, normalise_frames, reference_masks
+from hodor.engine.loop.session import TinyObjectWarning, VideoSession
 from hodor.errors import HodorError
 from tests.engine_fake_backend import FakeBackend, small_config
 
@@ -305,7 +305,7 @@ def test_bad_inputs_to_the_api():
 
 def test_step_and_run_with_the_torch_model():
     """The real network (random weights, one encoder and decoder layer) through the torch backend."""
-    from hodor.engine.torch_backend import TorchBackend
+    from hodor.engine.backends.torch_backend import TorchBackend
     from hodor.model import HodorNet
 
     cfg = small_config(min_dim=64, max_dim=96)

@@ -22,8 +22,8 @@ from PIL import Image
 
 from hodor.config import config_beside
 from hodor.engine import cli
-from hodor.engine.backends import ConfigOverrides, open_backend
-from hodor.engine.torch_backend import (
+from hodor.engine.backends.registry import open_backend
+from hodor.engine.backends.torch_backend import (
     TorchBackend,
     TorchOptions,
     open_torch_backend,
@@ -81,8 +81,8 @@ def assert_user_error(code: int, err: str, *fragments: str) -> None:
 def test_options_reach_the_backend_opener(tmp_path, clip, capsys, monkeypatch):
     seen = []
 
-    def open_fake(model_path, backend, device, overrides):
-        seen.append(overrides)
+    def open_fake(model_path, backend, device, overrides, torch_options=None):
+        seen.append(torch_options)
         return FakeBackend(config=overrides.apply(small_config(min_dim=48, max_dim=96)))
 
     monkeypatch.setattr(cli, "open_backend", open_fake)
@@ -92,8 +92,8 @@ def test_options_reach_the_backend_opener(tmp_path, clip, capsys, monkeypatch):
     assert run_cli([*base, "--out", tmp_path / "a"], capsys)[0] == 0
     args = ["--kernels", "triton", "--precision", "bf16", "--no-cuda-graphs", "--out", tmp_path / "b"]
     assert run_cli([*base, *args], capsys)[0] == 0
-    assert seen[0].torch == TorchOptions()  # nothing given: the backend picks its defaults
-    assert seen[1].torch == TorchOptions(kernels="triton", precision="bf16", cuda_graphs=False)
+    assert seen[0] == TorchOptions()  # nothing given: the backend picks its defaults
+    assert seen[1] == TorchOptions(kernels="triton", precision="bf16", cuda_graphs=False)
 
 
 @pytest.mark.parametrize("option", [["--kernels", "cuda"], ["--precision", "fp8"], ["--precision"]])
@@ -164,7 +164,7 @@ def test_torch_options_with_an_export_directory(tmp_path, clip, capsys):
     code, err = run_cli([*args, "--precision", "fp16", "--kernels", "torch"], capsys)
     assert_user_error(code, err, "--kernels torch and --precision fp16", "export directory", "hodor-export")
     with pytest.raises(HodorError, match="--no-cuda-graphs"):
-        open_backend(export, "auto", None, ConfigOverrides(torch=TorchOptions(cuda_graphs=False)))
+        open_backend(export, "auto", None, torch_options=TorchOptions(cuda_graphs=False))
 
 
 def test_history_beyond_the_fused_logits_kernel(parity_checkpoint):

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper
 import hodor.export.cli as export_cli
 import hodor.export.onnx_export as onnx_export
 import hodor.model
-from hodor.engine.manifest import MANIFEST_NAME, load_manifest
+from hodor.engine.backends.manifest import MANIFEST_NAME, load_manifest
 from tests.parity_fixture import CASE_A
 
 CONFIG = CASE_A / "spec" / "config.yaml"

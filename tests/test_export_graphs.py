@@ -19,8 +19,8 @@ import torch
 
 import hodor
 from hodor.config import config_beside
-from hodor.engine.manifest import FORMAT_VERSION, STAGES, Manifest, load_manifest, sha256_file
-from hodor.engine.onnxruntime_backend import OnnxRuntimeBackend
+from hodor.engine.backends.manifest import FORMAT_VERSION, STAGES, Manifest, load_manifest, sha256_file
+from hodor.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
 from hodor.errors import HodorError
 from hodor.export.onnx_export import TRACE_H, TRACE_W, _Bounds, example_inputs, relative_error
 from tests.test_export_shared import ExportRun, shared_export, shared_network

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hodor.engine.binding import MaskArgument, bind_frame, load_references, parse_mask_argument
 from hodor.engine.io import (
     OverlayWriter,
     default_palette,
@@ -20,6 +19,7 @@ from hodor.engine.io import (
     rotate_to_display,
     write_mask,
 )
+from hodor.engine.io.binding import MaskArgument, bind_frame, load_references, parse_mask_argument
 from hodor.errors import HodorError
 
 

@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from hodor.engine.backend import Backend
-from hodor.engine.backends import ConfigOverrides
-from hodor.engine.manifest import MANIFEST_NAME, STAGES, load_manifest
-from hodor.engine.onnxruntime_backend import OnnxRuntimeBackend, open_onnxruntime_backend, usable_cores
+from hodor.engine.backends.base import Backend, ConfigOverrides
+from hodor.engine.backends.manifest import MANIFEST_NAME, STAGES, load_manifest
+from hodor.engine.backends.onnxruntime_backend import (
+    OnnxRuntimeBackend,
+    open_onnxruntime_backend,
+    usable_cores,
+)
 from hodor.errors import HodorError
 from tests.parity_fixture import CASE_A
 from tests.test_export_shared import ExportRun, shared_export

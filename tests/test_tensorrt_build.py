@@ -16,8 +16,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from hodor.engine.manifest import STAGES, sha256_file
-from hodor.engine.tensorrt_backend import (
+from hodor.engine.backends.manifest import STAGES, sha256_file
+from hodor.engine.backends.tensorrt_backend import (
     TensorRTRecord,
     check_engine_header,
     header_diagnostics,
@@ -371,7 +371,7 @@ def test_hodor_export_builds_and_then_reuses_the_parity_engines(tmp_path, parity
     """hodor-export --tensorrt on with TensorRT for RTX on this (GPU-less) machine: the three
     real stage graphs, fp32 and fp16, build into engines with the manifest's profiles; a
     second export reuses them."""
-    from hodor.engine.manifest import load_manifest
+    from hodor.engine.backends.manifest import load_manifest
     from hodor.export import cli
 
     out = tmp_path / "parity.hodor"

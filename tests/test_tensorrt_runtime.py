@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hodor.engine.manifest import STAGES, load_manifest
-from hodor.engine.tensorrt_backend import TensorRTBackend, installed_flavours, probe_engines
+from hodor.engine.backends.manifest import STAGES, load_manifest
+from hodor.engine.backends.tensorrt_backend import TensorRTBackend, installed_flavours, probe_engines
 from hodor.errors import HodorError
 from hodor.export.onnx_export import C, relative_error
 from hodor.export.tensorrt_build import build_engines, resolve_flavour

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import hodor
 from hodor.config import HodorConfig, official_defaults, parse_config
-from hodor.engine.manifest import STAGES, GraphEntry, Limits, Manifest, graph_filename, sha256_file
+from hodor.engine.backends.manifest import STAGES, GraphEntry, Limits, Manifest, graph_filename, sha256_file
 from hodor.export.onnx_export import C, profile_for, stage_signature
 
 NUM_BG = 9

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from hodor.engine.manifest import STAGES, load_manifest
+from hodor.engine.backends.manifest import STAGES, load_manifest
 from tests.test_export_shared import ExportRun, shared_export
 
 pytest.importorskip(

@@ -11,11 +11,12 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "VideoSession": "hodor.engine.session",
-    "TinyObjectWarning": "hodor.engine.session",
-    "open_backend": "hodor.engine.backends",
-    "ConfigOverrides": "hodor.engine.backends",
-    "Backend": "hodor.engine.backend",
+    "VideoSession": "hodor.engine.loop.session",
+    "TinyObjectWarning": "hodor.engine.loop.session",
+    "open_backend": "hodor.engine.backends.registry",
+    "ConfigOverrides": "hodor.engine.backends.base",
+    "TorchOptions": "hodor.engine.backends.torch_backend",
+    "Backend": "hodor.engine.backends.base",
     "open_frames": "hodor.engine.io",
     "read_mask": "hodor.engine.io",
     "write_mask": "hodor.engine.io",

@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hodor.engine.backends import BACKEND_CHOICES, ConfigOverrides, open_backend
-from hodor.engine.binding import load_references
+from hodor.engine.backends.base import ConfigOverrides
+from hodor.engine.backends.registry import BACKEND_CHOICES, open_backend
+from hodor.engine.backends.torch_backend import KERNEL_CHOICES, PRECISIONS, TorchOptions
 from hodor.engine.io import FrameSource, OverlayWriter, open_frames, prepare_output_dir, write_mask
-from hodor.engine.session import DEFAULT_CHUNK, DEFAULT_TEMPORAL_WINDOW, TinyObjectWarning, VideoSession
-from hodor.engine.torch_backend import KERNEL_CHOICES, PRECISIONS, TorchOptions
+from hodor.engine.io.binding import load_references
+from hodor.engine.loop.session import DEFAULT_CHUNK, DEFAULT_TEMPORAL_WINDOW, TinyObjectWarning, VideoSession
 from hodor.errors import HodorError
 
 PROG = "hodor-run"
@@ -154,13 +155,9 @@ def run(args: argparse.Namespace) -> str:
     frames = open_frames(args.input)
     references = load_references(args.masks, frames)
     model_path = find_model(args.model)
-    overrides = ConfigOverrides(
-        config_path=args.config,
-        min_dim=args.min_dim,
-        max_dim=args.max_dim,
-        torch=TorchOptions(kernels=args.kernels, precision=args.precision, cuda_graphs=args.cuda_graphs),
-    )
-    backend = open_backend(model_path, args.backend, args.device, overrides)
+    overrides = ConfigOverrides(config_path=args.config, min_dim=args.min_dim, max_dim=args.max_dim)
+    torch_options = TorchOptions(kernels=args.kernels, precision=args.precision, cuda_graphs=args.cuda_graphs)
+    backend = open_backend(model_path, args.backend, args.device, overrides, torch_options)
     # Only once every input has been accepted, so that a refused run leaves no empty output behind.
     out_dir = prepare_output_dir(args.out or default_output_dir(args.input))
     session = VideoSession(backend, temporal_window=args.temporal_window, chunk=args.chunk)

@@ -21,7 +21,7 @@ from typing import Any
 
 import hodor
 from hodor.config import HodorConfig, config_beside
-from hodor.engine.manifest import (
+from hodor.engine.backends.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     PRECISIONS,

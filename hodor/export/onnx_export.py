@@ -25,7 +25,14 @@ import torch
 from torch import nn
 
 from hodor.config import HodorConfig
-from hodor.engine.manifest import SIZE_MULTIPLE, GraphEntry, Limits, TensorSpec, graph_filename, sha256_file
+from hodor.engine.backends.manifest import (
+    SIZE_MULTIPLE,
+    GraphEntry,
+    Limits,
+    TensorSpec,
+    graph_filename,
+    sha256_file,
+)
 
 C = 256  # descriptor / feature width, fixed by the architecture
 
@@ -79,7 +86,8 @@ STAGE_MODULES: dict[str, type[nn.Module]] = {
 
 
 def stage_signature(stage: str, num_bg: int) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """Inputs and outputs of a stage graph with symbolic shapes (names as in ``hodor.engine.manifest``)."""
+    """Inputs and outputs of a stage graph with symbolic shapes (names as in
+    ``hodor.engine.backends.manifest``)."""
     f, b = "float32", "bool"
     h4, w4, h8, w8 = "H/4", "W/4", "H/8", "W/8"
     if stage == "backbone":

@@ -1,6 +1,6 @@
 """ONNX stage graphs -> TensorRT engines, one per stage, reused while nothing they depend on changed.
 
-One thin adapter over both flavours (see ``hodor.engine.tensorrt_backend``):
+One thin adapter over both flavours (see ``hodor.engine.backends.tensorrt_backend``):
 
 - ``rtx`` (TensorRT for RTX) builds ahead of time for explicit compute capabilities and
   needs no GPU, so exports (and CI) build engines on CPU-only machines.
@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from hodor.engine.manifest import STAGES, GraphEntry, Manifest, sha256_file
-from hodor.engine.tensorrt_backend import (
+from hodor.engine.backends.manifest import STAGES, GraphEntry, Manifest, sha256_file
+from hodor.engine.backends.tensorrt_backend import (
     FLAVOUR_LABELS,
     FLAVOUR_MODULES,
     INSTALL_HINT,

@@ -8,11 +8,14 @@ Shapes: C = 256, ``h, w`` = the 1/8 map of the padded frame, ``I`` objects,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
 
-from hodor.config import HodorConfig
+from hodor.config import HodorConfig, with_dims
 
 
 @runtime_checkable
@@ -55,3 +58,20 @@ class Backend(Protocol):
         ``height``/``width`` are the padded frame's (multiples of 32), ``num_objects`` is I.
         """
         ...
+
+
+@dataclass(frozen=True)
+class ConfigOverrides:
+    """What the command line changes in the model's config: ``--config``, ``--min-dim``, ``--max-dim``."""
+
+    config_path: Path | None = None  # default: config.yaml beside the checkpoint
+    min_dim: int | None = None
+    max_dim: int | None = None
+
+    def apply(self, cfg: HodorConfig) -> HodorConfig:
+        return with_dims(cfg, self.min_dim, self.max_dim)
+
+
+ExportOpener = Callable[[Path, str | None, ConfigOverrides | None], Backend]
+"""``(export_dir, device, overrides) -> Backend`` for an export directory; raises ``HodorError``
+when it cannot run here."""

@@ -16,16 +16,16 @@ from itertools import islice
 import numpy as np
 import torch
 
-from hodor.engine.backend import Backend
-from hodor.engine.masks import (
+from hodor.engine.backends.base import Backend
+from hodor.engine.loop.masks import (
     background_grid,
     id_mask_from_maps,
     override_with_references,
     resample,
 )
-from hodor.engine.objects import ObjectMap
-from hodor.engine.preprocess import FrameGeometry, frame_geometry, normalise_frames, reference_masks
-from hodor.engine.ring import DescriptorRing
+from hodor.engine.loop.objects import ObjectMap
+from hodor.engine.loop.preprocess import FrameGeometry, frame_geometry, normalise_frames, reference_masks
+from hodor.engine.loop.ring import DescriptorRing
 from hodor.errors import HodorError
 
 DEFAULT_TEMPORAL_WINDOW = 7

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from hodor.config import HodorConfig
-from hodor.engine.manifest import MANIFEST_NAME, STAGES, GraphEntry, load_manifest
+from hodor.engine.backends.base import ConfigOverrides
+from hodor.engine.backends.manifest import MANIFEST_NAME, STAGES, GraphEntry, load_manifest
 from hodor.errors import HodorError
 
 GPU_HINT = "pip install hodor-engine[onnxruntime-gpu] (in place of onnxruntime)"
@@ -74,7 +75,7 @@ def _providers(ort: Any, device: torch.device, export_dir: Path, entry: GraphEnt
 
 
 class OnnxRuntimeBackend:
-    """Implements ``hodor.engine.backend.Backend`` over the export's ONNX graphs."""
+    """Implements ``hodor.engine.backends.base.Backend`` over the export's ONNX graphs."""
 
     name = "onnxruntime"
 
@@ -168,7 +169,7 @@ class OnnxRuntimeBackend:
         fg_invalid: torch.Tensor,
         bg_invalid: torch.Tensor,
     ) -> torch.Tensor:
-        """-> ``logits [1,1+Qb+I,2h,2w]`` (shapes as ``hodor.engine.backend.Backend.decode``)."""
+        """-> ``logits [1,1+Qb+I,2h,2w]`` (shapes as ``hodor.engine.backends.base.Backend.decode``)."""
         (logits,) = self._run(
             "decoder",
             f4=f4,
@@ -186,9 +187,9 @@ class OnnxRuntimeBackend:
 
 
 def open_onnxruntime_backend(
-    export_dir: Path, device: str | None, overrides: Any = None
+    export_dir: Path, device: str | None, overrides: ConfigOverrides | None = None
 ) -> OnnxRuntimeBackend:
-    """``hodor.engine.backends.ExportOpener`` for ``onnxruntime``."""
+    """``hodor.engine.backends.base.ExportOpener`` for ``onnxruntime``."""
     manifest = load_manifest(export_dir, verify=False)
     config = overrides.apply(manifest.hodor_config) if overrides is not None else None
     return OnnxRuntimeBackend(export_dir, device=device, config=config)

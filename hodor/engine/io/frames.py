@@ -1,16 +1,8 @@
-"""Reading frames and masks, writing masks and the overlay video.
-
-Frames come from a video file (anything PyAV decodes, as ``rgb24``, with the
-rotation of its display matrix applied) or a directory of jpg/png images sorted by
-name. Masks are palette PNGs whose pixel values are object ids. Every output file
-is written under a temporary name and renamed, so an interrupted run leaves only
-whole files.
-"""
+"""Reading frames: a video file (anything PyAV decodes, as ``rgb24``, with the rotation of its
+display matrix applied) or a directory of jpg/png images sorted by name."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -26,9 +18,6 @@ FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 DIRECTORY_FPS = Fraction(24)
 """Frame rate of the overlay for a directory of frames, which carries none (DAVIS is 24 fps)."""
 MIN_INDEX_DIGITS = 5
-
-
-# --------------------------------------------------------------------------- frames
 
 
 def rotate_to_display(frame: np.ndarray, rotation: float) -> np.ndarray:
@@ -204,141 +193,3 @@ def open_frames(path: str | Path) -> FrameSource:
         fps=Fraction(fps),
     )
 
-
-# --------------------------------------------------------------------------- masks
-
-
-def default_palette() -> list[int]:
-    """The DAVIS / PASCAL VOC palette (768 values): object ``i``'s colour from the bits of ``i``."""
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
-@dataclass(frozen=True)
-class MaskImage:
-    """A mask file: ``ids [H,W]`` uint8 object ids and its palette (768 values; ``None`` if it had none)."""
-
-    path: Path
-    ids: np.ndarray
-    palette: list[int] | None
-
-
-def read_mask(path: str | Path) -> MaskImage:
-    """Read a palette PNG (pixel value = object id); greyscale images are accepted as ids too."""
-    path = Path(path)
-    if not path.is_file():
-        raise HodorError(f"mask not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            palette = img.getpalette() if mode == "P" else None
-            if mode not in ("P", "L"):
-                raise HodorError(
-                    f"{path}: a mask must be a palette PNG whose pixel values are object ids "
-                    f"(this image is {mode}); save it in P mode"
-                )
-            ids = np.asarray(img).astype(np.uint8).copy()
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise HodorError(f"{path}: cannot read this mask ({exc.__class__.__name__})") from None
-    if palette is not None:
-        palette = (list(palette) + [0] * 768)[:768]
-    return MaskImage(path=path, ids=ids, palette=palette)
-
-
-# --------------------------------------------------------------------------- outputs
-
-
-def _temporary_beside(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def write_mask(path: str | Path, ids: np.ndarray, palette: list[int]) -> None:
-    """Write ``ids [H,W]`` uint8 as a palette PNG, atomically."""
-    path = Path(path)
-    tmp = _temporary_beside(path)
-    try:
-        img = Image.fromarray(np.ascontiguousarray(ids, dtype=np.uint8), mode="P")
-        img.putpalette(palette)
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise HodorError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-def prepare_output_dir(path: str | Path) -> Path:
-    """Create ``path`` (and ``path/masks``) and check that files can be written there."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise HodorError(f"output directory {path} is an existing file; choose another --out")
-    try:
-        (path / "masks").mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path / "masks"):
-            pass
-    except OSError as exc:
-        raise HodorError(f"cannot write to output directory {path}: {exc.strerror or exc}") from None
-    return path
-
-
-def blend_overlay(frame: np.ndarray, ids: np.ndarray, palette: list[int], alpha: float = 0.5) -> np.ndarray:
-    """Objects' palette colours blended over ``frame [H,W,3]`` uint8 where ``ids [H,W]`` is non-zero."""
-    colours = np.asarray(palette, dtype=np.float32).reshape(-1, 3)[ids]
-    blended = frame.astype(np.float32) * (1 - alpha) + colours * alpha
-    return np.where(ids[..., None] > 0, blended + 0.5, frame).astype(np.uint8)
-
-
-class OverlayWriter:
-    """``overlay.mp4``: the masks over the frames at the source frame rate (H.264 where available)."""
-
-    def __init__(self, path: str | Path, fps: Fraction, height: int, width: int, palette: list[int]) -> None:
-        self.path = Path(path)
-        self.palette = palette
-        self._tmp = _temporary_beside(self.path)
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        try:
-            self._container = av.open(str(self._tmp), mode="w", format="mp4")
-            self._stream = self._container.add_stream(codec, rate=fps)
-        except (av.error.FFmpegError, OSError) as exc:
-            self._tmp.unlink(missing_ok=True)
-            raise HodorError(f"cannot write {self.path}: {exc}") from None
-        # 4:2:0 chroma needs even sizes; the odd last row/column is repeated.
-        self._stream.height = height + height % 2
-        self._stream.width = width + width % 2
-        self._stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            self._stream.options = {"crf": "20", "preset": "veryfast"}
-        else:
-            self._stream.bit_rate = 4_000_000
-
-    def write(self, frame: np.ndarray, ids: np.ndarray) -> None:
-        image = blend_overlay(frame, ids, self.palette)
-        pad_h, pad_w = self._stream.height - image.shape[0], self._stream.width - image.shape[1]
-        if pad_h or pad_w:
-            image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-        video_frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-        for packet in self._stream.encode(video_frame):
-            self._container.mux(packet)
-
-    def close(self) -> None:
-        """Flush, close and move the finished file into place."""
-        for packet in self._stream.encode():
-            self._container.mux(packet)
-        self._container.close()
-        os.replace(self._tmp, self.path)
-
-    def abort(self) -> None:
-        try:
-            self._container.close()
-        except (av.error.FFmpegError, OSError):
-            pass  # already failing; the temporary file goes either way
-        self._tmp.unlink(missing_ok=True)

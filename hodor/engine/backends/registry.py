@@ -7,35 +7,17 @@ the backends that run those register in ``EXPORT_BACKENDS``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from hodor.config import HodorConfig, config_beside, with_dims
-from hodor.engine.backend import Backend
-from hodor.engine.onnxruntime_backend import open_onnxruntime_backend
-from hodor.engine.tensorrt_backend import open_tensorrt_backend
-from hodor.engine.torch_backend import TorchOptions, open_torch_backend
+from hodor.config import config_beside
+from hodor.engine.backends.base import Backend, ConfigOverrides, ExportOpener
+from hodor.engine.backends.onnxruntime_backend import open_onnxruntime_backend
+from hodor.engine.backends.tensorrt_backend import open_tensorrt_backend
+from hodor.engine.backends.torch_backend import TorchOptions, open_torch_backend
 from hodor.errors import HodorError
 
 BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
 
-
-@dataclass(frozen=True)
-class ConfigOverrides:
-    """What the command line may change in the model's config, and how the torch backend runs it."""
-
-    config_path: Path | None = None  # default: config.yaml beside the checkpoint
-    min_dim: int | None = None
-    max_dim: int | None = None
-    torch: TorchOptions = field(default_factory=TorchOptions)  # only for a .pth checkpoint
-
-    def apply(self, cfg: HodorConfig) -> HodorConfig:
-        return with_dims(cfg, self.min_dim, self.max_dim)
-
-
-ExportOpener = Callable[[Path, str | None, ConfigOverrides], Backend]
-"""``(export_dir, device, overrides) -> Backend``; raises ``HodorError`` when it cannot run here."""
 
 EXPORT_BACKENDS: dict[str, ExportOpener] = {
     # TensorRT first: ``--backend auto`` prefers engines that run on this GPU.
@@ -51,14 +33,20 @@ def open_backend(
     backend: str = "auto",
     device: str | None = None,
     overrides: ConfigOverrides | None = None,
+    torch_options: TorchOptions | None = None,
 ) -> Backend:
-    """Open ``model_path`` (a ``.pth`` checkpoint or an export directory) on ``backend``/``device``."""
+    """Open ``model_path`` (a ``.pth`` checkpoint or an export directory) on ``backend``/``device``.
+
+    ``overrides`` change the model's config (``--config``, ``--min-dim``, ``--max-dim``);
+    ``torch_options`` say how the torch backend runs a checkpoint and are refused for an export.
+    """
     path = Path(model_path)
     overrides = overrides or ConfigOverrides()
+    torch_options = torch_options or TorchOptions()
     if backend not in BACKEND_CHOICES:
         raise HodorError(f"unknown backend {backend!r}: choose one of {', '.join(BACKEND_CHOICES)}")
     if path.is_dir():
-        if given := overrides.torch.given():
+        if given := torch_options.given():
             raise HodorError(
                 f"{' and '.join(given)} choose how the torch backend runs a .pth checkpoint, but {path} "
                 "is an export directory, whose precision is fixed when it is built "
@@ -73,9 +61,13 @@ def open_backend(
             f"export it first (hodor-export {path}) or use --backend torch"
         )
     cfg = overrides.apply(config_beside(path, overrides.config_path))
-    options = overrides.torch
     return open_torch_backend(
-        path, cfg, device, kernels=options.kernels, dtype=options.precision, cuda_graphs=options.cuda_graphs
+        path,
+        cfg,
+        device,
+        kernels=torch_options.kernels,
+        dtype=torch_options.precision,
+        cuda_graphs=torch_options.cuda_graphs,
     )
 
 

@@ -2,7 +2,7 @@
 
 On CUDA it can run the fused Triton kernels for the descriptor computations
 (``kernels``), the network in half precision (``dtype``), and the per-frame encode
-and decode as CUDA graphs (``cuda_graphs``, see :mod:`hodor.engine.cuda_graphs`).
+and decode as CUDA graphs (``cuda_graphs``, see :mod:`hodor.engine.backends.cuda_graphs`).
 Whatever the compute dtype, descriptors and logits leave the backend as float32, so the
 runtime's resampling, softmax and reference override always run in float32; backbone
 features stay in the compute dtype, since the runtime only hands them back.
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from hodor.config import HodorConfig
-from hodor.engine.cuda_graphs import CudaGraphRunner
+from hodor.engine.backends.cuda_graphs import CudaGraphRunner
 from hodor.errors import HodorError
 
 KERNEL_CHOICES = ("torch", "triton")

@@ -31,7 +31,8 @@ from typing import Any
 import torch
 
 from hodor.config import HodorConfig
-from hodor.engine.manifest import STAGES, Manifest, load_manifest
+from hodor.engine.backends.base import ConfigOverrides
+from hodor.engine.backends.manifest import STAGES, Manifest, load_manifest
 from hodor.errors import HodorError
 
 logger = logging.getLogger(__name__)
@@ -559,7 +560,7 @@ class StageEngine:
 
 
 class TensorRTBackend:
-    """The seam (``hodor.engine.backend.Backend``) on the TensorRT engines of an export.
+    """The seam (``hodor.engine.backends.base.Backend``) on the TensorRT engines of an export.
 
     Inputs are CUDA tensors, cast to each engine's input types; outputs come back in the
     engine's types (float32: every graph casts at its edges). Output lifetimes: the
@@ -718,8 +719,10 @@ class TensorRTBackend:
         return [by_name[n] for n in names]
 
 
-def open_tensorrt_backend(export_dir: Path, device: str | None, overrides: Any = None) -> TensorRTBackend:
-    """``hodor.engine.backends.ExportOpener`` for ``tensorrt``: raises ``HodorError`` when the
+def open_tensorrt_backend(
+    export_dir: Path, device: str | None, overrides: ConfigOverrides | None = None
+) -> TensorRTBackend:
+    """``hodor.engine.backends.base.ExportOpener`` for ``tensorrt``: raises ``HodorError`` when the
     export's engines cannot run here (so ``--backend auto`` falls back to ONNX Runtime)."""
     manifest = load_manifest(export_dir)
     config = overrides.apply(manifest.hodor_config) if overrides is not None else None
