@@ -5,7 +5,7 @@ A new input kind goes in :mod:`.frames`; a new output format beside :mod:`.masks
 :mod:`.overlay`, written through :mod:`.files`.
 """
 
-from hodor.engine.io.files import prepare_output_dir, temporary_beside
+from hodor.engine.io.files import atomic_write, prepare_output_dir, temporary_beside
 from hodor.engine.io.frames import FrameSource, index_stems, open_frames, read_image_rgb, rotate_to_display
 from hodor.engine.io.masks import MaskImage, default_palette, read_mask, write_mask
 from hodor.engine.io.overlay import OverlayWriter, blend_overlay
@@ -14,6 +14,7 @@ __all__ = [
     "FrameSource",
     "MaskImage",
     "OverlayWriter",
+    "atomic_write",
     "blend_overlay",
     "default_palette",
     "index_stems",

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from hodor.engine.io.files import temporary_beside
+from hodor.engine.io.files import atomic_write
 from hodor.errors import HodorError
 
 
@@ -64,13 +63,10 @@ def read_mask(path: str | Path) -> MaskImage:
 def write_mask(path: str | Path, ids: np.ndarray, palette: list[int]) -> None:
     """Write ``ids [H,W]`` uint8 as a palette PNG, atomically."""
     path = Path(path)
-    tmp = temporary_beside(path)
     try:
         img = Image.fromarray(np.ascontiguousarray(ids, dtype=np.uint8), mode="P")
         img.putpalette(palette)
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            img.save(tmp, format="PNG")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise HodorError(f"cannot write {path}: {exc.strerror or exc}") from None
-
