@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         const=LOCAL,
         metavar="ADDRESS",
         help="spread the sequences over Ray workers: alone, a Ray instance started on this machine; "
-        "with ADDRESS (auto, host:port, ray://host:port), an existing cluster",
+        "with ADDRESS (auto, host:port, ray://host:port), an existing cluster (give ROOT before --ray, "
+        "or write --ray=ADDRESS)",
     )
     ray.add_argument(
         "--ray-workers",
