@@ -130,7 +130,10 @@ def run_on_ray(
             return actor_class.remote(request, options.cpus_per_worker)
 
         started = [start_actor() for _ in range(count)]
-        readiness = ray.get([a.ready.remote() for a in started])
+        try:
+            readiness = ray.get([a.ready.remote() for a in started])
+        except RayActorError as exc:
+            raise HodorError(f"the Ray workers could not start: {one_line(exc)}") from None
         # An actor whose model did not load (a node without the file, say) takes no sequence.
         actors = [a for a, (_, _, problem) in zip(started, readiness, strict=True) if not problem]
         if not actors:
