@@ -26,6 +26,7 @@ from hodor.errors import HodorError
 LOCAL = "local"
 """``--ray`` without an address: start a Ray instance on this machine for this run."""
 DEFAULT_RETRIES = 2
+MESSAGE_CHARS = 300  # Ray's own messages run to paragraphs; the summary keeps their start
 
 # A Ray instance started here for one run stays on the loopback interface and reports nothing.
 _LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -172,10 +173,11 @@ def run_on_ray(
                         spec.name,
                         FAILED,
                         attempts=attempt,
-                        error=f"worker died {attempt} times: {one_line(exc)}",
+                        error=f"worker died {attempt} times: {one_line(exc)[:MESSAGE_CHARS]}",
                     )
                 except RayTaskError as exc:
-                    result = SequenceResult(spec.name, FAILED, attempts=attempt, error=one_line(exc))
+                    error = one_line(exc)[:MESSAGE_CHARS]
+                    result = SequenceResult(spec.name, FAILED, attempts=attempt, error=error)
                 results[spec.name] = result
                 note_result(bar, result)
         return [results[spec.name] for spec in specs], f"{backend} on {count} Ray worker(s)"
