@@ -299,6 +299,7 @@ def test_not_a_dataset_and_a_path_inside_one(tmp_path, davis, model, capsys):
     plain.mkdir()
     code, _, err = run([plain, "--model", model["path"]], capsys)
     assert code == 2 and "is not a dataset: expected DAVIS" in error_lines(err)[0]
+    assert "to segment one video, give its reference masks with --masks" in error_lines(err)[0]
     code, _, err = run([root / "JPEGImages" / "480p", "--model", model["path"]], capsys)
     assert code == 2 and f"give its root ({root.resolve()})" in error_lines(err)[0]
 

@@ -65,7 +65,10 @@ def load_dataset(
     found = detect_layout(path)
     if layout == "auto":
         if found is None:
-            raise HodorError(f"{path} is not a dataset: expected {LAYOUT_HELP}{_inside_dataset_hint(path)}")
+            raise HodorError(
+                f"{path} is not a dataset: expected {LAYOUT_HELP}{_inside_dataset_hint(path)} "
+                "(to segment one video, give its reference masks with --masks)"
+            )
         layout = found
     if layout == DAVIS:
         specs = davis_sequences(path, split, seqs)
