@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Segment objects through a video with HODOR, starting from reference masks.",
+        epilog="Dataset mode: hodor-run ROOT [options] segments every sequence of a DAVIS or YouTube-VOS "
+        "root or of a .csv/.json list of videos, loading the model once (hodor-run ROOT --help).",
     )
     p.add_argument(
         "input", type=Path, help="video file (mp4, mkv, avi, webm, mov, ...) or directory of jpg/png frames"
@@ -193,6 +195,11 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from hodor.engine.datasets import cli as dataset_cli  # a dataset root: every sequence, one model load
+
+    if dataset_cli.is_dataset_invocation(argv):
+        return dataset_cli.main(argv)
     args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():
