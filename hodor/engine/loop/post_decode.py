@@ -10,9 +10,10 @@
 
 Its arguments are plain tensors, integers and tuples (the reference masks in a named tuple of
 those), so that a fused implementation elsewhere (``hodor/kernels``, which imports nothing from
-the engine) can take the same signature and replace it one for one. A replacement must give the
-same id masks and the same maps to the last bit wherever the loop's parity is judged; it may
-hand frames with a reference (``references`` given) back to this function.
+the engine) can take the same signature and replace it one for one
+(``tests/test_engine_post_decode.py`` states what it must give, to the bit). A replacement may
+cover the steady state alone (``references`` None): the session then keeps this function for
+the frames that carry a reference.
 """
 
 from __future__ import annotations

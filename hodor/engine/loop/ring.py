@@ -34,7 +34,8 @@ class History:
     ``fg [1,I,T,C]``, ``bg [1,Qb,T,C]``: descriptors, zeros where a frame has none.
     ``fg_invalid [1,I,T]``, ``bg_invalid [1,Qb,T]``: True where a frame has none.
     ``T`` = number of frames in the window, oldest first, the current frame last.
-    The tensors are the ring's own (fresh for each history), contiguous, on the ring's device.
+    The tensors are contiguous copies made for this history (later writes to the ring leave them
+    as they are), on the ring's device.
     """
 
     ids: tuple[int, ...]
