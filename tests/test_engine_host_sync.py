@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
+from hodor.engine.backends.cuda_graphs import CudaGraphRunner, CudaGraphWarning
 from hodor.engine.loop.session import VideoSession
 from tests.engine_fake_backend import FakeBackend, small_config
 
@@ -314,29 +315,33 @@ class DeviceStandIn(FakeBackend):
         return out.reshape(1, -1, *f4.shape[-2:])
 
 
+def cuda_backend(network: str):
+    device = torch.device("cuda")
+    if network == "stand-in":
+        return DeviceStandIn(device=device)
+    from hodor.engine.backends.torch_backend import resolve_kernels
+    from hodor.errors import HodorError
+
+    kernels = "triton" if network == "torch-triton-graphs" else "torch"
+    try:
+        resolve_kernels(kernels, device)
+    except HodorError as exc:
+        pytest.skip(str(exc))
+    return tiny_torch_backend(device, kernels=kernels, graphs=CudaGraphRunner(enabled=True))
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
 @pytest.mark.parametrize("network", ["stand-in", "torch-graphs", "torch-triton-graphs"])
 def test_no_host_sync_in_the_steady_state_on_cuda(network):
-    device = torch.device("cuda")
-    if network == "stand-in":
-        backend = DeviceStandIn(device=device)
-    else:
-        from hodor.engine.backends.cuda_graphs import CudaGraphRunner
-        from hodor.engine.backends.torch_backend import resolve_kernels
-        from hodor.errors import HodorError
-
-        kernels = "triton" if network == "torch-triton-graphs" else "torch"
-        try:
-            resolve_kernels(kernels, device)
-        except HodorError as exc:
-            pytest.skip(str(exc))
-        backend = tiny_torch_backend(device, kernels=kernels, graphs=CudaGraphRunner(enabled=True))
+    """Frames already on the GPU; after the warm-up (window full, graphs captured) any call that makes
+    the host wait for the device raises."""
+    backend = cuda_backend(network)
     session = VideoSession(backend, temporal_window=WINDOW)
     frames = clip(WARM_UP + 6)
-    on_gpu = [torch.from_numpy(f).to(device) for f in frames]  # uploaded before the loop
+    on_gpu = [torch.from_numpy(f).cuda() for f in frames]
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a failed graph capture would hide syncs in eager stages
+        warnings.simplefilter("error", CudaGraphWarning)  # eager stages after a failed capture
         out = [session.step_device(f, MASKS.get(t)) for t, f in enumerate(on_gpu[:WARM_UP])]
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
@@ -344,8 +349,17 @@ def test_no_host_sync_in_the_steady_state_on_cuda(network):
             out += [session.step_device(f) for f in on_gpu[WARM_UP:]]
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    stepped = VideoSession(backend, temporal_window=WINDOW)
+    if network != "stand-in":
+        assert backend.graphs.failure is None and backend.graphs.stats.replays > 0
+
+    # The same masks as step() on numpy frames, with an identical backend (graph replays of a
+    # library call may pick another algorithm than its eager run: hold those to run-vs-step agreement).
+    stepped = VideoSession(cuda_backend(network), temporal_window=WINDOW)
     expected = [stepped.step(f, MASKS.get(t)) for t, f in enumerate(frames)]
-    for t, (got, want) in enumerate(zip(out, expected, strict=True)):
-        assert np.array_equal(got.cpu().numpy(), want), f"frame {t}"
     assert len(np.unique(expected[-1])) == 3
+    for t, (got, want) in enumerate(zip(out, expected, strict=True)):
+        got = got.cpu().numpy()
+        if network == "stand-in":
+            assert np.array_equal(got, want), f"frame {t}"
+        else:
+            assert (got == want).mean() >= 0.999, f"frame {t}"
