@@ -40,21 +40,43 @@ def background_grid(
     return grid
 
 
-def override_with_references(
+def override_in_place(
     maps: torch.Tensor, num_bg_channels: int, references: Sequence[tuple[int, torch.Tensor]]
-) -> torch.Tensor:
-    """Replace the prediction by the reference masks where those are given.
+) -> None:
+    """Replace the prediction by the reference masks where those are given, in ``maps`` itself.
 
     ``maps [1+Qb+I, H, W]``; ``num_bg_channels`` = 1 + Qb; ``references``: (object slot,
     bool mask ``[H,W]``), applied in order. At a reference's pixels every channel is
     zeroed, then the referenced object's channel is set to its mask (1 inside, 0 outside).
-    Returns a new tensor.
     """
-    out = maps.clone()
     for slot, mask in references:
-        out = torch.where(mask[None], torch.zeros_like(out), out)
-        out[num_bg_channels + slot] = mask.to(out.dtype)
+        maps.masked_fill_(mask[None], 0.0)
+        maps[num_bg_channels + slot] = mask.to(maps.dtype)
+
+
+def override_with_references(
+    maps: torch.Tensor, num_bg_channels: int, references: Sequence[tuple[int, torch.Tensor]]
+) -> torch.Tensor:
+    """:func:`override_in_place` on a copy of ``maps``; returns the copy (``maps`` is untouched)."""
+    out = maps.clone()
+    override_in_place(out, num_bg_channels, references)
     return out
+
+
+def id_lookup(num_bg_channels: int, object_ids: Sequence[int], device: torch.device | str) -> torch.Tensor:
+    """The id each channel shows: ``[1+Qb+I]`` uint8, 0 for the catch-all and background channels.
+
+    Built once per set of objects (it is uploaded to ``device``), not once per frame.
+    """
+    return torch.tensor([0] * num_bg_channels + [int(i) for i in object_ids], dtype=torch.uint8).to(device)
+
+
+def ids_from_maps(maps: torch.Tensor, lookup: torch.Tensor) -> torch.Tensor:
+    """Arg-max over channels ``maps [1+Qb+I, H, W]`` -> ``lookup`` of the winning channel ``[H,W]`` uint8.
+
+    Ties go to the lower channel.
+    """
+    return lookup[maps.argmax(0)]
 
 
 def id_mask_from_maps(maps: torch.Tensor, num_bg_channels: int, object_ids: Sequence[int]) -> torch.Tensor:
@@ -62,7 +84,4 @@ def id_mask_from_maps(maps: torch.Tensor, num_bg_channels: int, object_ids: Sequ
 
     The catch-all and background channels map to 0. Ties go to the lower channel.
     """
-    lookup = torch.tensor(
-        [0] * num_bg_channels + [int(i) for i in object_ids], dtype=torch.uint8, device=maps.device
-    )
-    return lookup[maps.argmax(0)]
+    return ids_from_maps(maps, id_lookup(num_bg_channels, object_ids, maps.device))

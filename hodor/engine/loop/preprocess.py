@@ -3,8 +3,9 @@
 Frames: BGR float → bilinear resize (``align_corners=False``, no antialiasing) to
 ``(round(s·h), round(s·w))`` → ÷255 if the config says so → ``(x − mean) / std`` with
 the config's BGR-ordered vectors → flip to RGB if the config says so → zero-pad
-right/bottom to a multiple of 32. Reference masks: one binary mask per object,
-resized on its own as floats, kept where > 0.5, zero-padded.
+right/bottom to a multiple of 32 (computed without the flips, see :class:`FrameNormaliser`).
+Reference masks: one binary mask per object, resized on its own as floats, kept where > 0.5,
+zero-padded.
 """
 
 from __future__ import annotations
@@ -83,22 +84,44 @@ def _pad(x: torch.Tensor, geometry: FrameGeometry) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode="constant", value=0)
 
 
+class FrameNormaliser:
+    """Frames ``[B,H,W,3]`` uint8 RGB -> network input ``[B,3,Hp,Wp]`` float32, for one geometry.
+
+    The official reader yields BGR and takes statistics in BGR order, then flips to RGB when
+    the config asks for RGB input. Resampling and normalisation act on each channel alone,
+    so the frames stay in RGB order and meet the statistics reordered to match: the same
+    numbers without the two flips. The statistics are put on the device once, here, so that
+    normalising a frame uploads nothing.
+    """
+
+    def __init__(self, geometry: FrameGeometry, cfg: InputConfig, device: torch.device | str) -> None:
+        self.geometry = geometry
+        self.unit_scale = cfg.normalize_to_unit_scale
+        self.rgb_output = cfg.rgb_input
+        order = [2, 1, 0] if cfg.rgb_input else [0, 1, 2]  # BGR-ordered statistics, read in output order
+        mean = torch.tensor([cfg.mean_bgr[c] for c in order], dtype=torch.float32)
+        std = torch.tensor([cfg.std_bgr[c] for c in order], dtype=torch.float32)
+        self.mean = mean.to(device)[None, :, None, None]  # [1,3,1,1]
+        self.std = std.to(device)[None, :, None, None]
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected frames [B,H,W,3], got {list(frames.shape)}")
+        x = frames.permute(0, 3, 1, 2)
+        if not self.rgb_output:
+            x = x.flip(1)
+        x = x.to(torch.float32)
+        x = F.interpolate(x, size=self.geometry.resized, mode="bilinear", align_corners=False)
+        if self.unit_scale:
+            x = x / 255.0
+        x = (x - self.mean) / self.std
+        return _pad(x, self.geometry).contiguous()
+
+
 def normalise_frames(frames: torch.Tensor, geometry: FrameGeometry, cfg: InputConfig) -> torch.Tensor:
-    """``frames [B,H,W,3]`` uint8 RGB -> network input ``[B,3,Hp,Wp]`` float32."""
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected frames [B,H,W,3], got {list(frames.shape)}")
-    # The official reader yields BGR; resampling is per channel, so the order only
-    # matters for which statistics apply to which channel.
-    x = frames.permute(0, 3, 1, 2).to(torch.float32).flip(1)
-    x = F.interpolate(x, size=geometry.resized, mode="bilinear", align_corners=False)
-    if cfg.normalize_to_unit_scale:
-        x = x / 255.0
-    mean = torch.tensor(cfg.mean_bgr, dtype=torch.float32, device=x.device)[None, :, None, None]
-    std = torch.tensor(cfg.std_bgr, dtype=torch.float32, device=x.device)[None, :, None, None]
-    x = (x - mean) / std
-    if cfg.rgb_input:
-        x = x.flip(1)
-    return _pad(x, geometry).contiguous()
+    """``frames [B,H,W,3]`` uint8 RGB -> network input ``[B,3,Hp,Wp]`` float32 (one-off
+    :class:`FrameNormaliser`; a session keeps one per video)."""
+    return FrameNormaliser(geometry, cfg, frames.device)(frames)
 
 
 def reference_masks(

@@ -1,24 +1,29 @@
-"""Descriptor history of the last ``window + 1`` frames.
+"""Descriptor history of the last ``window + 1`` frames, kept on the session's device.
 
 Decoding frame ``t`` attends to the descriptors stored for frames ``t - window … t``
 (fewer at the start of a video). Older frames are never read again, so the ring
 drops them: memory is bounded by the window, not by the video length.
+
+Layout: one preallocated tensor of descriptors ``[Qb + I, S, C]`` (background rows first,
+then one row per object in ascending id order) and one of invalid flags ``[Qb + I, S]``,
+with ``S = window + 1`` slots; frame ``t`` lives in slot ``t % S``. Every write is an
+in-place copy or fill of a slot addressed by Python integers (``fill_``, not ``x[i] = v``, which
+builds a host tensor from ``v``), and a history is one rotation of
+each tensor along the slot axis, so that the steady state (the same objects frame after
+frame) neither allocates ring storage nor moves anything between host and device: which
+rows and slots hold what is bookkeeping on the host. Storage is reallocated only when the
+object rows change (an object joins, or leaves the window). A leading batch axis (several
+videos stepped together) extends this layout without changing it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 DESCRIPTOR_CHANNELS = 256
-
-
-@dataclass
-class _Slot:
-    fg: dict[int, torch.Tensor] = field(default_factory=dict)  # object id -> [C]
-    bg: torch.Tensor | None = None  # [Qb, C]
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,8 @@ class History:
     ``fg [1,I,T,C]``, ``bg [1,Qb,T,C]``: descriptors, zeros where a frame has none.
     ``fg_invalid [1,I,T]``, ``bg_invalid [1,Qb,T]``: True where a frame has none.
     ``T`` = number of frames in the window, oldest first, the current frame last.
+    The tensors are contiguous copies made for this history (later writes to the ring leave them
+    as they are), on the ring's device.
     """
 
     ids: tuple[int, ...]
@@ -47,7 +54,7 @@ class DescriptorRing:
 
     Frames are addressed by their absolute index in the video and must be visited in
     increasing order; writing or reading frame ``t`` forgets every frame before
-    ``t - window``.
+    ``t - window``. Descriptors are stored as float32 (the seam's descriptor dtype).
     """
 
     def __init__(
@@ -63,72 +70,158 @@ class DescriptorRing:
         self.num_bg = num_bg
         self.channels = channels
         self.device = torch.device(device)
-        self._slots: dict[int, _Slot] = {}
         self._latest = -1
+        self._ids: list[int] = []  # object of each row after the background rows, ascending
+        self._last_written: dict[int, int] = {}  # object id -> latest frame holding its descriptor
+        self._slot_frame: list[int | None] = [None] * self.capacity  # frame each slot belongs to
+        self._slot_used: list[bool] = [False] * self.capacity  # whether a slot holds any descriptor
+        self._descriptors = self._zeros_rows(num_bg)  # [Qb+I, S, C]
+        self._invalid = self._true_rows(num_bg)  # [Qb+I, S] bool
 
     @property
     def capacity(self) -> int:
         return self.window + 1
 
     @property
+    def ids(self) -> tuple[int, ...]:
+        """Objects with a row in the ring, ascending."""
+        return tuple(self._ids)
+
+    @property
     def frames(self) -> list[int]:
         """Indices of the frames currently held, oldest first."""
-        return sorted(self._slots)
+        return sorted(f for f, used in zip(self._slot_frame, self._slot_used, strict=True) if used)
+
+    @property
+    def storage(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ring's tensors: descriptors ``[Qb+I, S, C]`` float32 and invalid flags ``[Qb+I, S]`` bool
+        (background rows first). Exposed so that tests can check they are written in place."""
+        return self._descriptors, self._invalid
 
     def clear(self) -> None:
-        self._slots.clear()
         self._latest = -1
+        self._ids.clear()
+        self._last_written.clear()
+        self._slot_frame = [None] * self.capacity
+        self._slot_used = [False] * self.capacity
+        self._descriptors = self._zeros_rows(self.num_bg)
+        self._invalid = self._true_rows(self.num_bg)
 
-    def _advance(self, t: int) -> None:
-        if t < self._latest:
-            raise ValueError(f"frame {t} is older than frame {self._latest}, already visited")
-        self._latest = t
-        for old in [s for s in self._slots if s < t - self.window]:
-            del self._slots[old]
+    # ------------------------------------------------------------------ writes
 
+    @torch.inference_mode()
     def put_objects(self, t: int, ids: Sequence[int], descriptors: torch.Tensor) -> None:
         """Store (or overwrite) frame ``t``'s descriptors of ``ids``; ``descriptors [I,C]``."""
-        if descriptors.shape != (len(ids), self.channels):
+        if tuple(descriptors.shape) != (len(ids), self.channels):
             raise ValueError(
                 f"expected descriptors [{len(ids)},{self.channels}], got {list(descriptors.shape)}"
             )
         self._advance(t)
-        slot = self._slots.setdefault(t, _Slot())
-        for object_id, desc in zip(ids, descriptors.unbind(0), strict=True):
-            slot.fg[int(object_id)] = desc
+        ids = [int(i) for i in ids]
+        self._add_rows(ids)
+        slot = t % self.capacity
+        rows = [self.num_bg + self._ids.index(i) for i in ids]
+        if rows and rows == list(range(rows[0], rows[0] + len(rows))):
+            # The usual case (every object, in row order): one copy, one fill.
+            self._descriptors[rows[0] : rows[0] + len(rows), slot].copy_(descriptors)
+            self._invalid[rows[0] : rows[0] + len(rows), slot].fill_(False)
+        else:
+            for row, desc in zip(rows, descriptors.unbind(0), strict=True):
+                self._descriptors[row, slot].copy_(desc)
+                self._invalid[row, slot].fill_(False)
+        for i in ids:
+            self._last_written[i] = t
+        self._slot_used[slot] = self._slot_used[slot] or bool(ids)
 
+    @torch.inference_mode()
     def put_background(self, t: int, descriptors: torch.Tensor) -> None:
         """Store (or overwrite) frame ``t``'s background descriptors ``[Qb,C]``."""
-        if descriptors.shape != (self.num_bg, self.channels):
+        if tuple(descriptors.shape) != (self.num_bg, self.channels):
             raise ValueError(
                 f"expected descriptors [{self.num_bg},{self.channels}], got {list(descriptors.shape)}"
             )
         self._advance(t)
-        self._slots.setdefault(t, _Slot()).bg = descriptors
+        slot = t % self.capacity
+        self._descriptors[: self.num_bg, slot].copy_(descriptors)
+        self._invalid[: self.num_bg, slot].fill_(False)
+        self._slot_used[slot] = True
 
+    # ------------------------------------------------------------------ reads
+
+    @torch.inference_mode()
     def history(self, t: int) -> History:
         """Descriptors of frames ``max(0, t - window) … t`` for decoding frame ``t``."""
         self._advance(t)
-        frames = range(max(0, t - self.window), t + 1)
-        slots = [self._slots.get(s, _Slot()) for s in frames]
-        ids = tuple(sorted({i for slot in slots for i in slot.fg}))
-
-        zeros_fg = torch.zeros(self.channels, device=self.device)
-        zeros_bg = torch.zeros(self.num_bg, self.channels, device=self.device)
-        if ids:
-            fg = torch.stack([torch.stack([slot.fg.get(i, zeros_fg) for slot in slots], 0) for i in ids], 0)
+        length = min(t, self.window) + 1
+        oldest_slot = (t - length + 1) % self.capacity
+        if length < self.capacity:
+            # Frames 0 … t sit in slots 0 … t, already oldest first.
+            descriptors = self._descriptors[:, :length].contiguous()
+            invalid = self._invalid[:, :length].contiguous()
         else:
-            fg = torch.zeros(0, len(slots), self.channels, device=self.device)
-        bg = torch.stack([zeros_bg if slot.bg is None else slot.bg for slot in slots], 1)  # [Qb,T,C]
-        fg_invalid = torch.tensor(
-            [[i not in slot.fg for slot in slots] for i in ids], dtype=torch.bool, device=self.device
-        ).reshape(len(ids), len(slots))
-        bg_invalid = torch.tensor([slot.bg is None for slot in slots], dtype=torch.bool, device=self.device)
-        bg_invalid = bg_invalid[None].expand(self.num_bg, -1)
+            descriptors = self._descriptors.roll(-oldest_slot, 1)
+            invalid = self._invalid.roll(-oldest_slot, 1)
+        qb = self.num_bg
+        # Row slices of a contiguous tensor are contiguous views: no further copy.
         return History(
-            ids=ids,
-            fg=fg[None],
-            bg=bg[None],
-            fg_invalid=fg_invalid[None],
-            bg_invalid=bg_invalid[None].contiguous(),
+            ids=tuple(self._ids),
+            fg=descriptors[None, qb:],
+            bg=descriptors[None, :qb],
+            fg_invalid=invalid[None, qb:],
+            bg_invalid=invalid[None, :qb],
         )
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _zeros_rows(self, rows: int) -> torch.Tensor:
+        return torch.zeros(rows, self.capacity, self.channels, dtype=torch.float32, device=self.device)
+
+    def _true_rows(self, rows: int) -> torch.Tensor:
+        return torch.ones(rows, self.capacity, dtype=torch.bool, device=self.device)
+
+    def _advance(self, t: int) -> None:
+        """Make frame ``t`` the latest: empty the slots that frames up to ``t`` take over and drop the
+        rows of objects with no descriptor left in the window."""
+        if t < self._latest:
+            raise ValueError(f"frame {t} is older than frame {self._latest}, already visited")
+        if t == self._latest:
+            return
+        for frame in range(max(self._latest + 1, t - self.window), t + 1):
+            slot = frame % self.capacity
+            if self._slot_used[slot]:
+                self._descriptors[:, slot].zero_()
+                self._invalid[:, slot].fill_(True)
+            self._slot_frame[slot] = frame
+            self._slot_used[slot] = False
+        self._latest = t
+        gone = [i for i in self._ids if self._last_written[i] < t - self.window]
+        if gone:
+            self._drop_rows(gone)
+
+    def _add_rows(self, ids: Sequence[int]) -> None:
+        """Give each new object of ``ids`` an empty row, keeping rows in ascending id order."""
+        new = sorted(set(ids) - set(self._ids))
+        if not new:
+            return
+        merged = sorted(self._ids + new)
+        pieces_d, pieces_i = [self._descriptors[: self.num_bg]], [self._invalid[: self.num_bg]]
+        for i in merged:
+            if i in self._ids:
+                row = self.num_bg + self._ids.index(i)
+                pieces_d.append(self._descriptors[row : row + 1])
+                pieces_i.append(self._invalid[row : row + 1])
+            else:
+                pieces_d.append(self._zeros_rows(1))
+                pieces_i.append(self._true_rows(1))
+        self._descriptors = torch.cat(pieces_d, 0)
+        self._invalid = torch.cat(pieces_i, 0)
+        self._ids = merged
+
+    def _drop_rows(self, ids: Sequence[int]) -> None:
+        keep = [self.num_bg + r for r, i in enumerate(self._ids) if i not in ids]
+        rows = list(range(self.num_bg)) + keep
+        self._descriptors = torch.cat([self._descriptors[r : r + 1] for r in rows], 0)
+        self._invalid = torch.cat([self._invalid[r : r + 1] for r in rows], 0)
+        self._ids = [i for i in self._ids if i not in ids]
+        for i in ids:
+            del self._last_written[i]
