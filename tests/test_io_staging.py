@@ -133,6 +133,47 @@ def test_keep_carries_chosen_entries_of_the_previous_target_over(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.hodor"]
 
 
+def test_a_commit_that_fails_to_put_its_contents_in_place_undoes_itself(tmp_path, monkeypatch):
+    from hodor.engine.io import staging
+
+    out = filled(tmp_path / "out", {"keep/cache": b"c", "masks/a.png": b"previous"})
+    before = tree(out)
+    staged = StagedDir(out)
+    filled(staged.path, {"masks/a.png": b"new"})
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if Path(src) == staged.path:
+            raise OSError(28, "No space left on device")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(staging.os, "rename", rename)
+    with pytest.raises(HodorError, match="cannot put .*out in place: No space left on device"):
+        staged.commit(keep=lambda name: name == "keep")
+    monkeypatch.undo()
+    assert tree(out) == before  # the previous contents, carried-over entries included, are back
+    staged.discard()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_ctrl_c_while_the_previous_contents_are_deleted_does_not_undo_the_commit(tmp_path, monkeypatch):
+    from hodor.engine.io import staging
+
+    out = filled(tmp_path / "out", {"masks/a.png": b"previous"})
+    staged = StagedDir(out)
+    filled(staged.path, {"masks/a.png": b"new"})
+
+    def interrupted_rmtree(path, ignore_errors=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(staging.shutil, "rmtree", interrupted_rmtree)
+    assert staged.commit() == out and not staged.open
+    monkeypatch.undo()
+    assert tree(out) == {"masks/a.png": b"new"}
+    remove_stale(tmp_path, "out")  # the next claim deletes what was left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def test_a_file_in_the_way_is_an_error(tmp_path):
     (tmp_path / "out").write_text("a file")
     with pytest.raises(HodorError, match="existing file"):

@@ -108,15 +108,16 @@ class StagedDir:
         ``incomplete`` writes the :data:`INCOMPLETE_NAME` marker into it first. ``keep(name)``
         picks entries of the previous ``target`` to carry over into the new one (moved, not
         copied; an entry the staged contents also have is not carried). Everything else of
-        the previous ``target`` is deleted.
+        the previous ``target`` is deleted; a Ctrl-C during that deletion stops it without
+        undoing the commit (:func:`remove_stale` deletes the rest later).
         """
         if self._fd is None:
             raise RuntimeError(f"{self.path} was already committed or discarded")
-        if incomplete is not None:
-            with atomic_write(self.path / INCOMPLETE_NAME) as tmp:
-                tmp.write_text(json.dumps(asdict(incomplete), indent=1) + "\n")
         carried: list[str] = []
         try:
+            if incomplete is not None:
+                with atomic_write(self.path / INCOMPLETE_NAME) as tmp:
+                    tmp.write_text(json.dumps(asdict(incomplete), indent=1) + "\n")
             if self.target.is_dir():
                 if keep is not None:
                     for entry in sorted(self.target.iterdir()):
@@ -124,22 +125,21 @@ class StagedDir:
                             os.rename(entry, self.path / entry.name)
                             carried.append(entry.name)
                 os.rename(self.target, self._aside)
-                try:
-                    os.rename(self.path, self.target)
-                except BaseException:
-                    os.rename(self._aside, self.target)
-                    raise
-            else:
-                os.rename(self.path, self.target)
+            os.rename(self.path, self.target)
         except BaseException as exc:
-            for name in carried:  # give the previous target back what was taken from it
-                if self.target.is_dir() and (self.path / name).exists():
+            if self.path.exists():  # not in place: undo what was done, in reverse
+                if not self.target.exists() and self._aside.exists():
+                    os.rename(self._aside, self.target)
+                for name in carried:
                     os.rename(self.path / name, self.target / name)
-            if isinstance(exc, OSError):
-                raise HodorError(f"cannot put {self.target} in place: {exc.strerror or exc}") from None
-            raise
+                if isinstance(exc, OSError):
+                    raise HodorError(f"cannot put {self.target} in place: {exc.strerror or exc}") from None
+                raise
+            # Interrupted just after the last rename: the new contents are in place and stand.
         try:
             shutil.rmtree(self._aside, ignore_errors=True)
+        except KeyboardInterrupt:
+            pass  # the new contents stand; what is left of the old goes at the next clean-up
         finally:
             self._unlock()
         return self.target
