@@ -127,6 +127,18 @@ def test_out_that_is_not_an_export_directory_is_not_replaced(fake_checkpoint, tm
     assert (precious / "thesis.tex").read_text() == "do not delete" and not fast_export
 
 
+def test_missing_export_packages_are_named(fake_checkpoint, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a)
+    )
+    code, _, err = _run([str(fake_checkpoint), "--out", str(tmp_path / "o")], capsys)
+    _one_line_error(code, err, "needs onnx", "pip install 'hodor-engine[export]'")
+    assert not (tmp_path / "o").exists()
+
+
 def test_tensorrt_on_without_tensorrt(fake_checkpoint, tmp_path, capsys, monkeypatch, fast_export):
     monkeypatch.setattr(export_cli, "_tensorrt_module", lambda: None)
     code, _, err = _run([str(fake_checkpoint), "--out", str(tmp_path / "o"), "--tensorrt"], capsys)

@@ -147,6 +147,18 @@ def limits_from_args(args: argparse.Namespace, cfg: HodorConfig) -> Limits:
     )
 
 
+def _check_export_packages() -> None:
+    """The exporter's packages are an extra: the runtime (and ``make demo``) installs without them."""
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise HodorError(
+            f"hodor-export needs {' and '.join(missing)}, which are not installed: "
+            "pip install 'hodor-engine[export]' (from a checkout: pip install -e '.[export]')"
+        )
+
+
 def _check_opset(opset: int) -> None:
     import onnx.defs
 
@@ -245,6 +257,7 @@ def run_export(args: argparse.Namespace, say=print) -> Path:
     ckpt: Path = args.checkpoint
     if not ckpt.is_file():
         raise HodorError(f"checkpoint not found: {ckpt}")
+    _check_export_packages()
     _check_opset(args.opset)
     cfg = config_beside(ckpt, args.config)
     limits = limits_from_args(args, cfg)
