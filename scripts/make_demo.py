@@ -111,7 +111,23 @@ def main() -> int:
         "--out", str(args.out / "clip.hodor-out"), "--min-dim", str(args.min_dim),
     ]  # fmt: skip
     print("running:", " ".join(command), flush=True)
-    return subprocess.run(command, check=False).returncode
+    code = subprocess.run(command, check=False).returncode
+    if code == 0:
+        venv = _shown(Path(sys.prefix))
+        print(
+            f"results: {args.out / 'clip.hodor-out'} (masks/*.png, overlay.mp4). hodor-run and hodor-export "
+            f"are installed in {venv}: `source {venv / 'bin' / 'activate'}` puts them on your PATH "
+            "(then: hodor-run --help)."
+        )
+    return code
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it is inside it."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 if __name__ == "__main__":

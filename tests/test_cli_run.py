@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import av
@@ -16,7 +20,7 @@ from PIL import Image
 
 from hodor.engine import cli
 from hodor.engine.backends.base import ConfigOverrides
-from hodor.engine.io import default_palette
+from hodor.engine.io import default_palette, write_mask
 from tests.engine_fake_backend import FakeBackend, small_config
 
 H, W = 48, 64
@@ -355,3 +359,300 @@ def test_palette_default_when_masks_have_none(tmp_path, clip_dir, fake_model, ca
     )
     assert code == 0
     assert Image.open(out / "masks" / "f000.png").getpalette()[:768] == default_palette()
+
+
+# --------------------------------------------------------------------------- the output directory
+
+
+def run_into(out: Path, frames_dir: Path, mask: Path, model_dir: Path, capsys, *extra):
+    return run_cli(
+        [
+            frames_dir,
+            "--masks",
+            mask,
+            "--model",
+            model_dir / "fake.pth",
+            "--out",
+            out,
+            "--no-overlay",
+            *extra,
+        ],
+        capsys,
+    )
+
+
+PROGRESS_BAR = re.compile(r"^hodor-run: +\d+%\|")
+
+
+def without_progress(err: str) -> str:
+    """stderr without the progress bar's lines (a run that fails mid-video has shown it)."""
+    return "\n".join(line for line in err.splitlines() if line.strip() and not PROGRESS_BAR.match(line))
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def frames_dir(root: Path, count: int, odd_one: int | None = None) -> Path:
+    """A directory of ``count`` frames f000.png ...; frame ``odd_one`` of another size."""
+    root.mkdir()
+    for t in range(count):
+        image = frame(t) if t != odd_one else np.zeros((H + 8, W, 3), np.uint8)
+        Image.fromarray(image).save(root / f"f{t:03d}.png")
+    return root
+
+
+def test_a_rerun_replaces_the_previous_outputs_whole(tmp_path, clip_dir, mask0, fake_model, capsys):
+    out = tmp_path / "out"
+    assert (
+        run_cli([clip_dir, "--masks", mask0, "--model", tmp_path / "fake.pth", "--out", out], capsys)[0] == 0
+    )
+    assert len(list((out / "masks").iterdir())) == 6 and (out / "overlay.mp4").is_file()
+    shorter = frames_dir(tmp_path / "shorter", 3)
+    assert run_into(out, shorter, mask0, tmp_path, capsys)[0] == 0
+    # Only this run's outputs: three masks, and no overlay (--no-overlay), nothing of the longer run.
+    assert sorted(tree(out)) == ["masks/f000.png", "masks/f001.png", "masks/f002.png"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_second_run_into_the_same_output_is_refused(tmp_path, clip_dir, mask0, fake_model, capsys):
+    from hodor.engine.io import OutputLock
+
+    out = tmp_path / "out"
+    with OutputLock(out, holder="hodor-run"):
+        code, _, err = run_into(out, clip_dir, mask0, tmp_path, capsys)
+    assert_user_error(code, err, str(out), "being written by another run", f"pid {os.getpid()}")
+    assert not out.exists() and not fake_model, "refused before loading the model or writing anything"
+
+
+def test_what_a_killed_run_left_is_cleaned_up(tmp_path, clip_dir, mask0, fake_model, capsys):
+    leftover = tmp_path / ".out.staging-999999-0badc0de"  # a run killed while writing
+    (leftover / "masks").mkdir(parents=True)
+    (leftover / "masks" / "f000.png").write_bytes(b"half")
+    assert run_into(tmp_path / "out", clip_dir, mask0, tmp_path, capsys)[0] == 0
+    assert not leftover.exists()
+
+
+def test_an_error_mid_video_leaves_the_previous_output_untouched(
+    tmp_path, clip_dir, mask0, fake_model, capsys
+):
+    out = tmp_path / "out"
+    assert run_into(out, clip_dir, mask0, tmp_path, capsys)[0] == 0
+    before = tree(out)
+    broken = frames_dir(tmp_path / "broken", 6, odd_one=4)  # frame 4 has another size
+    other = mask_png(tmp_path / "other.png", {2: (30, 40, 40, 60)})  # another object: other masks
+    # Two frames per chunk: frames 0-3 are segmented (and were written) before frame 4 is read.
+    code, _, err = run_into(out, broken, f"{other}@0", tmp_path, capsys, "--chunk", "2")
+    assert_user_error(code, without_progress(err), "f004.png", "same size")
+    assert tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_an_error_mid_video_with_no_previous_output_leaves_nothing(tmp_path, mask0, fake_model, capsys):
+    broken = frames_dir(tmp_path / "broken", 6, odd_one=4)
+    code, _, err = run_into(tmp_path / "new" / "out", broken, mask0, tmp_path, capsys)
+    assert code == 2 and not (tmp_path / "new").exists()
+
+
+def test_ctrl_c_leaves_the_previous_output_untouched(
+    tmp_path, clip_dir, mask0, fake_model, capsys, monkeypatch
+):
+    out = tmp_path / "out"
+    assert (
+        run_cli([clip_dir, "--masks", mask0, "--model", tmp_path / "fake.pth", "--out", out], capsys)[0] == 0
+    )
+    before = tree(out)
+    calls = []
+
+    def write_then_interrupt(path, ids, palette):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        write_mask(path, ids, palette)
+
+    monkeypatch.setattr(cli, "write_mask", write_then_interrupt)
+    other = mask_png(tmp_path / "other.png", {2: (30, 40, 40, 60)})  # another object: other masks
+    code, _, err = run_cli(
+        [clip_dir, "--masks", f"{other}@0", "--model", tmp_path / "fake.pth", "--out", out], capsys
+    )
+    assert code == 130
+    assert (
+        err.strip().splitlines()[-1]
+        == f"hodor-run: interrupted after 2 of 6 frames; nothing was written to {out}"
+    )
+    assert tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_refused_run_leaves_no_output_directory(tmp_path, clip_dir, fake_model, capsys):
+    speck = mask_png(tmp_path / "speck.png", {1: (20, 21, 30, 31)})  # one pixel: gone at 1/8
+    code, _, err = run_into(tmp_path / "runs" / "out", clip_dir, f"{speck}@0", tmp_path, capsys)
+    assert_user_error(code, without_progress(err), "too small")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_output_directory_with_other_files_is_not_replaced(tmp_path, clip_dir, mask0, fake_model, capsys):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("do not delete")
+    code, _, err = run_into(precious, clip_dir, mask0, tmp_path, capsys)
+    assert_user_error(code, err, "thesis.tex", "not hodor-run outputs", "--out")
+    assert tree(precious) == {"thesis.tex": b"do not delete"}
+
+
+# --------------------------------------------------------------------------- videos that end early
+
+
+def cut_video(path: Path, declared: int = 40, kept: int = 20, mid_packet: bool = False) -> Path:
+    """An H.264 mp4 with its index at the front, cut after packet ``kept`` (or in its middle)."""
+    full = path.with_name("full-" + path.name)
+    with av.open(str(full), "w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=10)
+        s.height, s.width, s.pix_fmt = H, W, "yuv420p"
+        s.options = {"bf": "0"}  # packets in display order: kept packets are the first frames
+        for t in range(declared):
+            for p in s.encode(av.VideoFrame.from_ndarray(frame(t % 20), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with av.open(str(full)) as c:
+        packets = sorted((p.pos, p.size) for p in c.demux(c.streams.video[0]) if p.size)
+    pos, size = packets[kept - 1]
+    path.write_bytes(full.read_bytes()[: pos + (size // 2 if mid_packet else size)])
+    return path
+
+
+@pytest.mark.parametrize("mid_packet", [False, True], ids=["ends-early", "damaged-last-packet"])
+def test_a_video_cut_short_says_how_many_frames_of_how_many(tmp_path, mask0, fake_model, capsys, mid_packet):
+    video = cut_video(tmp_path / "cut.mp4", declared=16, kept=8, mid_packet=mid_packet)
+    written = 7 if mid_packet else 8
+    out = tmp_path / "out"
+    first = mask_png(tmp_path / "00000.png", {1: (10, 26, 4, 20)})
+    code, stdout, err = run_cli(
+        [video, "--masks", first, "--model", tmp_path / "fake.pth", "--out", out], capsys
+    )
+    assert code == cli.EXIT_INCOMPLETE_INPUT == 3
+    lines = without_progress(err).splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hodor-run: incomplete input: cut.mp4"), err
+    assert f"the masks of the {written} frames before are in {out}" in lines[0]
+    assert stdout.strip().splitlines()[-1].endswith(f"(incomplete: {written} of 16 frames)")
+    assert len(list((out / "masks").iterdir())) == written and (out / "overlay.mp4").is_file()
+    marker = json.loads((out / "INCOMPLETE.json").read_text())
+    assert (marker["frames_written"], marker["frames_expected"]) == (written, 16)
+
+
+def test_a_whole_video_is_not_reported_incomplete(tmp_path, mask0, fake_model, capsys):
+    video = cut_video(tmp_path / "whole.mp4", declared=12, kept=12)
+    first = mask_png(tmp_path / "00000.png", {1: (10, 26, 4, 20)})
+    out = tmp_path / "out"
+    code, _, err = run_cli([video, "--masks", first, "--model", tmp_path / "fake.pth", "--out", out], capsys)
+    assert code == 0, err
+    assert len(list((out / "masks").iterdir())) == 12 and not (out / "INCOMPLETE.json").exists()
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares ``width x height`` pixels (Pillow reads the size without decoding)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # greyscale, 8 bits
+    idat = zlib.compress(b"\0" * (width + 1))  # one row; the rest never decoded
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_frame_over_the_pixel_limit_is_a_one_line_error(tmp_path, mask0, fake_model, capsys):
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    png_header(huge / "f000.png", 20000, 10000)  # 200 megapixels
+    code, _, err = run_cli([huge, "--masks", mask0, "--model", tmp_path / "fake.pth"], capsys)
+    assert_user_error(code, err, "f000.png", "too large", "200,000,000 pixels", "178,956,970")
+
+
+def test_a_mask_over_the_pixel_limit_is_a_one_line_error(tmp_path, clip_dir, fake_model, capsys):
+    mask = png_header(tmp_path / "f000.png", 20000, 10000)
+    code, _, err = run_cli([clip_dir, "--masks", mask, "--model", tmp_path / "fake.pth"], capsys)
+    assert_user_error(code, err, "f000.png", "mask is too large")
+
+
+def test_a_video_over_the_pixel_limit_is_a_one_line_error(tmp_path, mask0, fake_model, capsys, monkeypatch):
+    video = cut_video(tmp_path / "v.mp4", declared=4, kept=4)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", (H * W) // 2 - 1)  # the limit follows Pillow's
+    code, _, err = run_cli([video, "--masks", mask0, "--model", tmp_path / "fake.pth"], capsys)
+    assert_user_error(code, err, "v.mp4", "too large", f"{W}x{H}")
+
+
+@pytest.mark.parametrize(
+    "options, cause",
+    [
+        (["--min-dim", "100000"], "--min-dim 100000 (alone, it scales --max-dim"),
+        (["--max-dim", "5000"], "--max-dim 5000"),
+    ],
+)
+def test_a_processing_size_over_the_bound_is_a_one_line_error(
+    tmp_path, clip_dir, mask0, fake_model, capsys, options, cause
+):
+    code, _, err = run_into(tmp_path / "out", clip_dir, mask0, tmp_path, capsys, *options)
+    assert_user_error(code, err, "processing size too large", cause, str(cli.MAX_PROCESSING_SIDE))
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_largest_processing_size_is_accepted(tmp_path, clip_dir, mask0, fake_model, capsys):
+    code, _, err = run_into(tmp_path / "out", clip_dir, mask0, tmp_path, capsys, "--max-dim", "4096")
+    assert code == 0, err
+
+
+# --------------------------------------------------------------------------- masks and arguments
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("00050.png", "bound to frame 50, but"),  # a video's frames are numbered: past the end
+        ("00050.png@0", None),  # an explicit frame wins
+    ],
+)
+def test_a_numbered_mask_past_the_end_of_a_video_is_an_error(tmp_path, fake_model, capsys, name, message):
+    video = cut_video(tmp_path / "v.mp4", declared=12, kept=12)
+    mask = mask_png(tmp_path / "00050.png", {1: (10, 26, 4, 20)})
+    arg = str(mask) + name.removeprefix("00050.png")
+    code, _, err = run_cli(
+        [video, "--masks", arg, "--model", tmp_path / "fake.pth", "--out", tmp_path / "o"], capsys
+    )
+    if message is None:
+        assert code == 0, err
+    else:
+        assert_user_error(code, err, "00050.png", message, "only 12 frames")
+
+
+def test_a_mask_named_like_the_frames_but_matching_none_is_an_error(tmp_path, clip_dir, fake_model, capsys):
+    stray = mask_png(tmp_path / "f050.png", {1: (10, 26, 4, 20)})
+    code, _, err = run_cli([clip_dir, "--masks", stray, "--model", tmp_path / "fake.pth"], capsys)
+    assert_user_error(code, err, "f050.png", "named like a frame", "f000 ... f005", "@K")
+
+
+def test_argument_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["video.mp4", "--temporal-window", "zero", "--masks", "m.png"])
+    _, err = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert err.splitlines() == [
+        "hodor-run: error: argument --temporal-window: expected a positive integer, got 'zero' "
+        "(see hodor-run --help)"
+    ]
+    with pytest.raises(SystemExit):
+        cli.main([])
+    assert len(capsys.readouterr().err.splitlines()) == 1
+
+
+def test_version(capsys):
+    import hodor
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hodor-run {hodor.__version__}"

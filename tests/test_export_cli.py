@@ -127,6 +127,18 @@ def test_out_that_is_not_an_export_directory_is_not_replaced(fake_checkpoint, tm
     assert (precious / "thesis.tex").read_text() == "do not delete" and not fast_export
 
 
+def test_missing_export_packages_are_named(fake_checkpoint, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a)
+    )
+    code, _, err = _run([str(fake_checkpoint), "--out", str(tmp_path / "o")], capsys)
+    _one_line_error(code, err, "needs onnx", "pip install 'hodor-engine[export]'")
+    assert not (tmp_path / "o").exists()
+
+
 def test_tensorrt_on_without_tensorrt(fake_checkpoint, tmp_path, capsys, monkeypatch, fast_export):
     monkeypatch.setattr(export_cli, "_tensorrt_module", lambda: None)
     code, _, err = _run([str(fake_checkpoint), "--out", str(tmp_path / "o"), "--tensorrt"], capsys)
@@ -242,15 +254,74 @@ def test_fake_graphs_are_real_onnx(fake_checkpoint, tmp_path, capsys, fast_expor
 
 
 def test_leftovers_of_killed_exports_are_removed(fake_checkpoint, tmp_path, capsys, fast_export):
-    dead = tmp_path / ".m.hodor.partial-999999999"  # no such process
-    alive = tmp_path / f".m.hodor.partial-{os.getppid()}"  # an export still running elsewhere
-    for d in (dead, alive):
-        d.mkdir()
-        (d / "backbone.onnx").write_bytes(b"half written")
+    # A staging directory whose lock nobody holds: an export killed outright (no clean-up ran).
+    dead = tmp_path / ".m.hodor.staging-999999999-0badc0de"
+    dead.mkdir()
+    (dead / "backbone.onnx").write_bytes(b"half written")
     assert (
         _run([str(fake_checkpoint), "--out", str(tmp_path / "m.hodor"), "--tensorrt", "off"], capsys)[0] == 0
     )
-    assert not dead.exists() and alive.exists()
+    assert not dead.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "m.hodor"]
+    # (A staging directory still locked by a live process is kept: tests/test_io_staging.py.)
+
+
+def _export(fake_checkpoint, out: Path, capsys, *options: str) -> None:
+    code, _, err = _run([str(fake_checkpoint), "--out", str(out), "--tensorrt", "off", *options], capsys)
+    assert code == 0, err
+
+
+def test_reexporting_keeps_what_it_did_not_write(fake_checkpoint, tmp_path, capsys, fast_export):
+    out = tmp_path / "m.hodor"
+    _export(fake_checkpoint, out, capsys, "--precision", "fp16")
+    (out / "ort-trt-cache").mkdir()
+    (out / "ort-trt-cache" / "TensorrtExecutionProvider_0.engine").write_bytes(b"engine built by hodor-run")
+    (out / "runtime-cache.8.9.bin").write_bytes(b"kernels")
+    (out / "notes.txt").write_text("mine")
+    (out / "decoder.fp16.engine").write_bytes(b"an engine the exporter built")
+
+    _export(fake_checkpoint, out, capsys, "--precision", "fp16")  # the same graphs again
+    graphs = ["backbone.onnx", "encoder.onnx", "decoder.onnx"]
+    fp16_graphs = [name.replace(".onnx", ".fp16.onnx") for name in graphs]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        graphs + fp16_graphs + [MANIFEST_NAME, "ort-trt-cache", "runtime-cache.8.9.bin", "notes.txt"]
+    ), "graphs, engines and manifest replaced (no stale engine), the rest kept"
+    cached = out / "ort-trt-cache" / "TensorrtExecutionProvider_0.engine"
+    assert cached.read_bytes() == b"engine built by hodor-run"
+
+    _export(fake_checkpoint, out, capsys)  # fp32 only: other graphs, whose caches would be stale
+    assert sorted(p.name for p in out.iterdir()) == sorted(graphs + [MANIFEST_NAME, "notes.txt"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "m.hodor"]
+
+
+def test_a_second_export_into_the_same_directory_is_refused(fake_checkpoint, tmp_path, capsys, fast_export):
+    from hodor.engine.io import OutputLock
+
+    out = tmp_path / "m.hodor"
+    _export(fake_checkpoint, out, capsys)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with OutputLock(out, holder="hodor-export"):
+        code, _, err = _run([str(fake_checkpoint), "--out", str(out), "--tensorrt", "off"], capsys)
+    _one_line_error(code, err, str(out), "being written by another run (hodor-export")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_argument_errors_are_one_line_and_version(capsys):
+    import hodor
+
+    with pytest.raises(SystemExit) as exit_info:
+        export_cli.main(["m.pth", "--precision", "fp8"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "hodor-export: error: argument --precision: invalid choice: 'fp8' (choose from fp32, fp16) "
+        "(see hodor-export --help)"
+    ] or (len(err.splitlines()) == 1 and "invalid choice: 'fp8'" in err), err
+    with pytest.raises(SystemExit) as exit_info:
+        export_cli.main(["--version"])
+    assert (
+        exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"hodor-export {hodor.__version__}"
+    )
 
 
 class _FakeTensorRT:

@@ -15,6 +15,7 @@ from hodor.engine.io import (
     default_palette,
     index_stems,
     open_frames,
+    read_image_rgb,
     read_mask,
     rotate_to_display,
     write_mask,
@@ -215,3 +216,87 @@ def test_overlay_is_a_video_at_the_source_rate(tmp_path):
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(stream)]
     assert len(frames) == 5 and frames[0].shape == (32, 46, 3)  # even sizes for 4:2:0
     assert frames[0][10, 10, 0] > 100 and abs(int(frames[0][28, 40, 0]) - 100) < 6  # object 1 is red
+
+
+def test_a_video_that_fails_to_decode_mid_stream_ends_there_and_says_so(tmp_path, monkeypatch):
+    """Decoding raises at packet 4: the three frames before are given, then the reader stops."""
+    from hodor.engine.io import frames as frames_module
+
+    write_video(tmp_path / "clip.mp4", [marker_frame() for _ in range(6)])
+    src = open_frames(tmp_path / "clip.mp4")
+
+    class Packet:
+        def __init__(self, index: int) -> None:
+            self.index, self.size = index, 100
+
+        def decode(self):
+            if self.index == 3:
+                raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+            return [av.VideoFrame.from_ndarray(marker_frame(), format="rgb24")]
+
+    class Container:
+        streams = type(
+            "Streams", (), {"video": [type("Stream", (), {"metadata": {}, "thread_type": None})()]}
+        )
+
+        def demux(self, stream):
+            return (Packet(i) for i in range(6))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(frames_module, "_open_container", lambda path: Container())
+    reader = src.read()
+    assert len(list(reader)) == 3
+    short = reader.shortfall()
+    assert (short.frames_written, short.frames_expected) == (3, 6)
+    assert (
+        short.reason == "clip.mp4 cannot be decoded after frame 3 (Invalid data found when processing input)"
+    )
+
+
+def test_a_whole_video_and_a_frame_directory_fall_short_of_nothing(tmp_path):
+    write_video(tmp_path / "clip.mp4", [marker_frame() for _ in range(5)])
+    reader = open_frames(tmp_path / "clip.mp4").read()
+    assert len(list(reader)) == 5 and reader.count == 5 and reader.shortfall() is None
+    (tmp_path / "frames").mkdir()
+    Image.fromarray(marker_frame()).save(tmp_path / "frames" / "a.png")
+    reader = open_frames(tmp_path / "frames").read()
+    assert len(list(reader)) == 1 and reader.shortfall() is None
+
+
+def test_masks_bind_by_number_and_a_frame_like_name_matching_none_is_an_error():
+    video = index_stems(12)
+    assert bind_frame(MaskArgument(Path("4.png")), video) == 4  # a number names the frame numbered so
+    assert bind_frame(MaskArgument(Path("00050.png")), video) == 50  # past the end: the caller says so
+    sparse = ["00000", "00005", "00010"]  # every fifth frame, as YouTube-VOS has them
+    assert bind_frame(MaskArgument(Path("5.png")), sparse) == 1
+    with pytest.raises(HodorError, match=r"named like a frame.*00000 \.\.\. 00010.*00007.png@K"):
+        bind_frame(MaskArgument(Path("00007.png")), sparse)
+    with pytest.raises(HodorError, match="named like a frame"):
+        bind_frame(MaskArgument(Path("f050.png")), ["f000", "f001"])
+    assert bind_frame(MaskArgument(Path("mask1.png")), ["f000", "f001"]) == 0  # not like the frames
+    assert bind_frame(MaskArgument(Path("first_frame.png")), video) == 0
+
+
+def test_load_references_refuses_a_numbered_mask_past_the_end(tmp_path):
+    write_video(tmp_path / "clip.mp4", [marker_frame() for _ in range(12)])
+    ids = np.zeros((32, 64), np.uint8)
+    ids[:8, :8] = 1
+    palette_png(tmp_path / "00050.png", ids, default_palette())
+    with pytest.raises(HodorError, match=r"00050.png is bound to frame 50, but .* has only 12 frames"):
+        load_references([str(tmp_path / "00050.png")], open_frames(tmp_path / "clip.mp4"))
+
+
+def test_images_over_the_pixel_limit_are_refused_by_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the limit is twice Pillow's, read at each call
+    Image.fromarray(np.zeros((20, 11, 3), np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(
+        HodorError, match=r"big.png: the frame is too large \(220 pixels\); at most 200 pixels"
+    ):
+        read_image_rgb(tmp_path / "big.png")
+    Image.fromarray(np.zeros((20, 11), np.uint8), mode="L").save(tmp_path / "mask.png")
+    with pytest.raises(HodorError, match="mask.png: the mask is too large"):
+        read_mask(tmp_path / "mask.png")
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "ok.png")
+    assert read_image_rgb(tmp_path / "ok.png").shape == (10, 10, 3)

@@ -1,7 +1,14 @@
 """``hodor-run``: segment the objects of a video from reference masks.
 
-Mistakes in the input (files, masks, model, options) end with one line on stderr
-and exit status 2; anything else is a bug and shows its traceback.
+Exit status: 0 done; 2 a mistake in the input (files, masks, model, options, a busy or
+foreign output directory: one line on stderr); 3 the video ended before its declared
+frames (the frames before are written, the output marked ``INCOMPLETE.json``); 130
+interrupted (Ctrl-C: nothing written). Anything else is a bug and shows its traceback
+(status 1).
+
+The outputs are written into a staging directory beside ``--out`` and swapped in whole at
+the end (:mod:`hodor.engine.io.staging`): ``--out`` holds either the previous run's outputs
+or this run's, never a mix and never a fragment.
 """
 
 from __future__ import annotations
@@ -13,22 +20,44 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
+from hodor.command_line import EXIT_USER_ERROR, CommandLineParser, print_error
+from hodor.config import HodorConfig
 from hodor.engine.backends.base import ConfigOverrides
 from hodor.engine.backends.registry import BACKEND_CHOICES, open_backend
 from hodor.engine.backends.torch_backend import KERNEL_CHOICES, PRECISIONS, TorchOptions
-from hodor.engine.io import FrameSource, OverlayWriter, open_frames, prepare_output_dir, write_mask
-from hodor.engine.io.binding import load_references
+from hodor.engine.io import (
+    INCOMPLETE_NAME,
+    FrameSource,
+    Incomplete,
+    OverlayWriter,
+    StagedDir,
+    claim_output,
+    foreign_entries,
+    open_frames,
+    write_mask,
+)
+from hodor.engine.io.binding import References, load_references
+from hodor.engine.io.files import TEMPORARY_SUFFIX
 from hodor.engine.loop.session import DEFAULT_CHUNK, DEFAULT_TEMPORAL_WINDOW, TinyObjectWarning, VideoSession
 from hodor.errors import HodorError
 
 PROG = "hodor-run"
 MODEL_ENV = "HODOR_MODEL"
-EXIT_USER_ERROR = 2
+EXIT_INCOMPLETE_INPUT = 3
+EXIT_INTERRUPTED = 130
+MASKS_DIR = "masks"
+OVERLAY_NAME = "overlay.mp4"
+RUN_OUTPUTS = (MASKS_DIR, OVERLAY_NAME, INCOMPLETE_NAME)
+MAX_PROCESSING_SIDE = 4096
+"""Longest side a frame is resized to for processing (``--max-dim``, or what ``--min-dim`` implies):
+memory grows with its square, and at 4096 a frame already holds about 10 megapixels."""
 
 
 def _positive(text: str) -> int:
@@ -42,10 +71,14 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CommandLineParser(
         prog=PROG,
         description="Segment objects through a video with HODOR, starting from reference masks.",
-        epilog="Dataset mode: hodor-run ROOT [options] segments every sequence of a DAVIS or YouTube-VOS "
+        epilog=f"Exit status: 0 done; {EXIT_USER_ERROR} a mistake in the input or options (one line on "
+        f"stderr, nothing written); {EXIT_INCOMPLETE_INPUT} the video ended before its declared frames "
+        f"(the frames before are written, marked by {INCOMPLETE_NAME}); {EXIT_INTERRUPTED} interrupted "
+        "(nothing written). --out holds the previous run's outputs or this run's, never a mix. "
+        "Dataset mode: hodor-run ROOT [options] segments every sequence of a DAVIS or YouTube-VOS "
         "root or of a .csv/.json list of videos, loading the model once (hodor-run ROOT --help).",
     )
     p.add_argument(
@@ -56,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         required=True,
         metavar="M",
-        help="palette PNG masks (pixel value = object id); each binds to the frame with the same file stem, "
-        "to frame K with M@K, else to frame 0",
+        help="palette PNG masks (pixel value = object id); each binds to the frame with the same file stem "
+        "(a number: the frame numbered so), to frame K with M@K, else to frame 0; a name like the frames' "
+        "that matches none is an error",
     )
     p.add_argument(
         "--model",
@@ -66,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         "else the only *.hodor/ directory here",
     )
     p.add_argument("--config", type=Path, help="config.yaml of the checkpoint (default: the one beside it)")
-    p.add_argument("--out", type=Path, help="output directory (default ./<input stem>.hodor-out/)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="output directory (default ./<input stem>.hodor-out/), replaced whole when the run ends well; "
+        "a directory holding other files is refused",
+    )
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="default: auto")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     p.add_argument(
@@ -81,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="short side of the processed frames (default from the config); alone, it scales --max-dim too",
     )
     p.add_argument(
-        "--max-dim", type=_positive, help="long-side limit of the processed frames (default from the config)"
+        "--max-dim",
+        type=_positive,
+        help="long-side limit of the processed frames (default from the config; "
+        f"at most {MAX_PROCESSING_SIDE})",
     )
     p.add_argument(
         "--chunk",
@@ -141,7 +183,7 @@ def default_output_dir(input_path: Path) -> Path:
     return Path.cwd() / f"{stem}.hodor-out"
 
 
-def _frames_kept(frames: FrameSource, window: deque[np.ndarray]) -> Iterator[np.ndarray]:
+def _frames_kept(frames: Iterator[np.ndarray], window: deque[np.ndarray]) -> Iterator[np.ndarray]:
     """Yield the frames, keeping each until the overlay has used it (at most a chunk or so)."""
     for frame in frames:
         window.append(frame)
@@ -152,45 +194,131 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     tqdm.write(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
-def run(args: argparse.Namespace) -> str:
-    """Do the work; return the summary line."""
-    frames = open_frames(args.input)
-    references = load_references(args.masks, frames)
-    model_path = find_model(args.model)
-    overrides = ConfigOverrides(config_path=args.config, min_dim=args.min_dim, max_dim=args.max_dim)
-    torch_options = TorchOptions(kernels=args.kernels, precision=args.precision, cuda_graphs=args.cuda_graphs)
-    backend = open_backend(model_path, args.backend, args.device, overrides, torch_options)
-    # Only once every input has been accepted, so that a refused run leaves no empty output behind.
-    out_dir = prepare_output_dir(args.out or default_output_dir(args.input))
-    session = VideoSession(backend, temporal_window=args.temporal_window, chunk=args.chunk)
+def check_processing_size(config: HodorConfig, args: argparse.Namespace) -> None:
+    """Refuse a processing size over :data:`MAX_PROCESSING_SIDE` before any memory is taken for it."""
+    longest = config.input.max_dim
+    if longest <= MAX_PROCESSING_SIDE:
+        return
+    if args.max_dim is not None:
+        cause = f"--max-dim {args.max_dim}"
+    elif args.min_dim is not None:
+        cause = f"--min-dim {args.min_dim} (alone, it scales --max-dim to {longest})"
+    else:
+        cause = f"the config's MAX_DIM {longest}"
+    raise HodorError(
+        f"processing size too large: {cause} lets frames be resized to {longest} px on the long side, "
+        f"and at most {MAX_PROCESSING_SIDE} is supported; lower it (with --max-dim {MAX_PROCESSING_SIDE} "
+        "or less, or a smaller --min-dim)"
+    )
 
-    overlay = None
-    if not args.no_overlay:
-        overlay = OverlayWriter(
-            out_dir / "overlay.mp4", frames.fps, frames.height, frames.width, references.palette
+
+def _is_run_output(name: str) -> bool:
+    """What a run writes into its output directory (and, hidden, its temporary files)."""
+    return name in RUN_OUTPUTS or (name.startswith(".") and name.endswith(TEMPORARY_SUFFIX))
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """``out_dir`` may be replaced whole: it is missing, empty, or an earlier run's outputs."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HodorError(f"output directory {out_dir} is an existing file; choose another --out")
+    foreign = foreign_entries(out_dir, _is_run_output)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise HodorError(
+            f"output directory {out_dir} holds files that are not hodor-run outputs ({shown}); a run "
+            "replaces its output directory whole, so choose another --out (or empty this one)"
         )
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run did: ``frames`` written for ``objects`` objects into ``out_dir``."""
+
+    frames: int
+    objects: int
+    seconds: float
+    backend: str
+    out_dir: Path
+    incomplete: Incomplete | None = None
+
+    def summary(self) -> str:
+        fps = self.frames / self.seconds if self.seconds > 0 else float("inf")
+        line = (
+            f"{self.frames} frames, {self.objects} objects, {self.seconds:.1f} s, {fps:.2f} FPS, "
+            f"backend {self.backend}, output {self.out_dir}"
+        )
+        if (short := self.incomplete) is not None:
+            line += f" (incomplete: {short.frames_written} of {short.frames_expected} frames)"
+        return line
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C after ``done`` of ``total`` frames; raised through the staging, which discards them."""
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"interrupted after {done} of {total} frames")
+        self.done, self.total = done, total
+
+
+def _segment(
+    session: VideoSession, frames: FrameSource, references: References, out: Path, overlay_wanted: bool
+) -> tuple[int, Incomplete | None]:
+    """Write ``out/masks/*.png`` (and ``out/overlay.mp4``); return the frames written and how the
+    input fell short, if it did."""
+    (out / MASKS_DIR).mkdir()
+    overlay = None
+    if overlay_wanted:
+        size = (frames.height, frames.width)
+        overlay = OverlayWriter(out / OVERLAY_NAME, frames.fps, *size, references.palette)
+    reader = frames.read()
     pending: deque[np.ndarray] = deque()
-    start = time.perf_counter()
     count = 0
     try:
-        masks = session.run(_frames_kept(frames, pending), references.masks)
+        masks = session.run(_frames_kept(reader, pending), references.masks)
         for index, ids in enumerate(tqdm(masks, total=len(frames), unit="frame", desc=PROG, file=sys.stderr)):
             frame = pending.popleft()
-            write_mask(out_dir / "masks" / f"{frames.stem(index)}.png", ids, references.palette)
+            write_mask(out / MASKS_DIR / f"{frames.stem(index)}.png", ids, references.palette)
             if overlay is not None:
                 overlay.write(frame, ids)
             count += 1
         if overlay is not None:
             overlay.close()
             overlay = None
+    except KeyboardInterrupt:
+        raise RunInterrupted(count, len(frames)) from None
     finally:
         if overlay is not None:
             overlay.abort()
-    seconds = time.perf_counter() - start
-    fps = count / seconds if seconds > 0 else float("inf")
-    return (
-        f"{count} frames, {len(session.objects)} objects, {seconds:.1f} s, {fps:.2f} FPS, "
-        f"backend {backend.name} ({backend.device}), output {out_dir}"
+    return count, reader.shortfall()
+
+
+def run(args: argparse.Namespace) -> RunResult:
+    """Do the work: check every input, then write the outputs through a staging directory."""
+    frames = open_frames(args.input)
+    references = load_references(args.masks, frames)
+    model_path = find_model(args.model)
+    out_dir = args.out or default_output_dir(args.input)
+    with claim_output(out_dir, PROG) as claim:
+        check_output_dir(out_dir)
+        overrides = ConfigOverrides(config_path=args.config, min_dim=args.min_dim, max_dim=args.max_dim)
+        torch_options = TorchOptions(
+            kernels=args.kernels, precision=args.precision, cuda_graphs=args.cuda_graphs
+        )
+        backend = open_backend(model_path, args.backend, args.device, overrides, torch_options)
+        check_processing_size(backend.config, args)
+        session = VideoSession(backend, temporal_window=args.temporal_window, chunk=args.chunk)
+        start = time.perf_counter()
+        with StagedDir(claim.target) as staged:
+            count, incomplete = _segment(session, frames, references, staged.path, not args.no_overlay)
+            staged.commit(incomplete=incomplete)
+        seconds = time.perf_counter() - start
+    return RunResult(
+        frames=count,
+        objects=len(session.objects),
+        seconds=seconds,
+        backend=f"{backend.name} ({backend.device})",
+        out_dir=out_dir,
+        incomplete=incomplete,
     )
 
 
@@ -204,16 +332,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", TinyObjectWarning)
+            # Frames up to Pillow's hard limit are accepted deliberately (see engine/io/image_size.py).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.showwarning = _show_warning
-            summary = run(args)
+            result = run(args)
     except HodorError as exc:
-        message = " ".join(str(exc).split())
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+        print_error(PROG, exc)
         return EXIT_USER_ERROR
+    except RunInterrupted as exc:
+        out_dir = args.out or default_output_dir(args.input)
+        print(
+            f"{PROG}: interrupted after {exc.done} of {exc.total} frames; nothing was written to {out_dir}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    print(summary)
+        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(result.summary())
+    if result.incomplete is not None:
+        short = result.incomplete
+        print(
+            f"{PROG}: incomplete input: {short.reason}; the masks of the {short.frames_written} frames "
+            f"before are in {result.out_dir}, marked by {INCOMPLETE_NAME}",
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE_INPUT
     return 0
 
 

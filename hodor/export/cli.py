@@ -1,25 +1,32 @@
 """``hodor-export CKPT``: the three stage graphs (fp32, and fp16 on request) and their manifest.
 
-The export is written into a hidden sibling directory and renamed into place at the end, so an
-interrupted export never leaves anything that looks complete; re-running into an existing
-export directory replaces its graphs and manifest and keeps whatever else is there (engine
-caches).
+The export is written into a staging directory beside ``--out`` and swapped into place at the
+end (:mod:`hodor.engine.io.staging`), under a lock that refuses a second export into the same
+directory: an interrupted or failed export leaves the previous one as it was.
+
+Re-exporting into an existing export directory replaces what an export writes there:
+``manifest.json``, every ``*.onnx`` graph and every ``*.engine`` (engines are rebuilt, or reused
+when nothing they depend on changed). Everything else in the directory is kept, except the
+caches that ``hodor-run`` builds from the graphs (``ort-trt-cache/``, ``runtime-cache.*.bin``),
+which are kept only when the new graphs are byte for byte the previous ones: ONNX Runtime
+recognises a cached engine by the graph's structure, not its weights, and would run a stale one.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import math
-import os
-import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import hodor
+from hodor.command_line import EXIT_USER_ERROR, CommandLineParser, print_error
 from hodor.config import HodorConfig, config_beside
 from hodor.engine.backends.manifest import (
     FORMAT_VERSION,
@@ -30,10 +37,18 @@ from hodor.engine.backends.manifest import (
     GraphEntry,
     Limits,
     Manifest,
+    load_manifest,
     sha256_file,
     write_manifest,
 )
+from hodor.engine.io.staging import StagedDir, claim_output
 from hodor.errors import HodorError
+
+PROG = "hodor-export"
+EXPORT_WRITES = (MANIFEST_NAME, "*.onnx", "*.engine")
+"""What an export writes, and a re-export replaces."""
+GRAPH_CACHES = ("ort-trt-cache", "runtime-cache.*.bin")
+"""What ``hodor-run`` builds from an export's graphs and keeps in its directory."""
 
 DEFAULT_OPSET = 20
 MIN_OPSET = 18  # LayerNormalization (17) and the exporter's own floor (18)
@@ -45,8 +60,8 @@ TENSORRT_MISSING = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="hodor-export",
+    p = CommandLineParser(
+        prog=PROG,
         description="Export a HODOR checkpoint to ONNX stage graphs (and TensorRT engines) for hodor-run.",
     )
     p.add_argument("checkpoint", type=Path, metavar="CKPT", help="official HODOR checkpoint (.pth)")
@@ -132,6 +147,18 @@ def limits_from_args(args: argparse.Namespace, cfg: HodorConfig) -> Limits:
     )
 
 
+def _check_export_packages() -> None:
+    """The exporter's packages are an extra: the runtime (and ``make demo``) installs without them."""
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise HodorError(
+            f"hodor-export needs {' and '.join(missing)}, which are not installed: "
+            "pip install 'hodor-engine[export]' (from a checkout: pip install -e '.[export]')"
+        )
+
+
 def _check_opset(opset: int) -> None:
     import onnx.defs
 
@@ -174,37 +201,29 @@ def _prepare_target(out: Path) -> None:
         )
 
 
-def _remove_stale_partials(out: Path) -> None:
-    """Delete what exports into ``out`` that were killed outright (no cleanup ran) left behind."""
-    for leftover in out.parent.glob(f".{out.name}.partial-*"):
-        pid = leftover.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(leftover, ignore_errors=True)
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own earlier, abandoned attempt
+def _graph_digests(manifest: Manifest) -> dict[tuple[str, str], str]:
+    return {
+        (p, stage): entry.sha256 for p, stages in manifest.graphs.items() for stage, entry in stages.items()
+    }
+
+
+def _carried_over(out: Path, new: Manifest) -> Callable[[str], bool]:
+    """Which entries of the previous export in ``out`` the new one keeps (see the module docstring)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        same_graphs = _graph_digests(load_manifest(out, verify=False)) == _graph_digests(new)
+    except (HodorError, OSError, ValueError, KeyError, TypeError):
+        same_graphs = False
 
+    def keep(name: str) -> bool:
+        if _matches(name, EXPORT_WRITES):
+            return False
+        return same_graphs or not _matches(name, GRAPH_CACHES)
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    try:
-        tmp.rename(out)
-    except OSError:
-        if old.exists():
-            old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    return keep
 
 
 def _tensorrt_module() -> Any:
@@ -238,6 +257,7 @@ def run_export(args: argparse.Namespace, say=print) -> Path:
     ckpt: Path = args.checkpoint
     if not ckpt.is_file():
         raise HodorError(f"checkpoint not found: {ckpt}")
+    _check_export_packages()
     _check_opset(args.opset)
     cfg = config_beside(ckpt, args.config)
     limits = limits_from_args(args, cfg)
@@ -245,7 +265,31 @@ def run_export(args: argparse.Namespace, say=print) -> Path:
     out = out.absolute()
     _prepare_target(out)
     trt_module, trt_flavour = _resolve_tensorrt(args.tensorrt, args.trt_flavour)
+    with claim_output(out, PROG) as claim:
+        out = claim.target
+        _prepare_target(out)  # again, now that no other export can change it
+        graphs, trt_note = _write_export(args, ckpt, cfg, limits, out, (trt_module, trt_flavour), say)
 
+    precisions = tuple(graphs)
+    sizes = ", ".join(f"{s} {sum(graphs[p][s].bytes for p in precisions) / 1e6:.1f} MB" for s in STAGES)
+    say(
+        f"hodor-export: {'+'.join(precisions)} graphs ({sizes}) in {time.perf_counter() - started:.1f} s "
+        f"-> {out}; {trt_note}"
+    )
+    return out
+
+
+def _write_export(
+    args: argparse.Namespace,
+    ckpt: Path,
+    cfg: HodorConfig,
+    limits: Limits,
+    out: Path,
+    tensorrt: tuple[Any, Any],
+    say: Callable[[str], None],
+) -> tuple[dict[str, dict[str, GraphEntry]], str]:
+    """Export into a staging directory and swap it in place of ``out``; return the graphs written
+    and a note on the TensorRT engines."""
     import torch
 
     from hodor.export.onnx_export import export_stage, save_graph, verify_against_torch
@@ -256,11 +300,8 @@ def run_export(args: argparse.Namespace, say=print) -> Path:
     precisions = ("fp32", "fp16") if args.precision == "fp16" else ("fp32",)
     num_bg = cfg.model.num_bg_descriptors
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    tmp.mkdir()
-    try:
+    with StagedDir(out) as staged:
+        tmp = staged.path
         graphs: dict[str, dict[str, GraphEntry]] = {p: {} for p in precisions}
         checks: dict[str, dict[str, float | None]] = {p: {} for p in precisions}
         for k, stage in enumerate(STAGES, 1):
@@ -302,6 +343,7 @@ def run_export(args: argparse.Namespace, say=print) -> Path:
         trt_note = (
             "TensorRT engines: none (--tensorrt off)" if args.tensorrt == "off" else "TensorRT engines: none"
         )
+        trt_module, trt_flavour = tensorrt
         if trt_module is not None:
             previous = out if (out / MANIFEST_NAME).is_file() else None
             record = trt_module.build_engines(
@@ -310,16 +352,8 @@ def run_export(args: argparse.Namespace, say=print) -> Path:
             if record is not None:
                 write_manifest(tmp, replace(manifest, tensorrt=record))
                 trt_note = f"TensorRT engines: {trt_flavour.label} {trt_flavour.version}"
-        _swap_into_place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    sizes = ", ".join(f"{s} {sum(graphs[p][s].bytes for p in precisions) / 1e6:.1f} MB" for s in STAGES)
-    say(
-        f"hodor-export: {'+'.join(precisions)} graphs ({sizes}) in {time.perf_counter() - started:.1f} s "
-        f"-> {out}; {trt_note}"
-    )
-    return out
+        staged.commit(keep=_carried_over(out, manifest))
+    return graphs, trt_note
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,10 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_export(args, say=lambda line: print(line, flush=True))
     except HodorError as exc:
-        print(f"hodor-export: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        print_error(PROG, exc)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("hodor-export: interrupted; nothing was written", file=sys.stderr)
+        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
         return 130
     return 0
 

@@ -1,4 +1,4 @@
-"""Torch -> ONNX, one graph per stage of the seam (DESIGN.md, "Stages"), all axes that vary dynamic.
+"""Torch -> ONNX, one graph per stage of the seam (docs/design.md, "Stages"), all axes that vary dynamic.
 
 The graphs are traced with ``torch.export`` (``torch.onnx.export(dynamo=True)``): its symbolic
 shapes carry every size-dependent computation of the network (Swin's padding to the window and

@@ -1,4 +1,4 @@
-"""The HODOR network as three stages: backbone, encode, decode (DESIGN.md, "Stages")."""
+"""The HODOR network as three stages: backbone, encode, decode (docs/design.md, "Stages")."""
 
 from __future__ import annotations
 

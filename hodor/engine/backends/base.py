@@ -1,4 +1,4 @@
-"""The three-stage seam every backend implements (DESIGN.md, "Stages").
+"""The three-stage seam every backend implements (docs/design.md, "Stages").
 
 All tensors crossing the seam are ``torch.Tensor`` on the backend's ``device``;
 a backend that computes elsewhere (ONNX Runtime on numpy) converts at its edge.

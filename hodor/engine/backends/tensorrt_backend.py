@@ -1,6 +1,6 @@
 """TensorRT backend: runs the three stage engines that ``hodor-export --tensorrt`` built.
 
-Two flavours sit behind one adapter (DESIGN.md, "Stages"):
+Two flavours sit behind one adapter (docs/design.md, "Stages"):
 
 - ``tensorrt`` (module ``tensorrt``): data-centre GPUs. An engine runs only on the GPU
   model and TensorRT version it was built with, so it is built on that GPU.

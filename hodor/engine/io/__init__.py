@@ -2,26 +2,53 @@
 video, output files and directories, and which frame each reference mask annotates.
 
 A new input kind goes in :mod:`.frames`; a new output format beside :mod:`.masks` and
-:mod:`.overlay`, written through :mod:`.files`.
+:mod:`.overlay`, written through :mod:`.files` into a directory staged by :mod:`.staging`
+(under the lock of :mod:`.lock`), which is swapped in whole when the run ends well.
 """
 
-from hodor.engine.io.files import atomic_write, prepare_output_dir, temporary_beside
-from hodor.engine.io.frames import FrameSource, index_stems, open_frames, read_image_rgb, rotate_to_display
+from hodor.engine.io.files import atomic_write, temporary_beside
+from hodor.engine.io.frames import (
+    FrameReader,
+    FrameSource,
+    index_stems,
+    open_frames,
+    read_image_rgb,
+    rotate_to_display,
+)
+from hodor.engine.io.lock import OutputBusyError, OutputLock
 from hodor.engine.io.masks import MaskImage, default_palette, read_mask, write_mask
 from hodor.engine.io.overlay import OverlayWriter, blend_overlay
+from hodor.engine.io.staging import (
+    INCOMPLETE_NAME,
+    Incomplete,
+    StagedDir,
+    claim_output,
+    foreign_entries,
+    read_incomplete,
+    remove_stale,
+)
 
 __all__ = [
+    "INCOMPLETE_NAME",
+    "FrameReader",
     "FrameSource",
+    "Incomplete",
     "MaskImage",
+    "OutputBusyError",
+    "OutputLock",
     "OverlayWriter",
+    "StagedDir",
     "atomic_write",
     "blend_overlay",
+    "claim_output",
     "default_palette",
+    "foreign_entries",
     "index_stems",
     "open_frames",
-    "prepare_output_dir",
     "read_image_rgb",
+    "read_incomplete",
     "read_mask",
+    "remove_stale",
     "rotate_to_display",
     "temporary_beside",
     "write_mask",

@@ -1,8 +1,11 @@
 """Which frame each ``--masks`` file annotates.
 
-``m.png@K`` binds to frame ``K``; otherwise a mask binds to the frame whose file stem
-it shares (for a video file: the zero-padded frame index, e.g. ``00004.png``); a
-mask that matches no frame binds to frame 0.
+``m.png@K`` binds to frame ``K``. Otherwise a mask binds to the frame whose file stem it
+shares; a number names the frame numbered so (a video's frames are numbered by index, so
+``00004.png`` and ``4.png`` are frame 4). A mask whose name is no frame's binds to frame 0,
+unless it is named like the frames (the same name with other digits: ``00050.png`` beside
+frames ``00000`` ... ``00011``): that is a mistake, and an error, as a number past the last
+frame is.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from hodor.engine.io import FrameSource, default_palette, read_mask
 from hodor.errors import HodorError
 
 _EXPLICIT_FRAME = re.compile(r"^(?P<path>.+)@(?P<frame>\d+)$")
+_DIGITS = re.compile(r"\d+")
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,35 @@ def parse_mask_argument(text: str) -> MaskArgument:
 
 
 def bind_frame(argument: MaskArgument, stems: Sequence[str]) -> int:
-    """Frame index the mask annotates (may be past the end: checked by the caller)."""
+    """Frame index the mask annotates, among frames named ``stems`` (may be past the end for
+    ``@K`` or a number: checked by the caller). Raises if the name looks like a frame's but
+    matches none."""
     if argument.frame is not None:
         return argument.frame
-    try:
-        return list(stems).index(argument.path.stem)
-    except ValueError:
-        return 0
+    stem, stems = argument.path.stem, list(stems)
+    if stem in stems:
+        return stems.index(stem)
+    if stem.isdigit():
+        numbered = {int(s): i for i, s in enumerate(stems) if s.isdigit()}
+        if int(stem) in numbered:
+            return numbered[int(stem)]
+        if all(s.isdigit() and int(s) == i for i, s in enumerate(stems)):
+            return int(stem)  # frames numbered by index: past the end, which the caller reports
+    if _named_like_a_frame(stem, stems):
+        raise HodorError(
+            f"{argument.path} is named like a frame, but no frame is called {stem!r} "
+            f"(the frames are {stems[0]} ... {stems[-1]}): name the mask after the frame it annotates, "
+            f"or write {argument.path}@K for frame K"
+        )
+    return 0
+
+
+def _named_like_a_frame(stem: str, stems: Sequence[str]) -> bool:
+    """``stem`` has digits and is some frame's name with other digits (``f050`` beside ``f000``)."""
+    if not _DIGITS.search(stem):
+        return False
+    shape = _DIGITS.sub("#", stem)
+    return any(_DIGITS.sub("#", s) == shape for s in stems)
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,15 @@
-"""Output files and directories: every file is written under a temporary name beside its
-final one and renamed, so an interrupted run leaves only whole files."""
+"""Output files: every file is written under a temporary name beside its final one and renamed,
+so that whoever reads the directory (a commit, a live viewer) only ever sees whole files.
+Whole directories are staged and swapped in by :mod:`hodor.engine.io.staging`."""
 
 from __future__ import annotations
 
 import itertools
 import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-from hodor.errors import HodorError
 
 TEMPORARY_SUFFIX = ".tmp"
 _counter = itertools.count()
@@ -39,18 +37,3 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def prepare_output_dir(path: str | Path) -> Path:
-    """Create ``path`` (and ``path/masks``) and check that files can be written there."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise HodorError(f"output directory {path} is an existing file; choose another --out")
-    try:
-        (path / "masks").mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path / "masks"):
-            pass
-    except OSError as exc:
-        raise HodorError(f"cannot write to output directory {path}: {exc.strerror or exc}") from None
-    return path
-

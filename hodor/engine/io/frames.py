@@ -1,5 +1,10 @@
 """Reading frames: a video file (anything PyAV decodes, as ``rgb24``, with the rotation of its
-display matrix applied) or a directory of jpg/png images sorted by name."""
+display matrix applied) or a directory of jpg/png images sorted by name.
+
+A video that stops decoding early (a file cut short, damaged data) ends the frames there
+instead of raising, so that every frame before the damage is still processed; the
+:class:`FrameReader` that was iterated says how many frames of how many it gave and why.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import av
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from hodor.engine.io.image_size import bomb_error, check_pixels
+from hodor.engine.io.staging import Incomplete
 from hodor.errors import HodorError
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -55,18 +62,85 @@ class FrameSource:
         return f"{index:0{len(self.stems[-1])}d}"
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        """Frames ``[H,W,3]`` uint8 RGB, in order, decoded one at a time."""
-        if self.kind == "directory":
-            for file in self.files:
-                frame = read_image_rgb(file)
-                if frame.shape[:2] != self.size:
-                    raise HodorError(
-                        f"{file}: frame is {frame.shape[1]}x{frame.shape[0]}, "
-                        f"but the first frame is {self.width}x{self.height}; all frames must be the same size"
-                    )
-                yield frame
+        """Frames ``[H,W,3]`` uint8 RGB, in order, decoded one at a time (see :meth:`read`)."""
+        return self.read()
+
+    def read(self) -> FrameReader:
+        """An iterator over the frames that records how the reading ended."""
+        return FrameReader(self)
+
+
+class FrameReader:
+    """One pass over a :class:`FrameSource`: yields frames ``[H,W,3]`` uint8 RGB and counts them.
+
+    A video that cannot be read to its declared end stops early; once the iteration is over,
+    :meth:`shortfall` says so (None when every frame was read).
+    """
+
+    def __init__(self, source: FrameSource) -> None:
+        self.source = source
+        self.count = 0
+        self.packets = 0  # video packets demuxed (with data)
+        self.decode_error: str | None = None
+        if source.kind == "directory":
+            self._frames = self._read_directory()
         else:
-            yield from _decode_video(self.path)
+            self._frames = self._decode_video()
+
+    def __iter__(self) -> FrameReader:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        frame = next(self._frames)
+        self.count += 1
+        return frame
+
+    def shortfall(self) -> Incomplete | None:
+        """After the iteration: how a video fell short of its declared frames, or None.
+
+        A video counts as cut short when it could not be decoded to the end or its container
+        gave fewer packets than it declares frames; fewer frames than packets (frames the
+        container's edit list hides) is not a shortfall.
+        """
+        source = self.source
+        if source.kind != "video":
+            return None
+        name = source.path.name
+        if self.decode_error is not None:
+            reason = f"{name} cannot be decoded after frame {self.count} ({self.decode_error})"
+        elif self.packets < len(source):
+            reason = f"{name} ends early: its container declares {len(source)} frames (cut short?)"
+        else:
+            return None
+        return Incomplete(frames_written=self.count, frames_expected=len(source), reason=reason)
+
+    def _read_directory(self) -> Iterator[np.ndarray]:
+        source = self.source
+        for file in source.files:
+            frame = read_image_rgb(file)
+            if frame.shape[:2] != source.size:
+                raise HodorError(
+                    f"{file}: frame is {frame.shape[1]}x{frame.shape[0]}, but the first frame is "
+                    f"{source.width}x{source.height}; all frames must be the same size"
+                )
+            yield frame
+
+    def _decode_video(self) -> Iterator[np.ndarray]:
+        container = _open_container(self.source.path)
+        try:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            fallback = _stream_rotation(stream)
+            try:
+                for packet in container.demux(stream):
+                    if packet.size:
+                        self.packets += 1
+                    for frame in packet.decode():
+                        yield _frame_rgb(frame, fallback)
+            except av.error.FFmpegError as exc:
+                self.decode_error = getattr(exc, "strerror", None) or str(exc)
+        finally:
+            container.close()
 
 
 def read_image_rgb(path: Path) -> np.ndarray:
@@ -75,6 +149,8 @@ def read_image_rgb(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
             return np.asarray(img.convert("RGB")).copy()
+    except Image.DecompressionBombError as exc:
+        raise bomb_error(path, "frame", exc) from None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise HodorError(f"{path}: cannot read this image ({exc.__class__.__name__})") from None
 
@@ -103,20 +179,6 @@ def _stream_rotation(stream: av.video.stream.VideoStream) -> float:
         return -float(stream.metadata.get("rotate", 0))
     except ValueError:
         return 0.0
-
-
-def _decode_video(path: Path) -> Iterator[np.ndarray]:
-    container = _open_container(path)
-    try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        fallback = _stream_rotation(stream)
-        for frame in container.decode(stream):
-            yield _frame_rgb(frame, fallback)
-    except av.error.FFmpegError as exc:
-        raise HodorError(f"{path}: video cannot be decoded ({exc})") from None
-    finally:
-        container.close()
 
 
 def _count_video_frames(container: av.container.InputContainer) -> int:
@@ -152,6 +214,7 @@ def open_frames(path: str | Path) -> FrameSource:
                 f"{path}: several frames share the name {twice[0]!r}; output masks would collide"
             )
         first = read_image_rgb(files[0])
+        check_pixels(files[0], "frame", first.shape[1], first.shape[0])
         return FrameSource(
             path=path,
             kind="directory",
@@ -172,6 +235,7 @@ def open_frames(path: str | Path) -> FrameSource:
             raise HodorError(f"{path}: video cannot be decoded ({exc})") from None
         if first is None:
             raise HodorError(f"{path}: the video has no frames")
+        check_pixels(path, "frame", first.width, first.height)
         first_rgb = _frame_rgb(first, _stream_rotation(stream))
     finally:
         container.close()
@@ -192,4 +256,3 @@ def open_frames(path: str | Path) -> FrameSource:
         width=first_rgb.shape[1],
         fps=Fraction(fps),
     )
-

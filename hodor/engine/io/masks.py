@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from hodor.engine.io.files import atomic_write
+from hodor.engine.io.image_size import bomb_error
 from hodor.errors import HodorError
 
 
@@ -52,12 +53,13 @@ def read_mask(path: str | Path) -> MaskImage:
                     f"(this image is {mode}); save it in P mode"
                 )
             ids = np.asarray(img).astype(np.uint8).copy()
+    except Image.DecompressionBombError as exc:
+        raise bomb_error(path, "mask", exc) from None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise HodorError(f"{path}: cannot read this mask ({exc.__class__.__name__})") from None
     if palette is not None:
         palette = (list(palette) + [0] * 768)[:768]
     return MaskImage(path=path, ids=ids, palette=palette)
-
 
 
 def write_mask(path: str | Path, ids: np.ndarray, palette: list[int]) -> None:

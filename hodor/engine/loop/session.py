@@ -1,4 +1,4 @@
-"""The per-video loop (DESIGN.md, "The loop"): references in, one id mask per frame out.
+"""The per-video loop (docs/design.md, "The per-video loop"): references in, one id mask per frame out.
 
 Internal state (descriptors, the probability maps they are encoded from) follows the
 official pipeline exactly. Outputs differ deliberately in two ways: a frame with a
