@@ -1,7 +1,7 @@
 """From the decoder's logits to what the loop needs next: the frame's id mask and the maps to re-encode.
 
 :func:`masks_from_logits` is the whole per-frame computation between ``decode`` and
-``encode`` (DESIGN.md, "The loop"), in float32:
+``encode`` (docs/design.md, "The per-video loop"), in float32:
 
 - output path: logits ↑4 (bilinear) → softmax → reference override → crop the padding →
   bilinear to the frame's size → arg-max → object ids;
