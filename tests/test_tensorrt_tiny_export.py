@@ -10,8 +10,7 @@ variants compute in fp16 and cast at their edges, like the exporter's fp16 graph
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 import hodor
 from hodor.config import HodorConfig, official_defaults, parse_config
-from hodor.engine.backends.manifest import STAGES, GraphEntry, Limits, Manifest, graph_filename, sha256_file
+from hodor.engine.backends.manifest import (
+    STAGES,
+    GraphEntry,
+    Limits,
+    Manifest,
+    TensorRTRecord,
+    graph_filename,
+    sha256_file,
+    write_manifest,
+)
 from hodor.export.onnx_export import C, profile_for, stage_signature
 
 NUM_BG = 9
@@ -183,14 +191,12 @@ def write_tiny_export(
     return manifest
 
 
-def write_manifest_json(directory: Path, manifest: Manifest, tensorrt: dict | None) -> None:
+def write_manifest_json(directory: Path, manifest: Manifest, tensorrt: TensorRTRecord | None) -> None:
     """``manifest.json`` with the ``tensorrt`` section the exporter stores beside the rest."""
-    data = asdict(manifest)
-    data["tensorrt"] = tensorrt
-    (directory / "manifest.json").write_text(json.dumps(data, indent=2))
+    write_manifest(directory, with_tensorrt(manifest, tensorrt))
 
 
-def with_tensorrt(manifest: Manifest, record: dict | None) -> Manifest:
+def with_tensorrt(manifest: Manifest, record: TensorRTRecord | None) -> Manifest:
     """The manifest carrying its ``tensorrt`` section, as the runtime reads it."""
     return replace(manifest, tensorrt=record)
 
