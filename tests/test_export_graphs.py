@@ -18,11 +18,12 @@ import pytest
 import torch
 
 import hodor
+from hodor.accuracy import relative_error
 from hodor.config import config_beside
 from hodor.engine.backends.manifest import FORMAT_VERSION, STAGES, Manifest, load_manifest, sha256_file
 from hodor.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
 from hodor.errors import HodorError
-from hodor.export.onnx_export import TRACE_H, TRACE_W, _Bounds, example_inputs, relative_error
+from hodor.export.onnx_export import TRACE_H, TRACE_W, _Bounds, example_inputs
 from tests.test_export_shared import ExportRun, shared_export, shared_network
 
 FP32_TOLERANCE = 1e-4

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from hodor.accuracy import relative_error
+from hodor.config import CHANNELS as C
 from hodor.engine.backends.manifest import STAGES, TensorRTRecord, load_manifest
 from hodor.engine.backends.tensorrt_backend import TensorRTBackend, installed_flavours, probe_engines
 from hodor.errors import HodorError
-from hodor.export.onnx_export import C, relative_error
 from hodor.export.tensorrt_build import build_engines, resolve_flavour
 from tests.test_tensorrt_tiny_export import (
     NUM_BG,

@@ -19,6 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import hodor
+from hodor.config import CHANNELS as C
 from hodor.config import HodorConfig, official_defaults, parse_config
 from hodor.engine.backends.manifest import (
     STAGES,
@@ -30,7 +31,7 @@ from hodor.engine.backends.manifest import (
     sha256_file,
     write_manifest,
 )
-from hodor.export.onnx_export import C, profile_for, stage_signature
+from hodor.export.onnx_export import profile_for, stage_signature
 
 NUM_BG = 9
 TINY_LIMITS = Limits(

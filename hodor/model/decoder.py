@@ -12,13 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hodor.config import ModelConfig
+from hodor.config import CHANNELS, ModelConfig
 from hodor.model.deform_conv import DeformConvBlock
 from hodor.model.functional import mask_logits, pixel_descriptor_attention
 from hodor.model.kernel_choice import SelectsKernels, fused_kernels
 from hodor.model.position_encoding import sine_position_encoding
 
-DIMS = 256
 REDUCED_4X = 64  # channels the 1/4 backbone features are reduced to before fusion
 
 
@@ -106,20 +105,20 @@ class Decoder(SelectsKernels, nn.Module):
         super().__init__()
         self.use_pos_encodings = cfg.pos_encodings_in_decoder
         self.attn_layers = nn.ModuleList(
-            DecoderLayer(DIMS, cfg.num_heads, cfg.pre_normalize) for _ in range(cfg.decoder_layers)
+            DecoderLayer(CHANNELS, cfg.num_heads, cfg.pre_normalize) for _ in range(cfg.decoder_layers)
         )
-        self.conv_4x_reduce = _conv_relu_gn(DIMS, REDUCED_4X, 1)
-        self.conv_4x = _conv_relu_gn(DIMS, DIMS, 3)
-        self.norm_fmap = nn.GroupNorm(1, DIMS) if cfg.pre_normalize else nn.Identity()
-        self.instance_query_proj = nn.Linear(DIMS, DIMS)
-        self.bg_query_proj = nn.Linear(DIMS, DIMS)
+        self.conv_4x_reduce = _conv_relu_gn(CHANNELS, REDUCED_4X, 1)
+        self.conv_4x = _conv_relu_gn(CHANNELS, CHANNELS, 3)
+        self.norm_fmap = nn.GroupNorm(1, CHANNELS) if cfg.pre_normalize else nn.Identity()
+        self.instance_query_proj = nn.Linear(CHANNELS, CHANNELS)
+        self.bg_query_proj = nn.Linear(CHANNELS, CHANNELS)
         # In every official checkpoint but never used by the official forward pass.
-        self.fmap_proj_4x = _conv_relu_gn(DIMS, DIMS, 1)
+        self.fmap_proj_4x = _conv_relu_gn(CHANNELS, CHANNELS, 1)
         self.catch_all_conv = nn.Sequential(
-            nn.Conv2d(DIMS, DIMS // 2, 3, padding=1, bias=False),
-            nn.GroupNorm(8, DIMS // 2),
+            nn.Conv2d(CHANNELS, CHANNELS // 2, 3, padding=1, bias=False),
+            nn.GroupNorm(8, CHANNELS // 2),
             nn.ReLU(),
-            nn.Conv2d(DIMS // 2, 1, 1, bias=False),
+            nn.Conv2d(CHANNELS // 2, 1, 1, bias=False),
         )
 
     def forward(

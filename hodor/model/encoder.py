@@ -14,12 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hodor.config import ModelConfig
+from hodor.config import CHANNELS, ModelConfig
 from hodor.model.functional import masked_avg_pool, soft_masked_attention
 from hodor.model.kernel_choice import SelectsKernels, fused_kernels
 from hodor.model.position_encoding import sine_position_encoding
 
-DIMS = 256
 FFN_DIMS = 1024
 # Initial per-head penalty for a pixel outside a descriptor's mask (learned afterwards).
 DEFAULT_MASK_SCALES = (32.0, 32.0, 16.0, 16.0, 8.0, 8.0, 4.0, 4.0)
@@ -121,14 +120,14 @@ class Encoder(SelectsKernels, nn.Module):
         self.num_bg = cfg.num_bg_descriptors
         self.use_pos_encodings = cfg.pos_encodings_in_encoder
         self.attn_layers = nn.ModuleList(
-            EncoderLayer(DIMS, cfg.num_heads, cfg.pre_normalize) for _ in range(cfg.encoder_layers)
+            EncoderLayer(CHANNELS, cfg.num_heads, cfg.pre_normalize) for _ in range(cfg.encoder_layers)
         )
         # Only pre-normalisation has a final norm; the Identity owns no keys.
-        self.norm = nn.LayerNorm(DIMS) if cfg.pre_normalize else nn.Identity()
+        self.norm = nn.LayerNorm(CHANNELS) if cfg.pre_normalize else nn.Identity()
         # Learned descriptor position embeddings: one shared by all objects, one per bg cell.
         # The decoder reuses them for its keys.
-        self.fg_query_embed = nn.Parameter(torch.randn(DIMS))
-        self.bg_query_embed = nn.Parameter(torch.randn(cfg.num_bg_descriptors, DIMS))
+        self.fg_query_embed = nn.Parameter(torch.randn(CHANNELS))
+        self.bg_query_embed = nn.Parameter(torch.randn(cfg.num_bg_descriptors, CHANNELS))
 
     def forward(self, f8: Tensor, fg_masks: Tensor, bg_masks: Tensor) -> tuple[Tensor, Tensor]:
         """``f8 [B, C, h, w]``, ``fg_masks [B, I, h, w]``, ``bg_masks [B, Qb, h, w]`` (probabilities)
