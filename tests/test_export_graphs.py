@@ -125,6 +125,21 @@ def test_decoder_graph_matches_torch(backends, net, precision, height, width, ob
     _compare(backend.decode(*args), want, _tolerance(precision), f"decoder {precision} {args[2].shape}")
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_decoder_graph_over_an_empty_history_matches_torch(backends, net, precision):
+    """Every history entry invalid (what a padded slot of a batched call holds): the attention adds
+    nothing (hodor.kernels.pixel_descriptor_attention), so the catch-all map stays finite and every
+    descriptor's logits are -inf, in the graph as in the network; not NaN."""
+    backend = _backend(backends, precision)
+    args = example_inputs("decoder", NUM_BG, _Bounds(1, 192, 320, 2, 3), torch.Generator().manual_seed(7))
+    args[4][:] = True
+    args[5][:] = True
+    with torch.no_grad():
+        want = net.decode(*args)
+    assert torch.isfinite(want[:, 0]).all() and torch.isneginf(want[:, 1:]).all()
+    _compare(backend.decode(*args), want, _tolerance(precision), f"decoder {precision}, empty history")
+
+
 def test_graphs_were_traced_at_another_size():
     """The comparisons above would not prove the spatial axes dynamic at the traced size."""
     sizes = {(h, w) for _, h, w in BACKBONE_CASES} | {(h, w) for h, w, *_ in ENCODER_CASES + DECODER_CASES}

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hodor.config import CHANNELS, ModelConfig
+from hodor.kernels.mask_logits import mask_logits_reference
+from hodor.kernels.pixel_descriptor_attention import pixel_descriptor_attention_reference
 from hodor.model.deform_conv import DeformConvBlock
-from hodor.model.functional import mask_logits, pixel_descriptor_attention
 from hodor.model.kernel_choice import SelectsKernels, fused_kernels
 from hodor.model.position_encoding import sine_position_encoding
 
@@ -92,7 +93,7 @@ class DecoderLayer(SelectsKernels, nn.Module):
                 query, key, value, invalid, self.num_heads, impl="triton"
             )
         else:
-            attn = pixel_descriptor_attention(query, key, value, invalid, self.num_heads)
+            attn = pixel_descriptor_attention_reference(query, key, value, invalid, self.num_heads)
 
         pixels = self.norm1(pixels + attn)
         ffn = self.fc2(F.relu(self.fc1(pixels)))
@@ -167,10 +168,8 @@ class Decoder(SelectsKernels, nn.Module):
 
         desc = torch.cat((self.bg_query_proj(bg_hist), self.instance_query_proj(fg_hist)), 1)
         desc_invalid = torch.cat((bg_invalid, fg_invalid), 1)
+        catch_all = self.catch_all_conv(fmap)
         if self.kernels == "triton":
             # The kernel writes the logits after the catch-all map into one output: no concatenation.
-            return fused_kernels().mask_logits(
-                fmap, desc, desc_invalid, self.catch_all_conv(fmap), impl="triton"
-            )  # [B, 1+Qb+I, 2h, 2w]
-        logits = mask_logits(fmap, desc, desc_invalid)  # [B, Qb+I, 2h, 2w]
-        return torch.cat((self.catch_all_conv(fmap), logits), 1)
+            return fused_kernels().mask_logits(fmap, desc, desc_invalid, catch_all, impl="triton")
+        return mask_logits_reference(fmap, desc, desc_invalid, catch_all)  # [B, 1+Qb+I, 2h, 2w]
