@@ -27,11 +27,9 @@ from hodor.engine.backends.manifest import (
     Limits,
     Manifest,
     TensorRTRecord,
-    graph_filename,
-    sha256_file,
     write_manifest,
 )
-from hodor.export.onnx_export import profile_for, stage_signature
+from hodor.export.onnx_export import save_graph, stage_signature
 
 NUM_BG = 9
 TINY_LIMITS = Limits(
@@ -165,17 +163,8 @@ def write_tiny_export(
     for prec in ("fp32", "fp16") if precision == "fp16" else ("fp32",):
         graphs[prec] = {}
         for stage in STAGES:
-            path = directory / graph_filename(stage, prec)
-            onnx.save_model(tiny_stage_graph(stage, prec, seeds.get(stage, 0)), path)
-            ins, outs = stage_signature(stage, NUM_BG)
-            graphs[prec][stage] = GraphEntry(
-                file=path.name,
-                sha256=sha256_file(path),
-                bytes=path.stat().st_size,
-                inputs=ins,
-                outputs=outs,
-                profile=profile_for(ins, limits),  # type: ignore[arg-type]
-            )
+            graph = tiny_stage_graph(stage, prec, seeds.get(stage, 0))
+            graphs[prec][stage] = save_graph(graph, directory, stage, prec, NUM_BG, limits)  # as the exporter
     manifest = Manifest(
         hodor_version=hodor.__version__,
         opset=18,
