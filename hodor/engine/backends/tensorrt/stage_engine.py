@@ -12,6 +12,7 @@ call, and calls on one stream from several threads enqueue one at a time.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -155,10 +156,13 @@ class StageEngine:
         return self._private_stream, current
 
     def _new_context(self) -> Any:
-        if self.runtime_config is not None:
-            context = self.engine.create_execution_context(self.runtime_config)
-        else:
-            context = self.engine.create_execution_context()
+        # A context allocates its activation memory on the current device: make it the engine's,
+        # whichever device the calling thread has current.
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+            if self.runtime_config is not None:
+                context = self.engine.create_execution_context(self.runtime_config)
+            else:
+                context = self.engine.create_execution_context()
         if context is None:
             raise HodorError(f"{self.flavour.label} could not create an execution context for {self.name}")
         return context
