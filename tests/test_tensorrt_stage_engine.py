@@ -24,6 +24,7 @@ from hodor.engine.backends.tensorrt.stage_engine import StageEngine
 from tests.test_engine_cuda_graphs import FakeCapture
 
 FAKE_TRT = SimpleNamespace(TensorIOMode=SimpleNamespace(INPUT="input", OUTPUT="output"))
+CAPTURE = threading.local()  # .graph: the FakeGraph being captured on this thread, if any
 FLAVOUR = Flavour(name="tensorrt", module=FAKE_TRT, version="0")  # type: ignore[arg-type]
 MAX_ROWS = 8
 
@@ -37,10 +38,11 @@ class FakeContext:
     """An execution context: shapes and addresses set, then ``execute_async_v3`` computes from them.
     Fails loudly if two threads use it at once (a real context would mix up their calls)."""
 
-    def __init__(self) -> None:
+    def __init__(self, capturable: bool = True) -> None:
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.addresses: dict[str, int] = {}
         self.streams: list[int] = []
+        self.capturable = capturable
         self._busy = threading.Lock()
 
     @contextmanager
@@ -57,6 +59,8 @@ class FakeContext:
         with self._exclusive():
             if shape[0] > MAX_ROWS:
                 return False
+            if getattr(CAPTURE, "graph", None) is not None and self.shapes.get(name) != shape:
+                raise AssertionError("input shapes changed inside a capture (TensorRT plans then)")
             self.shapes[name] = shape
             return True
 
@@ -69,10 +73,21 @@ class FakeContext:
 
     def execute_async_v3(self, stream: int) -> bool:
         with self._exclusive():
-            shape = self.shapes["x"]
-            _view(self.addresses["y"], shape)[...] = 2 * _view(self.addresses["x"], shape) + 1
+            shape, x, y = self.shapes["x"], self.addresses["x"], self.addresses["y"]
+
+            def work() -> None:
+                _view(y, shape)[...] = 2 * _view(x, shape) + 1
+
+            graph = getattr(CAPTURE, "graph", None)
+            if graph is not None:
+                graph.work.append(work)  # recorded with these addresses, as a CUDA graph does
+            else:
+                work()
             self.streams.append(stream)
             return True
+
+    def is_stream_capturable(self, stream: int) -> bool:
+        return self.capturable
 
 
 class FakeEngine:
@@ -133,6 +148,35 @@ def fake_streams(monkeypatch):
     monkeypatch.setattr(torch.cuda, "stream", use)
     monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
     return use
+
+
+class FakeGraph:
+    """``torch.cuda.CUDAGraph``: replays the work recorded while it was being captured."""
+
+    def __init__(self) -> None:
+        self.work: list = []
+
+    def replay(self) -> None:
+        for work in self.work:
+            work()
+
+
+@pytest.fixture
+def fake_graphs(monkeypatch, fake_streams):
+    """torch.cuda.graph / CUDAGraph over FakeGraph: what runs inside a capture is recorded."""
+
+    @contextmanager
+    def capture(graph, stream=None, capture_error_mode="global"):
+        assert capture_error_mode == "thread_local"  # other threads keep enqueueing meanwhile
+        with fake_streams(stream):
+            CAPTURE.graph = graph
+            try:
+                yield
+            finally:
+                CAPTURE.graph = None
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", capture)
 
 
 def stage_engine(**options) -> tuple[StageEngine, FakeEngine]:
@@ -237,3 +281,29 @@ def test_threads_on_their_own_streams_never_share_a_context(fake_streams):
         t.join()
     assert not errors, errors[0]
     assert stage.contexts == 3 and len(engine.contexts) == 3
+
+
+@pytest.mark.parametrize("reuse_outputs", [False, True])
+def test_the_engines_own_capture_applies_shapes_before_capturing(fake_graphs, fake_streams, reuse_outputs):
+    """The TensorRT capture (not the stand-in): shapes that ran since a set's first call are
+    re-applied by an enqueue outside the capture, so nothing is planned inside it; replays of
+    the recorded work compute each call's inputs."""
+    stage, engine = stage_engine(capture=None, reuse_outputs=reuse_outputs)
+    with fake_streams(FakeStream()):
+        for call, n in enumerate([2, 3, 2, 2, 3, 3, 2]):
+            (y,) = stage(x=rows(n, call))
+            torch.testing.assert_close(y, 2 * rows(n, call) + 1, msg=f"call {call}")
+    stats = stage.graphs.stats
+    assert (stats.eager, stats.captures, stats.replays, stats.declined) == (2, 2, 5, 0)
+
+
+def test_shapes_tensorrt_cannot_capture_run_eagerly(fake_graphs, fake_streams):
+    stage, engine = stage_engine(capture=None)
+    for context in engine.contexts:
+        context.capturable = False
+    with fake_streams(FakeStream()):
+        for call in range(4):
+            (y,) = stage(x=rows(2, call))
+            torch.testing.assert_close(y, 2 * rows(2, call) + 1)
+    stats = stage.graphs.stats
+    assert (stats.declined, stats.captures, stats.eager) == (1, 0, 4) and stage.graphs.failure is None

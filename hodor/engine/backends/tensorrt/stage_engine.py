@@ -49,7 +49,9 @@ class StreamContext:
     (a context re-plans when one changes), and output buffers reused per input shapes."""
 
     context: Any
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    # Held while a call sets shapes, binds and enqueues; re-entrant so that a capture can hold it
+    # across its warm-up enqueue and the captured one.
+    lock: threading.RLock = field(default_factory=threading.RLock)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     outputs: OrderedDict[ShapeKey, list[torch.Tensor]] = field(default_factory=OrderedDict)
 
@@ -243,24 +245,31 @@ class StageEngine:
         """The graph runner's capture for TensorRT: ``fn`` (an enqueue on the current stream's
         context) recorded on a side stream into a torch CUDA graph.
 
-        The eager call before it applied these shapes, as TensorRT needs before a capture. A
-        context that says it cannot be captured on a stream, or a capture that fails, declines
-        these shapes only (they run eagerly), as TensorRT may refuse some plans and not others.
+        One enqueue outside the capture first: it applies these shapes to the context (other
+        shapes may have run on it since their first call), and TensorRT plans on the first
+        enqueue after a shape change, which a capture must not contain. A context that says it
+        cannot be captured on a stream, or a capture that fails, declines these shapes only
+        (they run eagerly), as TensorRT may refuse some plans and not others.
         """
         stream = torch.cuda.current_stream(self.device)
+        state = self._context_for(stream)
         capture_stream = torch.cuda.Stream(self.device)
-        capturable = getattr(self._context_for(stream).context, "is_stream_capturable", None)
+        capturable = getattr(state.context, "is_stream_capturable", None)
         if capturable is not None and not capturable(capture_stream.cuda_stream):
             return None
         graph = torch.cuda.CUDAGraph()
-        capture_stream.wait_stream(stream)
-        try:
-            # Thread-local: other threads may be enqueueing on their own streams meanwhile.
-            with torch.cuda.graph(graph, stream=capture_stream, capture_error_mode="thread_local"):
-                static_outputs = fn(*static_inputs)
-        except RuntimeError as e:
-            logger.info("%s: CUDA graph capture failed (%s); running without one", self.name, e)
-            return None
-        finally:
-            stream.wait_stream(capture_stream)
+        # No other call may change the context's shapes between the two enqueues.
+        with state.lock:
+            capture_stream.wait_stream(stream)
+            with torch.cuda.stream(capture_stream):
+                fn(*static_inputs)
+            try:
+                # Thread-local: other threads may be enqueueing on their own streams meanwhile.
+                with torch.cuda.graph(graph, stream=capture_stream, capture_error_mode="thread_local"):
+                    static_outputs = fn(*static_inputs)
+            except RuntimeError as e:
+                logger.info("%s: CUDA graph capture failed (%s); running without one", self.name, e)
+                return None
+            finally:
+                stream.wait_stream(capture_stream)
         return graph.replay, tuple(static_outputs)
