@@ -22,15 +22,15 @@ Copying the inputs in is the one cost a replay adds. A caller that produces its 
 anyway can produce them in place: :meth:`CudaGraphRunner.input_buffers` hands out the
 static inputs of the graph its next call will replay, and an input that *is* its static
 buffer is not copied. Callers that keep or reuse their own tensors need do nothing: their
-values are copied in, as before.
+values are copied in.
 
 One backend may serve several videos from several threads, each on its own CUDA stream
 (as the throughput benchmark does): graphs are kept per stream, and copying into a
 graph's inputs, replaying it and cloning its outputs happen under a lock, so no two
 callers share static buffers in flight. Eager calls take no lock.
 
-The capture itself is a parameter, so the bookkeeping is tested on the CPU with a
-stand-in.
+The capture itself is a parameter (the TensorRT backend passes its own), so the
+bookkeeping is tested on the CPU with a stand-in.
 """
 
 from __future__ import annotations
