@@ -184,7 +184,8 @@ class DescriptorRing:
         videos pads them (zeros, invalid) before each video writes its own."""
         num_objects, length = self.history_size(t)
         rows = self.num_bg + num_objects
-        if descriptors.shape[0] < rows or descriptors.shape[1] < length or invalid.shape[:2] != descriptors.shape[:2]:
+        fits = descriptors.shape[0] >= rows and descriptors.shape[1] >= length
+        if not fits or invalid.shape[:2] != descriptors.shape[:2]:
             raise ValueError(
                 f"a history of {rows} rows and {length} slots does not fit descriptors "
                 f"{list(descriptors.shape)} and invalid flags {list(invalid.shape)}"
