@@ -19,8 +19,15 @@ import numpy as np
 from tqdm import tqdm
 
 from hodor.engine.backends.base import ConfigOverrides
+from hodor.engine.backends.compiled_stage import cache_dir as compile_cache_dir
 from hodor.engine.backends.registry import BACKEND_CHOICES, open_backend
-from hodor.engine.backends.torch_backend import KERNEL_CHOICES, PRECISIONS, TorchOptions
+from hodor.engine.backends.torch_backend import (
+    BACKBONE_MODES,
+    KERNEL_CHOICES,
+    PRECISIONS,
+    TorchBackend,
+    TorchOptions,
+)
 from hodor.engine.io import FrameSource, OverlayWriter, open_frames, prepare_output_dir, write_mask
 from hodor.engine.io.binding import load_references
 from hodor.engine.loop.session import DEFAULT_CHUNK, DEFAULT_TEMPORAL_WINDOW, TinyObjectWarning, VideoSession
@@ -106,7 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
         dest="cuda_graphs",
         action="store_false",
         default=None,
-        help="run the per-frame encode and decode eagerly instead of replaying CUDA graphs",
+        help="run the backbone and the per-frame encode and decode eagerly instead of replaying CUDA graphs",
+    )
+    torch_options.add_argument(
+        "--backbone",
+        choices=BACKBONE_MODES,
+        help="how the backbone runs: graphs (CUDA graphs, one per batch size and frame size; the default "
+        "on CUDA), compile (torch.compile with Inductor: the first call per shape compiles, cached under "
+        "~/.cache/hodor-engine/inductor; eager with a warning if compiling fails) or eager (the default "
+        "on the CPU)",
     )
     return p
 
@@ -157,8 +172,17 @@ def run(args: argparse.Namespace) -> str:
     references = load_references(args.masks, frames)
     model_path = find_model(args.model)
     overrides = ConfigOverrides(config_path=args.config, min_dim=args.min_dim, max_dim=args.max_dim)
-    torch_options = TorchOptions(kernels=args.kernels, precision=args.precision, cuda_graphs=args.cuda_graphs)
+    torch_options = TorchOptions(
+        kernels=args.kernels, precision=args.precision, cuda_graphs=args.cuda_graphs, backbone=args.backbone
+    )
     backend = open_backend(model_path, args.backend, args.device, overrides, torch_options)
+    compiling = isinstance(backend, TorchBackend) and backend.compiled_backbone is not None
+    if compiling:
+        tqdm.write(
+            f"{PROG}: --backbone compile: the first frames wait while the backbone compiles "
+            f"(cached in {compile_cache_dir()})",
+            file=sys.stderr,
+        )
     # Only once every input has been accepted, so that a refused run leaves no empty output behind.
     out_dir = prepare_output_dir(args.out or default_output_dir(args.input))
     session = VideoSession(backend, temporal_window=args.temporal_window, chunk=args.chunk)
@@ -187,8 +211,11 @@ def run(args: argparse.Namespace) -> str:
             overlay.abort()
     seconds = time.perf_counter() - start
     fps = count / seconds if seconds > 0 else float("inf")
+    compiled = ""
+    if compiling and (compile_seconds := backend.backbone_compile_seconds) is not None:
+        compiled = f" (backbone compiled in {compile_seconds:.1f} s)"
     return (
-        f"{count} frames, {len(session.objects)} objects, {seconds:.1f} s, {fps:.2f} FPS, "
+        f"{count} frames, {len(session.objects)} objects, {seconds:.1f} s{compiled}, {fps:.2f} FPS, "
         f"backend {backend.name} ({backend.device}), output {out_dir}"
     )
 
