@@ -80,8 +80,9 @@ class DeformConv2d(SelectsKernels, nn.Module):
 
     With ``kernels == "triton"`` the fused kernel computes it, from a copy of the weight
     in the kernel's layout that is kept between calls and rebuilt when the weight changes
-    (moved, cast, or written in place). The copy is a plain attribute, not part of the
-    checkpoint.
+    (moved, cast, or written in place; for weights created under ``torch.inference_mode``,
+    which keep no version count, only moving or casting is seen). The copy is a plain
+    attribute, not part of the checkpoint.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
@@ -106,8 +107,10 @@ class DeformConv2d(SelectsKernels, nn.Module):
 
     def _packed_weight(self, pack: Callable[[Tensor], Tensor]) -> Tensor:
         w = self.weight
-        # _version counts in-place writes (load_state_dict copies into the parameter).
-        key = (w.data_ptr(), w._version, w.dtype, w.device, tuple(w.shape))
+        # _version counts in-place writes (load_state_dict copies into the parameter); inference
+        # tensors (weights made under torch.inference_mode) have none, and are keyed by storage.
+        version = None if w.is_inference() else w._version
+        key = (w.data_ptr(), version, w.dtype, w.device, tuple(w.shape))
         if self._packed is None or self._packed_key != key:
             self._packed = pack(w.detach())
             self._packed_key = key
