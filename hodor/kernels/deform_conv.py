@@ -158,6 +158,13 @@ def interpreter_config(out_channels: int) -> dict[str, int]:
     return {"BLOCK_P": 128, "BLOCK_O": max(16, min(256, next_pow2(out_channels))), "BLOCK_C": 64}
 
 
+def launch_config(out_channels: int, dtype: torch.dtype, device: torch.device) -> dict[str, int]:
+    """:func:`deform_conv_config` for CUDA tensors, :func:`interpreter_config` for the CPU."""
+    if device.type == "cuda":
+        return deform_conv_config(out_channels, dtype)
+    return interpreter_config(out_channels)
+
+
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     """``[O, C, KH, KW]`` -> ``[KH·KW·C, O]``, row ``tap·C + c``: the kernel's B operand."""
     o, c, kh, kw = weight.shape
@@ -224,7 +231,7 @@ def deform_conv2d_triton(
         )
     o_flat = out.view(b, o, h * w)
 
-    cfg = deform_conv_config(o, x.dtype) if x.device.type == "cuda" else interpreter_config(o)
+    cfg = launch_config(o, x.dtype, x.device)
     cfg["BLOCK_P"] = block_p or cfg["BLOCK_P"]
     cfg["BLOCK_O"] = block_o or cfg["BLOCK_O"]
     cfg["BLOCK_C"] = block_c or cfg["BLOCK_C"]

@@ -335,13 +335,17 @@ def _encoder_masks_kernel(
 # ---------------------------------------------------------------------------------- launchers
 
 
-def tail_config(num_channels: int, device: torch.device) -> dict[str, int]:
-    """Pixels per program: on CUDA about 2048 tile entries (``BLOCK × Q_PAD``) so that the few
-    live ``[BLOCK, Q_PAD]`` fp32 tiles stay in the registers of 4 warps; in Triton's CPU
-    interpreter, whose cost is per operation, 32 times as many."""
+def tail_config(num_channels: int, device: torch.device, encoder: bool = False) -> dict[str, int]:
+    """Pixels per program: on CUDA 512 tile entries (``BLOCK × Q_PAD``, at least 8 pixels), so
+    that the dozen or so live ``[BLOCK, Q_PAD]`` fp32 tiles stay in registers: a warp per 128
+    entries, per 64 for the ``encoder`` kernel (at least 4); checked on sm_80 and sm_90
+    cubins: no spills. In Triton's CPU interpreter, whose cost is per operation, 128 times as many."""
     q_pad = max(16, next_pow2(num_channels))
-    entries = 2048 if device.type == "cuda" else 65536
-    return {"Q_PAD": q_pad, "BLOCK": max(16, entries // q_pad), "num_warps": 4}
+    entries = 512 if device.type == "cuda" else 65536
+    block = max(8, entries // q_pad)
+    # The encoder kernel keeps four softmaxed corners per point live: twice the warps.
+    per_warp = 64 if encoder else 128
+    return {"Q_PAD": q_pad, "BLOCK": block, "num_warps": max(4, block * q_pad // per_warp)}
 
 
 def _check_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -457,7 +461,7 @@ def encoder_masks(
     bg = torch.empty((1, qb, h8, w8), dtype=torch.float32, device=lg.device)
     if h8 * w8 == 0:
         return fg, bg
-    cfg = tail_config(q, lg.device)
+    cfg = tail_config(q, lg.device, encoder=True)
     kernel = launchable(_encoder_masks_kernel, lg.device)
     kernel[(cdiv(h8 * w8, cfg["BLOCK"]),)](
         lg,
