@@ -7,6 +7,9 @@
 #                                                    -> $OUT/pytest.log, $OUT/pytest.xml
 #   3. every stage timed before and after (benchmarks/gpu_check.py)
 #                                                    -> $OUT/gpu_check.json, $OUT/gpu_check.md
+#   4. if time is left (TOTAL_BUDGET_S, default 480 s, minus what 1-3 took): the native
+#      library built and its C test program run on the GPU
+#                                                    -> $OUT/native.log
 #
 #   bash benchmarks/gpu_check.sh             # OUT defaults to ./gpu-check-out
 #   OUT=/some/dir PYTHON=python3.12 bash benchmarks/gpu_check.sh
@@ -23,6 +26,7 @@ OUT="${OUT:-$REPO/gpu-check-out}"
 PY="${PYTHON:-python3}"
 TEST_TIMEOUT_S="${TEST_TIMEOUT_S:-210}"
 BENCH_BUDGET_S="${BENCH_BUDGET_S:-240}"
+TOTAL_BUDGET_S="${TOTAL_BUDGET_S:-480}"
 mkdir -p "$OUT"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 # The tests set TRITON_INTERPRET themselves where they want the interpreter.
@@ -66,7 +70,6 @@ TESTS=(
   tests/test_engine_backbone_modes.py
   tests/test_engine_cuda_graphs.py
   tests/test_engine_torch_kernels.py
-  tests/test_native_build.py
 )
 echo "== tests (timeout ${TEST_TIMEOUT_S} s)"
 timeout "$TEST_TIMEOUT_S" "$PY" -m pytest -q -rs -m "not slow" -p no:cacheprovider \
@@ -82,6 +85,24 @@ bench_rc=$?
 tail -n 80 "$OUT/gpu_check.log"
 echo "timings exit status: $bench_rc (124: timed out; the JSON holds every stage finished before)"
 
+left=$(( TOTAL_BUDGET_S - ($(date +%s) - start) ))
+native_rc="skipped"
+if [ "$left" -lt 60 ]; then
+  echo "== native library: skipped, ${left} s left" | tee "$OUT/native.log"
+elif ! command -v cmake >/dev/null || [ ! -e "${CUDA_HOME:-/usr/local/cuda}/include/cuda.h" ]; then
+  echo "== native library: skipped, cmake or cuda.h missing" | tee "$OUT/native.log"
+else
+  echo "== native library (timeout ${left} s)"
+  build="$(mktemp -d /tmp/hodor-native.XXXXXX)"
+  timeout "$left" bash -c "cmake -S '$REPO' -B '$build' -DHODOR_PYTHON='$(command -v "$PY")' \
+      -DHODOR_AOT_JOBS=$(nproc) -DCMAKE_BUILD_TYPE=Release && cmake --build '$build' && '$build/hodor_kernels_test'" \
+    > "$OUT/native.log" 2>&1
+  native_rc=$?
+  tail -n 40 "$OUT/native.log"
+  echo "native exit status: $native_rc (0: every C check passed; 124: timed out)" | tee -a "$OUT/native.log"
+fi
+
 elapsed=$(( $(date +%s) - start ))
-echo "gpu_check.sh: tests $tests_rc, timings $bench_rc, ${elapsed} s; results in $OUT" | tee "$OUT/summary.txt"
+echo "gpu_check.sh: tests $tests_rc, timings $bench_rc, native $native_rc, ${elapsed} s; results in $OUT" \
+  | tee "$OUT/summary.txt"
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]

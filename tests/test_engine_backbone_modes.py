@@ -147,12 +147,12 @@ def test_backbone_through_the_graph_runner_matches_eager():
     graphed = tiny_backend(backbone="graphs", backbone_graphs=runner)
     eager = tiny_backend()
     g = torch.Generator().manual_seed(1)
-    images = [torch.randn(b, 3, 32, 64, generator=g) for b in (1, 1, 1, 2, 2)]
+    images = [torch.randn(b, 3, 32, 64, generator=g) for b in (1, 1, 1, 2)]
     outs = [graphed.backbone(x) for x in images]
     for i, (x, out) in enumerate(zip(images, outs, strict=True)):
         for got, want in zip(out, eager.backbone(x), strict=True):
             assert torch.equal(got, want), f"call {i}"
-    assert (runner.stats.eager, runner.stats.captures, runner.stats.replays) == (2, 2, 3)
+    assert (runner.stats.eager, runner.stats.captures, runner.stats.replays) == (2, 1, 2)
     assert graphed.graphs.stats.captures == 0  # encode/decode keep their own runner
 
 
@@ -218,10 +218,11 @@ def test_torch_backend_compile_mode():
 
 
 def test_hodor_run_with_compile_reports_or_falls_back(tmp_path, clip, capsys, parity_checkpoint, monkeypatch):  # noqa: F811
+    """Through ``hodor-run``: a compile that works is reported in the summary; one that fails is
+    a warning line, and the run goes on eagerly. Both give the same masks (the stand-in compiles
+    to the eager function; the fallback is the eager function)."""
     frames, mask = clip
     base = [frames, "--masks", mask, "--model", parity_checkpoint, "--device", "cpu", "--no-overlay"]
-    assert run_cli([*base, "--out", tmp_path / "eager"], capsys)[0] == 0
-
     monkeypatch.setattr(torch_backend, "inductor_compiler", CountingCompiler())
     code = cli.main([str(a) for a in [*base, "--backbone", "compile", "--out", tmp_path / "compiled"]])
     out, err = capsys.readouterr()
@@ -233,11 +234,12 @@ def test_hodor_run_with_compile_reports_or_falls_back(tmp_path, clip, capsys, pa
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "warning: compiling the backbone with torch.compile failed" in err and "compiled in" not in out
-    for name in ("compiled", "fallback"):
-        for png in sorted((tmp_path / "eager" / "masks").iterdir()):
-            want = np.asarray(Image.open(png))
-            got = np.asarray(Image.open(tmp_path / name / "masks" / png.name))
-            assert np.array_equal(got, want), f"{name} {png.name}"
+    pngs = sorted((tmp_path / "compiled" / "masks").iterdir())
+    assert len(pngs) == 3
+    for png in pngs:
+        want = np.asarray(Image.open(png))
+        got = np.asarray(Image.open(tmp_path / "fallback" / "masks" / png.name))
+        assert np.array_equal(got, want), png.name
 
 
 def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
