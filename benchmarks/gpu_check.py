@@ -40,6 +40,7 @@ import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -506,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(args.out / "inductor-cache")
+            # An empty cache, so that the compile time is a first compile's; outside --out.
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="hodor-gpu-check-inductor-")
     start = time.monotonic()
     deadline = start + args.budget_s
     report = Report(args.out, args, device)

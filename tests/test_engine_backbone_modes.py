@@ -276,8 +276,9 @@ def test_inductor_compiles_on_the_cpu_into_the_persistent_cache(monkeypatch, tmp
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
 @pytest.mark.parametrize("mode", ["graphs", "compile"])
 def test_backbone_modes_match_eager_on_cuda(parity_checkpoint, mode):
-    """The parity model's backbone at batch 2 and 1 (a 128×224 frame), four calls per batch size;
-    relative error 1e-5 in fp32 (graphs replay the same kernels; Inductor fuses differently)."""
+    """The parity model's backbone at batch 2 and 1 (a 128×224 frame), four calls per batch size,
+    fp32: graphs replay the same kernels (relative error 1e-6, as for encode and decode); Inductor
+    fuses and orders reductions its own way (1e-4, the model's per-stage limit for fp32)."""
     from hodor.kernels.testing import relative_error
 
     cfg = config_beside(parity_checkpoint)
@@ -291,7 +292,8 @@ def test_backbone_modes_match_eager_on_cuda(parity_checkpoint, mode):
                 x = torch.randn(batch, 3, 128, 224, generator=g).cuda()
                 for got, want in zip(other.backbone(x), eager.backbone(x), strict=True):
                     err = relative_error(got, want)
-                    assert err <= 1e-5, f"{mode}, batch {batch}, call {call}: {err:.3g}"
+                    limit = 1e-6 if mode == "graphs" else 1e-4
+                    assert err <= limit, f"{mode}, batch {batch}, call {call}: {err:.3g}"
     if mode == "graphs":
         assert other.backbone_graphs.failure is None
         assert other.backbone_graphs.stats.captures == 2 and other.backbone_graphs.stats.replays == 6

@@ -156,7 +156,6 @@ def test_rejects_bad_shapes_and_dtypes(interpreter):
 @pytest.mark.parametrize("offset_scale", [0.5, 4.0])
 def test_cuda_real_shape(dtype, offset_scale):
     """The decoder's shape: 256 -> 256 channels on the 1/8 map of a 480p frame (60×108)."""
-    torch.backends.cuda.matmul.allow_tf32 = False
     check(*make_inputs(1, 256, 256, (60, 108), dtype, "cuda", offset_scale, seed=11), dtype)
 
 

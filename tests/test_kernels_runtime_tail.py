@@ -236,7 +236,7 @@ def test_rejects_what_does_not_fit(kernels_runnable):
 def test_same_masks_as_the_video_session(kernels_runnable):
     """The loop itself (a stand-in network, objects joining late, re-annotation, a tiny object):
     after every decode, the kernels give the session's id mask and the soft masks it encodes."""
-    backend = FakeBackend(device=DEVICE)
+    backend = FakeBackend()  # the loop on the CPU; the kernels where they run (CUDA, else the interpreter)
     decoded: list[torch.Tensor] = []
     encoded: list[tuple[torch.Tensor, torch.Tensor]] = []
     decode, encode = backend.decode, backend.encode
@@ -261,7 +261,7 @@ def test_same_masks_as_the_video_session(kernels_runnable):
             continue
         geometry = session.geometry
         ids = list(session.objects.ids)
-        logits = decoded[-1]
+        logits = decoded[-1].to(DEVICE)
         overrides, present, user = [], [], None
         if mask is not None:
             user = torch.from_numpy(mask).to(DEVICE)
@@ -276,8 +276,8 @@ def test_same_masks_as_the_video_session(kernels_runnable):
         fg_want, bg_want = encoded[-1]  # the re-encoding after this decode
         grid = background_grid(3, 3, *geometry.at_stride(8), device=DEVICE)
         fg, bg = kernel_internal_path(logits, geometry, grid, overrides)
-        assert (fg - fg_want).abs().max().item() <= PROB_TOLERANCE, f"frame {t}"
-        assert (bg - bg_want).abs().max().item() <= PROB_TOLERANCE, f"frame {t}"
+        assert (fg.cpu() - fg_want).abs().max().item() <= PROB_TOLERANCE, f"frame {t}"
+        assert (bg.cpu() - bg_want).abs().max().item() <= PROB_TOLERANCE, f"frame {t}"
         checked += 1
     assert checked == 11  # frames 3..13 decode; 5 and 8 carry references
 
