@@ -4,7 +4,7 @@ configuration, their single-stream runs interleaved, then the engine's multi-str
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,9 +71,13 @@ class Grid:
         on_frame: OnFrame,
         say: Callable[[str], None],
         describe: Callable[[str], None],
+        precisions: Mapping[str, str] | None = None,
     ) -> None:
+        """``backends``: name -> built engine backend; ``precisions``: name -> its compute precision
+        (default: from the registry)."""
         self.st, self.device, self.config = settings, device, config
         self.backends, self.peers = backends, peers
+        self.precisions = precisions or {name: BACKENDS[name].precision for name in backends}
         self.on_frame, self.say, self.describe = on_frame, say, describe
         self.out = GridOutcome()
 
@@ -177,7 +181,7 @@ class Grid:
                 self.out.results.append(
                     engine_result(
                         c.name,
-                        BACKENDS[c.name].precision,
+                        self.precisions[c.name],
                         c.stepper,
                         c.times,
                         geometry,
