@@ -49,7 +49,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from fpsbench.backends import ALL_BACKENDS, BACKENDS, BuildContext  # noqa: E402
-from fpsbench.grid import Grid  # noqa: E402
+from fpsbench.grid import Grid, GridOutcome  # noqa: E402
 from fpsbench.io_cost import measure_io  # noqa: E402
 from fpsbench.machine import describe_machine, usable_cpus  # noqa: E402
 from fpsbench.official import run_official  # noqa: E402
@@ -68,7 +68,7 @@ from fpsbench.synthetic import input_size  # noqa: E402
 from fpsbench.systems import Unavailable  # noqa: E402
 from fpsbench.table import format_table  # noqa: E402
 from fpsbench.weights import WEIGHT_SEED, ModelStore  # noqa: E402
-from hodor.config import load_config, parse_config, with_dims  # noqa: E402
+from hodor.config import HodorConfig, load_config, parse_config, with_dims  # noqa: E402
 from hodor.engine.loop.preprocess import frame_geometry  # noqa: E402
 from hodor.errors import HodorError  # noqa: E402
 
@@ -209,22 +209,8 @@ def measure_all_io(settings: Settings, console: Console) -> list[IoResult]:
     return io
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    console = Console()
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            print("error: --device cuda, but PyTorch sees no CUDA GPU", file=sys.stderr)
-            return 2
-    try:
-        base_cfg = load_config(args.config) if args.config else parse_config({})
-    except HodorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    settings = Settings(
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(
         min_dims=sorted(set(args.min_dims)),
         objects=sorted(set(args.objects)),
         window=args.window,
@@ -235,95 +221,130 @@ def main(argv: Sequence[str] | None = None) -> int:
         throughput_repeats=args.throughput_repeats,
         io_frames=args.io_frames,
     )
+
+
+def open_peers(
+    args: argparse.Namespace, device: torch.device
+) -> tuple[PeerPool | None, dict[str, SystemStatus]]:
+    """The requested peer variants that can run here, and the reasons of those that cannot."""
+    if not args.peers:
+        return None, {}
+    pool = PeerPool(plan_variants(args.peers, args.peer_settings, args.peer_native), device)
+    unavailable: dict[str, SystemStatus] = {}
+    for variant in pool.variants:
+        try:
+            pool.check(variant)
+        except Unavailable as exc:
+            unavailable[variant.name] = SystemStatus(variant.name, variant.spec.api, "skipped", str(exc))
+    pool.variants = [v for v in pool.variants if v.name not in unavailable]
+    return pool, unavailable
+
+
+def peers_outcome(
+    args: argparse.Namespace,
+    pool: PeerPool | None,
+    unavailable: dict[str, SystemStatus],
+    outcome: GridOutcome,
+) -> PeersOutcome | None:
+    if pool is None:
+        return None
+    variants = []
+    for v in plan_variants(args.peers, args.peer_settings, args.peer_native):
+        if v.name in unavailable:
+            variants.append(unavailable[v.name])
+        elif v.name in outcome.dropped:
+            state, reason = outcome.dropped[v.name]
+            variants.append(SystemStatus(v.name, v.spec.api, state, reason=reason))  # type: ignore[arg-type]
+        else:
+            described = pool.descriptions.get(v.name, v.spec.api)
+            variants.append(SystemStatus(v.name, described, "measured", setup_s=pool.build_s.get(v.name)))
+    return PeersOutcome(
+        weights=WEIGHTS_NOTE,
+        api={name: PEERS[name].api for name in args.peers},
+        variants=variants,
+        results=outcome.peer_results,
+        ratios=outcome.peer_ratios,
+    )
+
+
+def describe_run(args: argparse.Namespace, device: torch.device, config: HodorConfig) -> RunDescription:
+    return RunDescription(
+        device=str(device),
+        config=str(args.config) if args.config else "official defaults",
+        model=dict(config.model.__dict__),
+        weights=f"random (torch.manual_seed({WEIGHT_SEED})): speed does not depend on weight values",
+        input="synthetic 16:9 RGB frames whose short side is min_dim; reference mask at frame 0",
+        timing="CUDA events" if device.type == "cuda" else "time.perf_counter",
+        stage_split="backbone/encode/decode timed at the backend seam; runtime = frame - stages",
+    )
+
+
+def max_padded_side(config: HodorConfig, min_dims: list[int]) -> int:
+    """The longest side any frame of the grid is padded to (the exports' limits must cover it)."""
+    sides = []
+    for d in min_dims:
+        dims = with_dims(config, d, None).input
+        sides += frame_geometry(*input_size(d), dims.min_dim, dims.max_dim).padded
+    return max(sides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console()
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda, but PyTorch sees no CUDA GPU", file=sys.stderr)
+        return 2
+    try:
+        base_cfg = load_config(args.config) if args.config else parse_config({})
+    except HodorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    settings = settings_from(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     store = ModelStore(config=base_cfg, cache_dir=args.cache_dir, log=console.log)
-
-    pool = None
-    peer_status: dict[str, SystemStatus] = {}
-    if args.peers:
-        pool = PeerPool(plan_variants(args.peers, args.peer_settings, args.peer_native), device)
-        for variant in pool.variants:
-            try:
-                pool.check(variant)
-            except Unavailable as exc:
-                peer_status[variant.name] = SystemStatus(variant.name, variant.spec.api, "skipped", str(exc))
-        pool.variants = [v for v in pool.variants if v.name not in peer_status]
-
+    pool, peers_unavailable = open_peers(args, device)
     wanted = args.backends or list(ALL_BACKENDS)
-    cores = usable_cpus()
     ctx = BuildContext(
         device=device,
         store=store,
         window=args.window,
         max_objects=max(settings.objects),
         threads=args.threads,
-        max_padded_side=max(
-            max(frame_geometry(*input_size(d), d, with_dims(base_cfg, d, None).input.max_dim).padded)
-            for d in settings.min_dims
-        ),
+        max_padded_side=max_padded_side(base_cfg, settings.min_dims),
     )
 
     def plan_for(backends: list[str]) -> Plan:
+        unavailable = {n: s.reason or "" for n, s in peers_unavailable.items()}
         variants = pool.variants if pool else []
-        unavailable = {n: s.reason or "" for n, s in peer_status.items()}
-        return make_plan(
-            backends, variants, unavailable, settings, device, cores, ctx.export_cached("fp32", False)
-        )
+        cached = ctx.export_cached("fp32", False)
+        return make_plan(backends, variants, unavailable, settings, device, usable_cpus(), cached)
 
     console.log(plan_for(wanted).text())
     built, status = build_backends(wanted, ctx, console)
     machine = describe_machine(device)  # before the work: its load average is the one at the start
     io = measure_all_io(settings, console)
-
     plan = plan_for(list(built))
     with tqdm(total=plan.frames, unit="frame", desc="fps.py", file=sys.stderr, dynamic_ncols=True) as bar:
         console.bar = bar
-        outcome = Grid(
-            settings, device, base_cfg, built, pool, console.frame, console.log, console.describe
-        ).run()
+        grid = Grid(settings, device, base_cfg, built, pool, console.frame, console.log, console.describe)
+        outcome = grid.run()
         console.bar = None
-    for name, (state, reason) in outcome.dropped.items():
+    for name, (_, reason) in outcome.dropped.items():
         if name in status:
             status[name] = SystemStatus(name, status[name].description, "failed", reason=reason)
-        else:
-            peer_status[name] = SystemStatus(name, "", state, reason=reason)  # type: ignore[arg-type]
 
     official = None
     if args.official is not None:
         with tempfile.TemporaryDirectory(prefix="hodor-bench-") as tmp:
-            official = run_official(
-                args.official.expanduser().resolve(),
-                device,
-                settings,
-                Path(tmp),
-                args.official_config,
-                console.log,
-            )
+            checkout = args.official.expanduser().resolve()
+            official = run_official(checkout, device, settings, Path(tmp), args.official_config, console.log)
         if official.status != "measured":
             console.log(f"official: {official.status}: {official.reason}")
-
-    peers = None
-    if args.peers:
-        assert pool is not None
-        variants = []
-        for v in plan_variants(args.peers, args.peer_settings, args.peer_native):
-            if v.name in peer_status:
-                s = peer_status[v.name]
-                variants.append(SystemStatus(v.name, v.spec.api, s.status, reason=s.reason))
-            else:
-                variants.append(
-                    SystemStatus(v.name, v.spec.api, "measured", setup_s=pool.build_s.get(v.name))
-                )
-        peers = PeersOutcome(
-            weights=WEIGHTS_NOTE,
-            api={name: PEERS[name].api for name in args.peers},
-            variants=variants,
-            results=outcome.peer_results,
-            ratios=outcome.peer_ratios,
-        )
 
     report = Report(
         command=" ".join([Path(sys.executable).name, *sys.argv])
@@ -333,15 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quick=args.quick,
         machine=machine,
         settings=settings,
-        run=RunDescription(
-            device=str(device),
-            config=str(args.config) if args.config else "official defaults",
-            model=dict(base_cfg.model.__dict__),
-            weights=f"random (torch.manual_seed({WEIGHT_SEED})): speed does not depend on weight values",
-            input="synthetic 16:9 RGB frames whose short side is min_dim; reference mask at frame 0",
-            timing="CUDA events" if device.type == "cuda" else "time.perf_counter",
-            stage_split="backbone/encode/decode timed at the backend seam; runtime = frame - stages",
-        ),
+        run=describe_run(args, device, base_cfg),
         backends=[status[n] for n in wanted],
         setup_s=store.setup_s,
         results=outcome.results,
@@ -349,19 +362,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         ratios=outcome.ratios,
         io=io,
         official=official,
-        peers=peers,
+        peers=peers_outcome(args, pool, peers_unavailable, outcome),
         files={},
     )
     report.elapsed_s = time.perf_counter() - console.started
     write_outputs(report, args.out, console.log)
     print(format_table(report))
     measured = sum(1 for b in report.backends if b.status == "measured")
-    measured += sum(1 for v in peers.variants if v.status == "measured") if peers else 0
-    configurations = len(settings.min_dims) * len(settings.objects)
+    measured += sum(1 for v in report.peers.variants if v.status == "measured") if report.peers else 0
     print(
-        f"\n{measured} system(s) measured at {configurations} configuration(s); "
-        f"wrote {args.out / 'fps.json'}, {args.out / 'fps.md'} and {args.out / 'fps_vs_objects.png'} "
-        f"in {report.elapsed_s:.1f} s"
+        f"\n{measured} system(s) measured at {len(settings.min_dims) * len(settings.objects)} "
+        f"configuration(s); wrote {args.out / 'fps.json'}, {args.out / 'fps.md'} and "
+        f"{args.out / 'fps_vs_objects.png'} in {report.elapsed_s:.1f} s"
     )
     return 0
 

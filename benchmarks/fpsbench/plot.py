@@ -51,7 +51,7 @@ def plot(report: Report, path: Path) -> None:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     weights = "random weights" + (", peers dashed" if report.peers is not None else "")
-    fig.suptitle(f"HODOR, {weights}, window {report.settings.window} ({report.machine.where})", fontsize=10)
+    fig.suptitle(f"HODOR, {weights}, window {report.settings.window}\n{report.machine.where}", fontsize=9)
     fig.tight_layout()
     with atomic_write(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -135,6 +135,7 @@ class PeerPool:
         self.device = device
         self._models: dict[tuple[str, int], PeerModel] = {}
         self.build_s: dict[str, float] = {}  # variant -> seconds spent building its networks
+        self.descriptions: dict[str, str] = {}  # variant -> what was built, from which package and config
 
     def setting(self, variant: PeerVariant) -> PeerSetting:
         return FP32 if variant.setting == "fp32" else variant.spec.fast(self.device)
@@ -152,6 +153,7 @@ class PeerPool:
             start = time.perf_counter()
             self._models[key] = variant.spec.build(self.setting(variant), self.device, key[1])
             self.build_s[variant.name] = self.build_s.get(variant.name, 0.0) + time.perf_counter() - start
+            self.descriptions[variant.name] = self._models[key].description
         return self._models[key]
 
 
