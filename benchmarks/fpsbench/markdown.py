@@ -71,9 +71,10 @@ def _peers(report: Report) -> list[str]:
     if peers is None:
         return []
     gpu = report.machine.cuda is not None
+    apis = "; ".join(sorted(set(peers.api.values())))
     lines = [
         "",
-        f"Peers in the same run, each through its own public API ({'; '.join(peers.api.values())}); "
+        f"Peers in the same run, each through its own public API ({apis}); "
         f"weights {peers.weights}. Frame ms: median per-frame latency; MiB: peak over session start and "
         "warm-up"
         + (

@@ -50,6 +50,12 @@ class PeerSpec:
         return None if found else f"{self.module} is not installed (pip install {self.distribution})"
 
 
+# Rough seconds per frame at 480p on 2 CPU cores, for the up-front estimate only: each peer's
+# per-frame time relative to the torch backend's in one interleaved CPU run (RESULTS.md), times the
+# torch backend's prior. Peers without one are said to have no known cost.
+CPU_PRIORS_S = {"cutie-base": 1.0, "sam2.1-tiny": 1.1, "sam2.1-base+": 1.8}
+
+
 def _cutie(model: str) -> PeerSpec:
     from fpsbench.peers import cutie
 
@@ -60,6 +66,7 @@ def _cutie(model: str) -> PeerSpec:
         api="cutie.inference.inference_core.InferenceCore.step",
         build=lambda setting, device, _size: cutie.CutieModel(model, setting, device, PEER_WEIGHT_SEED),
         fast=cutie.fast_setting,
+        cpu_prior_s=CPU_PRIORS_S.get(f"cutie-{model}"),
         warmup_hint=26,  # mem_every 5 x max_mem_frames 5 + 1
     )
 
@@ -78,6 +85,7 @@ def _sam2(size: str) -> PeerSpec:
         fast=sam2.fast_setting,
         native_size=sam2.NATIVE_SIZE,
         build_size=sam2.grid_image_size,
+        cpu_prior_s=CPU_PRIORS_S.get(f"sam2.1-{size}"),
         warmup_hint=17,  # max(num_maskmem 7, max_obj_ptrs_in_encoder 16) + 1
     )
 
