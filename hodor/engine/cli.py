@@ -30,8 +30,15 @@ from tqdm import tqdm
 from hodor.command_line import EXIT_USER_ERROR, CommandLineParser, print_error
 from hodor.config import HodorConfig
 from hodor.engine.backends.base import ConfigOverrides
+from hodor.engine.backends.compiled_stage import cache_dir as compile_cache_dir
 from hodor.engine.backends.registry import BACKEND_CHOICES, open_backend
-from hodor.engine.backends.torch_backend import KERNEL_CHOICES, PRECISIONS, TorchOptions
+from hodor.engine.backends.torch_backend import (
+    BACKBONE_MODES,
+    KERNEL_CHOICES,
+    PRECISIONS,
+    TorchBackend,
+    TorchOptions,
+)
 from hodor.engine.io import (
     INCOMPLETE_NAME,
     FrameSource,
@@ -136,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     torch_options.add_argument(
         "--kernels",
         choices=KERNEL_CHOICES,
-        help="what computes the descriptor attentions, mask logits and pooling: the fused Triton kernels "
-        "(CUDA) or plain PyTorch (default: triton on CUDA when Triton is installed, else torch)",
+        help="what computes the descriptor attentions, mask logits, pooling and deformable convolutions: "
+        "the fused Triton kernels (CUDA) or plain PyTorch "
+        "(default: triton on CUDA when Triton is installed, else torch)",
     )
     torch_options.add_argument(
         "--precision",
@@ -149,7 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
         dest="cuda_graphs",
         action="store_false",
         default=None,
-        help="run the per-frame encode and decode eagerly instead of replaying CUDA graphs",
+        help="run the backbone and the per-frame encode and decode eagerly instead of replaying CUDA graphs",
+    )
+    torch_options.add_argument(
+        "--backbone",
+        choices=BACKBONE_MODES,
+        help="how the backbone runs: graphs (CUDA graphs, one per batch size and frame size; the default "
+        "on CUDA), compile (torch.compile with Inductor: the first call per shape compiles, cached under "
+        "~/.cache/hodor-engine/inductor; eager with a warning if compiling fails) or eager (the default "
+        "on the CPU)",
     )
     return p
 
@@ -240,11 +256,15 @@ class RunResult:
     backend: str
     out_dir: Path
     incomplete: Incomplete | None = None
+    compile_seconds: float | None = None  # --backbone compile: time spent compiling, within ``seconds``
 
     def summary(self) -> str:
         fps = self.frames / self.seconds if self.seconds > 0 else float("inf")
+        compiled = ""
+        if self.compile_seconds is not None:
+            compiled = f" (backbone compiled in {self.compile_seconds:.1f} s)"
         line = (
-            f"{self.frames} frames, {self.objects} objects, {self.seconds:.1f} s, {fps:.2f} FPS, "
+            f"{self.frames} frames, {self.objects} objects, {self.seconds:.1f} s{compiled}, {fps:.2f} FPS, "
             f"backend {self.backend}, output {self.out_dir}"
         )
         if (short := self.incomplete) is not None:
@@ -302,10 +322,20 @@ def run(args: argparse.Namespace) -> RunResult:
         check_output_dir(out_dir)
         overrides = ConfigOverrides(config_path=args.config, min_dim=args.min_dim, max_dim=args.max_dim)
         torch_options = TorchOptions(
-            kernels=args.kernels, precision=args.precision, cuda_graphs=args.cuda_graphs
+            kernels=args.kernels,
+            precision=args.precision,
+            cuda_graphs=args.cuda_graphs,
+            backbone=args.backbone,
         )
         backend = open_backend(model_path, args.backend, args.device, overrides, torch_options)
         check_processing_size(backend.config, args)
+        compiling = isinstance(backend, TorchBackend) and backend.compiled_backbone is not None
+        if compiling:
+            tqdm.write(
+                f"{PROG}: --backbone compile: the first frames wait while the backbone compiles "
+                f"(cached in {compile_cache_dir()})",
+                file=sys.stderr,
+            )
         session = VideoSession(backend, temporal_window=args.temporal_window, chunk=args.chunk)
         start = time.perf_counter()
         with StagedDir(claim.target) as staged:
@@ -319,6 +349,7 @@ def run(args: argparse.Namespace) -> RunResult:
         backend=f"{backend.name} ({backend.device})",
         out_dir=out_dir,
         incomplete=incomplete,
+        compile_seconds=backend.backbone_compile_seconds if compiling else None,
     )
 
 

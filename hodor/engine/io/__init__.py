@@ -19,17 +19,24 @@ from hodor.engine.io.lock import OutputBusyError, OutputLock
 from hodor.engine.io.masks import MaskImage, default_palette, read_mask, write_mask
 from hodor.engine.io.overlay import OverlayWriter, blend_overlay
 from hodor.engine.io.staging import (
+    COMMIT_RECORD_NAME,
     INCOMPLETE_NAME,
+    CommitRecord,
     Incomplete,
     StagedDir,
     claim_output,
+    claim_output_entries,
+    committed_record,
     foreign_entries,
+    read_commit_record,
     read_incomplete,
     remove_stale,
 )
 
 __all__ = [
+    "COMMIT_RECORD_NAME",
     "INCOMPLETE_NAME",
+    "CommitRecord",
     "FrameReader",
     "FrameSource",
     "Incomplete",
@@ -41,11 +48,14 @@ __all__ = [
     "atomic_write",
     "blend_overlay",
     "claim_output",
+    "claim_output_entries",
+    "committed_record",
     "default_palette",
     "foreign_entries",
     "index_stems",
     "open_frames",
     "read_image_rgb",
+    "read_commit_record",
     "read_incomplete",
     "read_mask",
     "remove_stale",
