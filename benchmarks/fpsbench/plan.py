@@ -65,6 +65,11 @@ class Plan:
             f"{', '.join(map(str, st.objects))} = {configs} configuration(s); per system and configuration "
             f"{st.warmup} warm-up frames (peers: until their memory is full), {st.repeats} timed runs of "
             f"{st.frames} frames" + (f"; throughput over {st.streams} streams" if st.streams > 1 else "")
+            + (
+                f"; batches of {', '.join(map(str, st.batch_streams))} videos against as many sessions"
+                if st.batch_streams
+                else ""
+            )
         )
         estimate = self.estimate_s
         unknown = [s.name for s in self.systems if s.estimate_s is None]
@@ -111,6 +116,8 @@ def make_plan(
     per_config = st.warmup + st.repeats * st.frames
     if st.streams > 1:
         per_config += st.streams * (st.warmup + st.throughput_repeats * st.frames)
+    for n in st.batch_streams:  # batched, and as many separate sessions
+        per_config += 2 * n * (max(1, st.warmup) + st.throughput_repeats * st.frames)
     for name in backends:
         spec = BACKENDS[name]
         if spec.needs_cuda and device.type != "cuda":

@@ -37,7 +37,9 @@ from hodor.engine.backends.manifest import (
 # Example sizes the graphs are traced at. Distinct values within each graph on purpose:
 # torch.export unifies equal sizes into one symbol ("duck sizing") and specialises sizes 0 and 1.
 TRACE_BATCH, TRACE_H, TRACE_W, TRACE_OBJECTS, TRACE_HISTORY = 2, 256, 320, 3, 5
-TRACE_STREAMS = 2  # videos per encode/decode call (the backbone's batch is another graph's axis)
+# Videos per encode/decode call: above any traced object count or history length, which it meets
+# in the same graphs (the backbone's batch is another graph's axis).
+TRACE_STREAMS = 6
 
 
 class BackboneStage(nn.Module):
@@ -195,8 +197,10 @@ def _dynamic_shapes(stage: str, limits: Limits) -> dict[str, dict[int, object]]:
     kh, kw = dim("h32", min=lo, max=hi), dim("w32", min=lo, max=hi)
     objects = dim("objects", min=1, max=limits.max_objects)
     history = dim("history", min=1, max=limits.max_history)
-    batch = dim("batch", min=1, max=limits.max_batch)
-    streams = dim("streams", min=1, max=limits.max_streams)
+    # The graphs' axes span at least the traced sizes (torch.export also refuses an axis of one value,
+    # min = max = 1); the manifest's limits, which the runtime checks, may be lower.
+    batch = dim("batch", min=1, max=max(TRACE_BATCH, limits.max_batch))
+    streams = dim("streams", min=1, max=max(TRACE_STREAMS, limits.max_streams))
     hw4 = {0: streams, 2: 8 * kh, 3: 8 * kw}
     hw8 = {0: streams, 2: 4 * kh, 3: 4 * kw}
     if stage == "backbone":
@@ -291,12 +295,12 @@ def export_stage(net: nn.Module, stage: str, cfg: HodorConfig, limits: Limits, o
     num_bg = cfg.model.num_bg_descriptors
     ins, outs = stage_signature(stage, num_bg)
     trace = _Bounds(
-        min(TRACE_BATCH, limits.max_batch),
+        TRACE_BATCH,  # within the traced range even for a limit of 1 (see _dynamic_shapes)
         TRACE_H,
         TRACE_W,
         min(TRACE_OBJECTS, limits.max_objects),
         min(TRACE_HISTORY, limits.max_history),
-        min(TRACE_STREAMS, limits.max_streams),
+        TRACE_STREAMS,
     )
     args = example_inputs(stage, num_bg, trace, torch.Generator().manual_seed(0))
     module = STAGE_MODULES[stage](net).eval()
