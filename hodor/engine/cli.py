@@ -86,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
         f"(the frames before are written, marked by {INCOMPLETE_NAME}); {EXIT_INTERRUPTED} interrupted "
         "(nothing written). --out holds the previous run's outputs or this run's, never a mix. "
         "Dataset mode: hodor-run ROOT [options] segments every sequence of a DAVIS or YouTube-VOS "
-        "root or of a .csv/.json list of videos, loading the model once (hodor-run ROOT --help).",
+        "root or of a .csv/.json list of videos, loading the model once (hodor-run ROOT --help). "
+        "Several videos at once: hodor-run A --masks M... B --masks M... [options] segments them "
+        "together in one batch (each input right before its own --masks; outputs in OUT/<name>/, "
+        "OUT by default ./hodor-run.hodor-out/).",
     )
     p.add_argument(
         "input", type=Path, help="video file (mp4, mkv, avi, webm, mov, ...) or directory of jpg/png frames"
@@ -359,6 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if dataset_cli.is_dataset_invocation(argv):
         return dataset_cli.main(argv)
+    from hodor.engine import batch_cli  # several INPUT --masks groups: one batch
+
+    if batch_cli.is_batch_invocation(argv):
+        return batch_cli.main(argv)
     args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():
