@@ -13,7 +13,14 @@ from hodor.engine import BatchSession, VideoClip
 from hodor.engine.loop.session import TinyObjectWarning, VideoSession
 from hodor.errors import HodorError
 from tests.engine_fake_backend import FakeBackend
-from tests.test_engine_host_sync import HostTransfers, Unwatched, _FunctionRecorder, _OpRecorder
+from tests.test_engine_host_sync import (
+    NO_CUDA,
+    HostTransfers,
+    Unwatched,
+    _FunctionRecorder,
+    _OpRecorder,
+    cuda_backend,
+)
 
 WINDOW = 3
 
@@ -270,3 +277,47 @@ def test_the_steady_state_of_a_batch_moves_nothing_between_host_and_device():
     assert per_step[last_reference], "a step with a reference reads the mask: the recorder should see it"
     steady = per_step[last_reference + 1 :]
     assert steady and all(not calls for calls in steady), steady
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+@pytest.mark.parametrize("network", ["stand-in", "torch-graphs", "torch-triton-graphs"])
+def test_no_host_sync_in_the_steady_state_of_a_batch_on_cuda(network):
+    """Three videos (two groups) on the GPU; after the warm-up (windows full, graphs captured) any call
+    that makes the host wait for the device raises. Masks as each video's own session gives them."""
+    from hodor.engine.backends.cuda_graphs import CudaGraphWarning
+
+    warm_up, steps = 8, 12
+    videos = {k: (clip(steps, *frames[0].shape[:2]), masks) for k, (frames, masks) in VIDEOS.items()}
+    backend = cuda_backend(network)
+    batch = BatchSession(backend, temporal_window=WINDOW)
+    for k in videos:
+        batch.add(k)
+    on_gpu = {k: [torch.from_numpy(f).cuda() for f in frames] for k, (frames, _) in videos.items()}
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in videos}
+
+    def step(t: int) -> None:
+        masks = {k: m[t] for k, (_, m) in videos.items() if t in m}
+        for k, ids in batch.step_device({k: frames[t] for k, frames in on_gpu.items()}, masks).items():
+            out[k].append(ids)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CudaGraphWarning)
+        for t in range(warm_up):
+            step(t)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for t in range(warm_up, steps):
+                step(t)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    if network != "stand-in":
+        assert backend.graphs.failure is None and backend.graphs.stats.replays > 0
+    for k, (frames, masks) in videos.items():
+        alone = solo(cuda_backend(network), frames, masks)
+        assert len(np.unique(alone[-1])) > 1, k
+        for t, (got, want) in enumerate(zip(out[k], alone, strict=True)):
+            got = got.cpu().numpy()
+            agree = float((got == want).mean())
+            assert agree == 1.0 if network == "stand-in" else agree >= 0.999, f"video {k}, frame {t}: {agree}"
