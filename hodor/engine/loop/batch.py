@@ -47,7 +47,9 @@ class BatchSession:
     :meth:`run` drives whole clips together, each leaving the batch when its frames end.
 
     A backend may limit the videos per call (an export's ``--max-streams``): a step that would
-    exceed it raises ``HodorError`` before any video advances.
+    exceed it raises ``HodorError`` before any video advances, as does a frame of the wrong size.
+    Reference masks are checked per group, before the group's first stage call; after any other
+    ``HodorError`` the videos of the step are best removed and added again.
     """
 
     def __init__(self, backend: Backend, temporal_window: int = DEFAULT_TEMPORAL_WINDOW) -> None:
