@@ -5,13 +5,19 @@ CPU execution provider by default. With ``onnxruntime-gpu`` installed (instead o
 used, CPU as the fallback; tensors then still cross the seam through host memory.
 
 Sessions are created once, from graph bytes whose sha256 is checked against the manifest as
-they are read, with full graph optimisation and one intra-op thread per usable core.
+they are read, with full graph optimisation and one intra-op thread per usable core. On the CPU
+the optimised graphs are saved in ``ort-cache/`` inside the export directory, keyed by the
+original graph's sha256, the ONNX Runtime version and the CPU's features (full optimisation
+rewrites the graph for the CPU at hand), and later sessions load them without optimising again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +26,14 @@ import torch
 
 from hodor.config import HodorConfig
 from hodor.engine.backends.base import ConfigOverrides
-from hodor.engine.backends.manifest import MANIFEST_NAME, STAGES, GraphEntry, load_manifest
+from hodor.engine.backends.export_files import cpu_flags, read_verified_graph, writable_cache_dir
+from hodor.engine.backends.manifest import STAGES, GraphEntry, load_manifest
+from hodor.engine.io.files import temporary_beside
 from hodor.errors import HodorError
 
+logger = logging.getLogger(__name__)
+
+CACHE_DIR_NAME = "ort-cache"
 GPU_HINT = "pip install hodor-engine[onnxruntime-gpu] (in place of onnxruntime)"
 
 
@@ -86,10 +97,17 @@ class OnnxRuntimeBackend:
         config: HodorConfig | None = None,
         precision: str | None = None,
         threads: int | None = None,
+        cache_dir: str | Path | None = None,
+        cache: bool = True,
+        spinning: bool = True,
     ) -> None:
         """``config`` overrides the manifest's (e.g. run-time ``--min-dim``); ``precision`` picks the
         graphs: default fp16 on a GPU when the export has them, else fp32 (the CPU provider lacks fp16
-        kernels for much of the network, and runs fp32 faster anyway)."""
+        kernels for much of the network, and runs fp32 faster anyway). ``cache_dir``: where optimised
+        graphs are kept (default ``ort-cache/`` in the export directory; CPU only), ``cache=False``
+        keeps none. ``spinning``: whether idle intra-op threads spin (ONNX Runtime's default) or sleep.
+        ``startup_s`` records how long reading, checking and loading the graphs took."""
+        start = time.perf_counter()
         ort = _import_ort()
         self.export_dir = Path(export_dir)
         self.manifest = load_manifest(self.export_dir, verify=False)
@@ -100,41 +118,68 @@ class OnnxRuntimeBackend:
             precision = "fp16" if on_gpu and "fp16" in self.manifest.precisions else "fp32"
         self.precision = precision
         self.threads = threads or usable_cores()
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3  # errors only: its warnings name internal nodes, not user problems
+        self.spinning = spinning
+        self.cache_dir: Path | None = None
+        if cache and self.device.type == "cpu":
+            self.cache_dir = writable_cache_dir(
+                Path(cache_dir) if cache_dir is not None else self.export_dir / CACHE_DIR_NAME
+            )
 
         self.sessions: dict[str, Any] = {}
         for stage in STAGES:
             entry = self.manifest.graph(stage, precision)
             providers = _providers(ort, self.device, self.export_dir, entry)
-            graph = self._read_verified(entry)
+            graph = read_verified_graph(self.export_dir, entry)
             try:
-                self.sessions[stage] = ort.InferenceSession(graph, options, providers=providers)
+                self.sessions[stage] = self._session(ort, entry, graph, providers)
             except Exception as exc:  # ORT raises its own exception types, one per failure kind
                 raise HodorError(
                     f"ONNX Runtime {ort.__version__} cannot load {entry.file} on {self.device} "
                     f"({' '.join(str(exc).split())[:300]}); re-export with this version of hodor-export"
                 ) from None
+        self.startup_s = time.perf_counter() - start
 
-    def _read_verified(self, entry: GraphEntry) -> bytes:
-        """The graph's bytes, checked against the manifest as read (no window for a swap in between)."""
-        path = self.export_dir / entry.file
-        if not path.is_file():
-            raise HodorError(
-                f"{path} is missing from the export: re-export with hodor-export CKPT --out {self.export_dir}"
+    def _options(self, ort: Any, optimise: bool, save_to: Path | None = None) -> Any:
+        options = ort.SessionOptions()
+        level = ort.GraphOptimizationLevel
+        options.graph_optimization_level = level.ORT_ENABLE_ALL if optimise else level.ORT_DISABLE_ALL
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3  # errors only: its warnings name internal nodes, not user problems
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        if save_to is not None:
+            options.optimized_model_filepath = str(save_to)
+        return options
+
+    def _session(self, ort: Any, entry: GraphEntry, graph: bytes, providers: list) -> Any:
+        """A session for ``graph`` (already checked against ``entry``): from the cached optimised graph
+        when there is one for this graph, ONNX Runtime version and CPU; else optimised now and cached."""
+        if self.cache_dir is None:
+            return ort.InferenceSession(graph, self._options(ort, optimise=True), providers=providers)
+        key = json.dumps([entry.sha256, ort.__version__, "ORT_ENABLE_ALL", cpu_flags()])
+        cached = (
+            self.cache_dir / f"{Path(entry.file).stem}.{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
+        )
+        if cached.is_file():
+            try:
+                return ort.InferenceSession(
+                    str(cached), self._options(ort, optimise=False), providers=providers
+                )
+            except Exception as exc:  # a damaged cache entry is rebuilt, not fatal
+                logger.warning("ignoring the damaged cached graph %s: %s", cached, " ".join(str(exc).split()))
+        tmp = temporary_beside(cached)
+        try:
+            session = ort.InferenceSession(
+                graph, self._options(ort, optimise=True, save_to=tmp), providers=providers
             )
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != entry.sha256:
-            raise HodorError(
-                f"{path} does not match its sha256 in {MANIFEST_NAME} (the file was changed or damaged): "
-                f"re-export with hodor-export CKPT --out {self.export_dir}"
-            )
-        return data
+            os.replace(tmp, cached)
+        except OSError as exc:
+            logger.warning("could not cache the optimised graph at %s: %s", cached, exc)
+            return ort.InferenceSession(graph, self._options(ort, optimise=True), providers=providers)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return session
 
     # ------------------------------------------------------------------ the seam
 
@@ -187,9 +232,13 @@ class OnnxRuntimeBackend:
 
 
 def open_onnxruntime_backend(
-    export_dir: Path, device: str | None, overrides: ConfigOverrides | None = None
+    export_dir: Path,
+    device: str | None,
+    overrides: ConfigOverrides | None = None,
+    precision: str | None = None,
 ) -> OnnxRuntimeBackend:
-    """``hodor.engine.backends.base.ExportOpener`` for ``onnxruntime``."""
+    """``hodor.engine.backends.base.ExportOpener`` for ``onnxruntime``; ``precision`` picks the
+    export's fp32 or fp16 graphs (default: as ``OnnxRuntimeBackend``)."""
     manifest = load_manifest(export_dir, verify=False)
     config = overrides.apply(manifest.hodor_config) if overrides is not None else None
-    return OnnxRuntimeBackend(export_dir, device=device, config=config)
+    return OnnxRuntimeBackend(export_dir, device=device, config=config, precision=precision)
