@@ -65,7 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=Path, help="config.yaml of the checkpoint (default: the one beside it)")
     p.add_argument("--out", type=Path, help="output directory (default ./<input stem>.hodor-out/)")
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="default: auto")
+    p.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="auto",
+        help="default: auto (a checkpoint: torch; an export: tensorrt engines that run on this GPU, "
+        "else openvino on the CPU when installed, else onnxruntime)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     p.add_argument(
         "--temporal-window",
@@ -88,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"frames per backbone batch (default {DEFAULT_CHUNK}); only these frames' features are held",
     )
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay.mp4")
-    torch_options = p.add_argument_group("torch backend (a .pth checkpoint)")
+    torch_options = p.add_argument_group("how the network runs (--precision also applies to exports)")
     torch_options.add_argument(
         "--kernels",
         choices=KERNEL_CHOICES,
@@ -98,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     torch_options.add_argument(
         "--precision",
         choices=tuple(PRECISIONS),
-        help="compute precision of the network; fp16 and bf16 need --device cuda (default: fp32)",
+        help="compute precision (default: fp32). torch backend: fp16 needs --device cuda, bf16 a GPU or "
+        "a CPU with AVX-512 BF16 or AMX. With an export: openvino takes fp32 or bf16 (bf16 backbone and "
+        "encoder), onnxruntime the export's fp32 or fp16 graphs",
     )
     torch_options.add_argument(
         "--no-cuda-graphs",
@@ -157,7 +165,9 @@ def run(args: argparse.Namespace) -> str:
     model_path = find_model(args.model)
     overrides = ConfigOverrides(config_path=args.config, min_dim=args.min_dim, max_dim=args.max_dim)
     torch_options = TorchOptions(kernels=args.kernels, precision=args.precision, cuda_graphs=args.cuda_graphs)
+    opened = time.perf_counter()
     backend = open_backend(model_path, args.backend, args.device, overrides, torch_options)
+    startup = time.perf_counter() - opened  # reading the model, creating sessions, compiling
     # Only once every input has been accepted, so that a refused run leaves no empty output behind.
     out_dir = prepare_output_dir(args.out or default_output_dir(args.input))
     session = VideoSession(backend, temporal_window=args.temporal_window, chunk=args.chunk)
@@ -187,8 +197,8 @@ def run(args: argparse.Namespace) -> str:
     seconds = time.perf_counter() - start
     fps = count / seconds if seconds > 0 else float("inf")
     return (
-        f"{count} frames, {len(session.objects)} objects, {seconds:.1f} s, {fps:.2f} FPS, "
-        f"backend {backend.name} ({backend.device}), output {out_dir}"
+        f"{count} frames, {len(session.objects)} objects, {seconds:.1f} s, {fps:.2f} FPS "
+        f"(start-up {startup:.1f} s before that), backend {backend.name} ({backend.device}), output {out_dir}"
     )
 
 
