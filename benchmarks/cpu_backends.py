@@ -58,7 +58,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run as a script from a checkout
 
 import hodor  # noqa: E402
-from hodor.config import HodorConfig, parse_config, with_dims  # noqa: E402
+from hodor.config import HodorConfig, config_beside, parse_config, with_dims  # noqa: E402
 from hodor.errors import HodorError  # noqa: E402
 from hodor.kernels.testing import relative_error  # noqa: E402
 
@@ -584,6 +584,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="threads per candidate (default: each backend's own, one per usable core); 1 makes the CPU-time "
         "column a load-independent measure of each candidate's arithmetic",
     )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="measure this checkpoint (config.yaml beside it) instead of random weights; needs --export",
+    )
+    p.add_argument("--export", type=Path, help="its export directory (hodor-export CHECKPOINT)")
     p.add_argument("--json", type=Path, help="also write every figure here")
     return p.parse_args(argv)
 
@@ -604,7 +610,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     load_before = [round(x, 2) for x in os.getloadavg()]
-    model = prepare_model(args.cache_dir, args.min_dim, log)
+    if (args.checkpoint is None) != (args.export is None):
+        print("error: --checkpoint and --export go together", file=sys.stderr)
+        return 2
+    if args.checkpoint is not None:
+        model = Model(
+            with_dims(config_beside(args.checkpoint), args.min_dim, None), args.checkpoint, args.export
+        )
+    else:
+        model = prepare_model(args.cache_dir, args.min_dim, log)
     clip = Clip(args.min_dim, args.objects)
 
     # The reference: the plain PyTorch model, fp32, on the last of window + 2 frames.
