@@ -238,11 +238,15 @@ CANDIDATES: dict[str, Candidate] = {
             "ONNX Runtime as before these options: no cached optimised graphs, spinning threads",
             _onnxruntime(cache=False, spinning=True),
         ),
-        Candidate("onnxruntime", "ONNX Runtime, the backend's defaults", _onnxruntime()),
+        Candidate(
+            "onnxruntime",
+            "ONNX Runtime, the backend's defaults (cached graphs, sleeping threads)",
+            _onnxruntime(),
+        ),
         Candidate(
             "onnxruntime-nospin",
-            "ONNX Runtime, idle threads sleep instead of spinning",
-            _onnxruntime(spinning=False),
+            "ONNX Runtime, idle threads sleep instead of spinning (no cached graphs)",
+            _onnxruntime(cache=False, spinning=False),
         ),
         Candidate("openvino", "OpenVINO, fp32", _openvino("fp32")),
         Candidate(

@@ -233,11 +233,24 @@ def test_not_installed_says_how_to_install(exported, monkeypatch):
     monkeypatch.setattr(openvino_backend, "_import_openvino", missing)
     with pytest.raises(HodorError, match=r"hodor-engine\[openvino\]"):
         open_backend(exported.directory, "openvino", "cpu")
-    # auto falls back to ONNX Runtime
     assert open_backend(exported.directory, "auto", "cpu").name == "onnxruntime"
+    with pytest.raises(HodorError, match=r"hodor-engine\[openvino\]"):
+        open_backend(exported.directory, "auto", "cpu", torch_options=TorchOptions(precision="bf16"))
 
 
-def test_auto_on_the_cpu_picks_openvino(exported):
+def test_auto_on_the_cpu(exported, monkeypatch):
+    """fp32: ONNX Runtime, the faster of the two on the CPU, else OpenVINO; bf16: OpenVINO."""
+    from hodor.engine.backends import onnxruntime_backend
+
+    assert open_backend(exported.directory, "auto", "cpu").name == "onnxruntime"
+    if _has_bf16():
+        b = open_backend(exported.directory, "auto", "cpu", torch_options=TorchOptions(precision="bf16"))
+        assert b.name == "openvino" and b.precision == "bf16"
+
+    def missing():
+        raise HodorError("ONNX Runtime is not installed")
+
+    monkeypatch.setattr(onnxruntime_backend, "_import_ort", missing)
     b = open_backend(exported.directory, "auto", "cpu", ConfigOverrides(min_dim=256))
     assert b.name == "openvino" and b.precision == "fp32"
     assert (b.config.input.min_dim, b.config.input.max_dim) == (256, 494)

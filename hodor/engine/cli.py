@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=BACKEND_CHOICES,
         default="auto",
         help="default: auto (a checkpoint: torch; an export: tensorrt engines that run on this GPU, "
-        "else openvino on the CPU when installed, else onnxruntime)",
+        "else onnxruntime, else openvino; with --precision bf16 an export runs on openvino)",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     p.add_argument(

@@ -22,11 +22,12 @@ BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 
 
 EXPORT_BACKENDS: dict[str, ExportOpener] = {
-    # TensorRT first: ``--backend auto`` prefers engines that run on this GPU. On the CPU, OpenVINO
-    # before ONNX Runtime: it runs the same fp32 graphs faster (benchmarks/RESULTS.md).
+    # TensorRT first: ``--backend auto`` prefers engines that run on this GPU. In fp32 on the CPU,
+    # ONNX Runtime (idle threads sleeping) ran whole frames faster than OpenVINO, at the same
+    # arithmetic cost per thread (benchmarks/RESULTS.md); OpenVINO is what takes --precision bf16.
     "tensorrt": open_tensorrt_backend,
-    "openvino": open_openvino_backend,
     "onnxruntime": open_onnxruntime_backend,
+    "openvino": open_openvino_backend,
 }
 """Export-directory backends by name, in the order ``--backend auto`` tries them. Each opener
 imports its runtime (onnxruntime, openvino, tensorrt) only when called."""
