@@ -133,6 +133,15 @@ def test_triton_kernels_in_the_interpreter(parity_checkpoint, interpreter):
     check_batch_equals_separate_calls(backend, "fp32", h=4, w=6)
 
 
+def test_openvino_graphs(tmp_path_factory, parity_checkpoint):
+    pytest.importorskip("openvino")
+    from hodor.engine.backends.openvino_backend import OpenVinoBackend
+
+    exported = shared_export(tmp_path_factory, parity_checkpoint)
+    backend = OpenVinoBackend(exported.directory, cache=False)
+    check_batch_equals_separate_calls(backend, "fp32")
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_onnxruntime_graphs(tmp_path_factory, parity_checkpoint, precision):
     pytest.importorskip("onnxruntime")
