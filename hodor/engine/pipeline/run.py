@@ -189,11 +189,16 @@ def run_pipeline(
     decoder_thread = _thread("hodor-decoder", decoder.run, stop)
 
     started_at = time.perf_counter()
-    decoder_thread.start()
-    for worker in workers:
-        worker.start()
-    interrupted = _watch(workers, stop, live)
-    decoder_thread.join(None if not stop.intake_closed else DECODER_GRACE_S)
+    started: list[threading.Thread] = []
+    try:
+        for thread in (decoder_thread, *workers):
+            thread.start()
+            started.append(thread)
+    except KeyboardInterrupt as exc:
+        stop.abort(exc)
+    interrupted = _watch([t for t in started if t is not decoder_thread], stop, live)
+    if decoder_thread in started:
+        decoder_thread.join(None if not stop.intake_closed else DECODER_GRACE_S)
     finished_at = time.perf_counter()
 
     if (error := stop.error) is not None:
