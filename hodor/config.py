@@ -17,6 +17,9 @@ import yaml
 
 from hodor.errors import HodorError
 
+#: Width of the backbone's feature maps and of every descriptor (C). Fixed by the architecture:
+#: the same in every official checkpoint, so it is not a config value.
+CHANNELS = 256
 SUPPORTED_BG_DESCRIPTORS = (1, 2, 4, 9, 12, 16)
 # Background descriptor grid (rows, columns) for each supported count.
 BG_GRID_DIMS = {1: (1, 1), 2: (1, 2), 4: (2, 2), 9: (3, 3), 12: (3, 4), 16: (4, 4)}

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import shutil
+import signal
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -18,12 +22,16 @@ from hodor.engine import cli
 from hodor.engine.backends.base import ConfigOverrides
 from hodor.engine.datasets import segment, worker
 from hodor.engine.datasets.cli import is_dataset_invocation
-from hodor.engine.io import default_palette
+from hodor.engine.datasets.davis import davis_sequences
+from hodor.engine.datasets.record import finished_record
+from hodor.engine.datasets.summary import OK
+from hodor.engine.io import StagedDir, claim_output_entries, default_palette
 from hodor.engine.loop.session import VideoSession
 from tests.engine_fake_backend import FakeBackend, small_config
 from tests.synthetic_data import make_dataset
 
 SIZE = (64, 96)
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -65,6 +73,18 @@ def error_lines(err: str) -> list[str]:
 
 def pngs(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.glob("*.png"))
+
+
+def refusals(err: str) -> list[str]:
+    """The error lines of a run made inside another in this process (whose progress bar shares
+    stderr, so that the line may follow the bar's text)."""
+    return re.findall(r"hodor-run: error: [^\r\n]*", err)
+
+
+def hidden(out: Path) -> list[str]:
+    """Hidden entries of OUT: staging directories, set-aside copies, temporary files (a run
+    writes none there that it keeps)."""
+    return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
 
 
 # --------------------------------------------------------------------------- DAVIS
@@ -218,8 +238,8 @@ def test_resume_skips_done_sequences_and_redoes_partial_ones(tmp_path, davis, mo
     assert run([root, "--model", model["path"], "--out", out], capsys)[0] == 0
     (out / names[0] / "00002.png").unlink()  # partial: a mask is missing
     shutil.rmtree(out / names[1])  # never finished: only its staging is left
-    (out / ".staging" / f"{names[1]}.host.1.abc").mkdir(parents=True)
-    (out / ".staging" / f"{names[1]}.host.1.abc" / "00000.png").write_bytes(b"half")
+    (out / f".{names[1]}.staging-1-abc0").mkdir()  # the unlocked staging of a dead writer
+    (out / f".{names[1]}.staging-1-abc0" / "00000.png").write_bytes(b"half")
     done_before = {p.name: p.stat().st_mtime_ns for p in (out / names[2]).iterdir()}
 
     code, stdout, err = run([root, "--model", model["path"], "--out", out, "--resume"], capsys)
@@ -229,7 +249,7 @@ def test_resume_skips_done_sequences_and_redoes_partial_ones(tmp_path, davis, mo
     assert rows[names[2]]["frames"] == "5" and rows[names[2]]["objects"] == "2"
     assert {p.name: p.stat().st_mtime_ns for p in (out / names[2]).iterdir()} == done_before
     assert pngs(out / names[0]) == pngs(out / names[1]) == [f"{t:05d}.png" for t in range(5)]
-    assert not (out / ".staging").exists()
+    assert hidden(out) == []  # no staging left
     assert "2 done, 1 skipped (done earlier), 0 failed" in stdout
 
     assert run([root, "--model", model["path"], "--out", out, "--resume"], capsys)[0] == 0
@@ -254,7 +274,7 @@ def test_interrupted_sequence_is_never_taken_for_done(tmp_path, davis, model, ca
     code, _, err = run([root, "--model", model["path"], "--out", out], capsys)
     assert code == 130 and "interrupted" in err
     assert (out / names[0]).is_dir() and not (out / names[1]).exists()
-    assert not list((out / ".staging").iterdir())  # the interrupted sequence's staging was removed
+    assert hidden(out) == []  # the interrupted sequence's staging was removed
     monkeypatch.setattr(segment, "write_mask", real_write)
     code, _, err = run([root, "--model", model["path"], "--out", out, "--resume"], capsys)
     assert code == 0, err
@@ -277,6 +297,201 @@ def test_a_failing_sequence_is_reported_and_the_others_go_on(tmp_path, davis, mo
     assert len(lines) == 2 and all("failed:" in line for line in lines)
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [names[2]]  # nothing half-written
     assert "1 done, 0 skipped (done earlier), 2 failed" in stdout
+
+
+# --------------------------------------------------------------------------- one run per output directory
+
+
+def test_a_second_dataset_run_into_the_same_output_is_refused(tmp_path, davis, model, capsys, monkeypatch):
+    root, names = davis
+    out = tmp_path / "out"
+    second: list[int | None] = []
+    real_write = segment.write_mask
+
+    def start_a_second_run(path, ids, palette):
+        if not second:  # while the first run writes its first mask
+            second.append(None)
+            second[0] = cli.main([str(root), "--model", str(model["path"]), "--out", str(out), "--resume"])
+        real_write(path, ids, palette)
+
+    monkeypatch.setattr(segment, "write_mask", start_a_second_run)
+    code, stdout, err = run([root, "--model", model["path"], "--out", out], capsys)
+    assert code == 0, err
+    assert second == [2], err
+    lines = refusals(err)
+    assert len(lines) == 1
+    assert f"{out} is being written by another run (hodor-run DAVIS, pid {os.getpid()})" in lines[0]
+    assert model["count"] == 1  # refused before loading the model
+    assert [r["status"] for r in summary_rows(out).values()] == ["ok", "ok", "ok"]  # the first run unharmed
+    assert "3 done" in stdout and hidden(out) == [] and not (tmp_path / ".out.lock").exists()
+
+
+@pytest.fixture
+def one_video(tmp_path, davis, monkeypatch) -> list:
+    """hodor-run's one-video mode on the fake backend; records the loads."""
+    loads: list = []
+
+    def open_fake(model_path, backend, device, overrides: ConfigOverrides, torch_options=None):
+        loads.append(model_path)
+        return FakeBackend(config=overrides.apply(small_config(min_dim=64, max_dim=128)))
+
+    monkeypatch.setattr(cli, "open_backend", open_fake)
+    return loads
+
+
+def test_a_dataset_run_and_a_one_video_run_into_one_output_refuse_each_other(
+    tmp_path, davis, model, one_video, capsys, monkeypatch
+):
+    root, names = davis
+    out = tmp_path / "out"
+    video = [
+        root / "JPEGImages" / "480p" / names[0],
+        "--masks",
+        root / "Annotations" / "480p" / names[0] / "00000.png",
+        "--model",
+        model["path"],
+        "--out",
+        out,
+    ]
+    dataset = [root, "--model", model["path"], "--out", out]
+    nested: list[int | None] = []
+
+    # A dataset run while a one-video run holds OUT (the one-video run loads its model under its claim).
+    real_open = cli.open_backend
+
+    def dataset_run_meanwhile(*a, **k):
+        if not nested:
+            nested.append(None)
+            nested[0] = cli.main([str(x) for x in dataset])
+        return real_open(*a, **k)
+
+    monkeypatch.setattr(cli, "open_backend", dataset_run_meanwhile)
+    code, _, err = run(video, capsys)
+    assert code == 0 and nested == [2], err
+    lines = refusals(err)
+    assert len(lines) == 1
+    assert f"{out} is being written by another run (hodor-run, pid {os.getpid()})" in lines[0]
+    assert model["count"] == 0  # the dataset run loaded no model
+    assert sorted(p.name for p in out.iterdir()) == ["masks", "overlay.mp4"]  # the one video's output only
+    monkeypatch.setattr(cli, "open_backend", real_open)
+
+    # A one-video run while a dataset run holds OUT.
+    other = tmp_path / "other"
+    video[-1] = other
+    dataset[-1] = other
+    real_write = segment.write_mask
+    nested.clear()
+
+    def one_video_run_meanwhile(path, ids, palette):
+        if not nested:
+            nested.append(None)
+            nested[0] = cli.main([str(x) for x in video])
+        real_write(path, ids, palette)
+
+    monkeypatch.setattr(segment, "write_mask", one_video_run_meanwhile)
+    code, _, err = run(dataset, capsys)
+    assert code == 0 and nested == [2], err
+    lines = refusals(err)
+    assert len(lines) == 1 and f"{other} is being written by another run (hodor-run DAVIS, pid" in lines[0]
+    assert sorted(p.name for p in other.iterdir()) == sorted([*names, "summary.csv", "summary.json"])
+
+
+# --------------------------------------------------------------------------- killed processes
+
+KILLED_MID_SEQUENCE = """
+import os, signal, sys
+from pathlib import Path
+from hodor.engine.backends.base import ConfigOverrides
+from hodor.engine.datasets import segment, worker
+from tests.engine_fake_backend import FakeBackend, small_config
+
+def open_fake(model_path, backend, device, overrides, torch_options=None):
+    return FakeBackend(config=overrides.apply(small_config(min_dim=64, max_dim=128)))
+
+worker.open_backend = open_fake
+real_write = segment.write_mask
+written = []
+
+def write_then_die(path, ids, palette):
+    written.append(path)
+    if len(written) == int(sys.argv[1]):  # killed outright: no clean-up of any kind
+        print(path.parent, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_write(path, ids, palette)
+
+segment.write_mask = write_then_die
+if sys.argv[2] == "hodor-run":
+    from hodor.engine import cli
+    cli.main(sys.argv[3:])
+else:  # one sequence, as a Ray worker runs it: no lock of the run's own
+    from hodor.engine.datasets.davis import davis_sequences
+    from hodor.engine.loop.session import VideoSession
+    root, name, out = sys.argv[3:]
+    spec = davis_sequences(Path(root), None, [name])[0]
+    session = VideoSession(open_fake(None, None, None, ConfigOverrides()))
+    worker.run_one(session, spec, Path(out), attempt=1)
+"""
+
+
+def killed_mid_sequence(masks_before_kill: int, *args) -> Path:
+    """Run ``KILLED_MID_SEQUENCE`` in a process that SIGKILLs itself as it is about to write
+    mask number ``masks_before_kill``; return the staging directory it was writing."""
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_SEQUENCE, str(masks_before_kill), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        cwd=REPO,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    staging = Path(proc.stdout.strip().splitlines()[-1])
+    assert staging.is_dir() and ".staging-" in staging.name
+    return staging
+
+
+def test_resume_after_a_run_killed_mid_sequence(tmp_path, davis, model, capsys):
+    root, names = davis
+    out = tmp_path / "out"
+    staging = killed_mid_sequence(8, "hodor-run", root, "--model", model["path"], "--out", out)
+    assert staging.parent == out and staging.name.startswith(f".{names[1]}.staging-")
+    assert len(pngs(staging)) == 2  # the third mask of the second sequence was never written
+    assert finished_record(out, names[0]) is not None
+    assert not (out / names[1]).exists() and not (out / names[2]).exists()
+    assert (tmp_path / ".out.lock").exists()  # the killed run released nothing; the kernel dropped its lock
+    # A writer still alive (a worker of the killed run, say): its staging is not the run's to delete.
+    live = StagedDir(out / names[2])
+    try:
+        code, stdout, err = run([root, "--model", model["path"], "--out", out, "--resume"], capsys)
+        assert code == 0, err
+        assert live.path.is_dir()
+    finally:
+        live.discard()
+    rows = summary_rows(out)
+    assert [rows[n]["status"] for n in names] == ["skipped", "ok", "ok"]
+    assert rows[names[0]]["frames"] == "5" and rows[names[0]]["objects"] == "2"
+    assert pngs(out / names[1]) == [f"{t:05d}.png" for t in range(5)]
+    assert not staging.exists() and hidden(out) == [] and not (tmp_path / ".out.lock").exists()
+    assert "2 done, 1 skipped (done earlier), 0 failed" in stdout
+
+
+def test_a_worker_killed_mid_sequence_and_the_retry_on_another(tmp_path, davis, model):
+    """As on Ray: the driver holds OUT; a worker (a process of its own, taking no lock) dies in the
+    middle of a sequence; another worker redoes it beside the dead one's staging; the run's
+    claim removes that staging when the run ends."""
+    root, names = davis
+    out = tmp_path / "out"
+    spec = davis_sequences(root, None, [names[1]])[0]
+    with claim_output_entries(out, "hodor-run DAVIS") as claim:
+        dead = killed_mid_sequence(3, "worker", root, names[1], out)
+        assert dead.parent == out and len(pngs(dead)) == 2 and not (out / names[1]).exists()
+        session = VideoSession(worker.open_backend(model["path"], "auto", "cpu", ConfigOverrides()))
+        result = worker.run_one(session, spec, out, attempt=2)
+        assert result.status == OK and result.frames == 5 and result.attempts == 2
+        assert dead.is_dir() and claim.held  # left alone while the run goes on
+    record = finished_record(out, names[1])
+    assert record is not None and record.stems == tuple(f"{t:05d}" for t in range(5))
+    assert not dead.exists() and sorted(p.name for p in out.iterdir()) == [names[1]]
 
 
 # --------------------------------------------------------------------------- the command line

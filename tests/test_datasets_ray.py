@@ -53,10 +53,11 @@ def _kill_mid_sequence(out: Path, name: str, report: dict) -> None:
     """Kill the worker writing ``name`` once it has written a mask and not yet finished."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not report.get("stop"):
-        for staging in (out / ".staging").glob(f"{name}.*"):
+        for staging in out.glob(f".{name}.staging-*"):
             written = len(list(staging.glob("*.png")))
             if written:
-                pid = int(staging.name.split(".")[-2])  # <seq>.<host>.<pid>.<random>
+                token = staging.name.rsplit(".staging-", 1)[1]  # .<seq>.staging-<pid>-<random>
+                pid = int(token.split("-")[0])
                 os.kill(pid, signal.SIGKILL)
                 time.sleep(0.5)
                 report.update(
@@ -126,7 +127,8 @@ def test_killed_worker_sequence_is_retried_and_never_half_written(runs):
     assert rows[LONG]["status"] == "ok" and rows[LONG]["attempts"] == "2"
     assert rows[LONG]["frames"] == "12"
     assert int(rows[LONG]["worker"].rsplit(":", 1)[1]) != kill["pid"]
-    assert not (runs["ray"] / ".staging").exists()
+    assert not [p.name for p in runs["ray"].iterdir() if p.name.startswith(".")]  # no staging left
+    assert not (runs["ray"].parent / ".ray.lock").exists()  # the driver's claim on OUT, released
 
 
 def test_failing_sequence_on_ray_is_reported_and_the_others_go_on(runs):

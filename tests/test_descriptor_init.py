@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hodor.model.functional import masked_avg_pool
+from hodor.kernels.masked_avg_pool import masked_avg_pool_reference as masked_avg_pool
 
 
 def _loop_init(fmap: torch.Tensor, masks: torch.Tensor, is_object: bool) -> torch.Tensor:

@@ -140,6 +140,78 @@ def test_disabled_runner_is_eager():
     assert capture.captured == [] and runner.stats.eager == 3
 
 
+def test_inputs_written_into_the_graphs_buffers_are_not_copied():
+    """A caller that produces its next inputs in the graph's own input buffers saves the copy."""
+    runner = CudaGraphRunner(enabled=True, capture=FakeCapture())
+    x, y = torch.zeros(2, 3), torch.ones(2, 3)
+    assert runner.input_buffers("decode", x, y) is None  # nothing captured yet
+    runner("decode", stage, x, y)
+    runner("decode", stage, x, y)  # captured (the inputs copied into fresh buffers)
+    copies = runner.stats.input_copies
+    buffers = runner.input_buffers("decode", x, y)
+    assert buffers is not None and all(b is not t for b, t in zip(buffers, (x, y), strict=True))
+    for i in range(3):
+        buffers[0].fill_(float(i))
+        buffers[1].copy_(torch.arange(6.0).reshape(2, 3))
+        out = runner("decode", stage, *buffers)
+        want = stage(torch.full((2, 3), float(i)), torch.arange(6.0).reshape(2, 3))
+        for got, expected in zip(out, want, strict=True):
+            assert torch.equal(got, expected), f"call {i}"
+    assert runner.stats.input_copies == copies and runner.stats.inputs_in_place == 6
+    # One input in place, the other the caller's own: only that one is copied.
+    out = runner("decode", stage, buffers[0], y)
+    assert torch.equal(out[0], buffers[0] * 2 + y)
+    assert runner.stats.input_copies == copies + 1
+    assert runner.input_buffers("decode", torch.zeros(3, 3), y) is None  # other shapes: another graph
+
+
+def test_callers_that_reuse_their_tensors_are_still_copied():
+    """Tensors the caller keeps and changes in place between calls: each call sees its values then."""
+    runner = CudaGraphRunner(enabled=True, capture=FakeCapture())
+    x, y = torch.zeros(2, 3), torch.ones(2, 3)
+    kept = []
+    for i in range(4):
+        x.fill_(float(i))  # the same tensor, new values
+        kept.append(runner("encode", stage, x, y)[0])
+    for i, out in enumerate(kept):
+        assert torch.equal(out, torch.full((2, 3), 2.0 * i + 1)), f"call {i}"
+    assert runner.stats.replays == 3 and runner.stats.inputs_in_place == 0
+
+
+def test_static_outputs_on_request():
+    """``clone_outputs=False``: a replay hands out the graph's outputs, which the next replay overwrites."""
+    runner = CudaGraphRunner(enabled=True, capture=FakeCapture())
+    x, y = torch.zeros(2, 3), torch.zeros(2, 3)
+    runner("decode", stage, x, y, clone_outputs=False)  # eager: a tensor of its own
+    first = runner("decode", stage, x + 1, y, clone_outputs=False)
+    second = runner("decode", stage, x + 2, y, clone_outputs=False)
+    assert first[0] is second[0] and torch.equal(second[0], torch.full((2, 3), 4.0))
+    cloned = runner("decode", stage, x + 3, y)
+    assert cloned[0] is not second[0] and torch.equal(cloned[0], second[0])
+
+
+def test_shapes_the_capture_declines_run_eagerly_and_others_are_still_captured():
+    """A capture function may turn down one set of shapes (TensorRT refusing a plan): no warning,
+    those shapes run eagerly from then on, and other shapes are captured."""
+
+    class Picky(FakeCapture):
+        def __call__(self, fn, static_inputs):
+            if static_inputs[0].shape[0] == 4:
+                return None
+            return super().__call__(fn, static_inputs)
+
+    runner = CudaGraphRunner(enabled=True, capture=Picky())
+    big, small = torch.ones(4, 3), torch.ones(2, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(4):
+            assert torch.equal(runner("encode", stage, big, big)[0], big * 3)
+            assert torch.equal(runner("encode", stage, small, small)[0], small * 3)
+    assert runner.failure is None and runner.stats.declined == 1
+    assert (runner.stats.captures, runner.stats.replays) == (1, 3)
+    assert runner.stats.eager == 4 + 1  # big: every call; small: the warm-up
+
+
 def tiny_backend(graphs: CudaGraphRunner | None) -> TorchBackend:
     cfg = small_config(min_dim=32, max_dim=64)  # 32×48 frames, padded to 32×64: a 4×8 map at 1/8
     cfg = type(cfg)(

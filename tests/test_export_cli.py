@@ -21,7 +21,7 @@ from onnx import TensorProto, helper
 import hodor.export.cli as export_cli
 import hodor.export.onnx_export as onnx_export
 import hodor.model
-from hodor.engine.backends.manifest import MANIFEST_NAME, load_manifest
+from hodor.engine.backends.manifest import MANIFEST_NAME, TensorRTRecord, load_manifest
 from tests.parity_fixture import CASE_A
 
 CONFIG = CASE_A / "spec" / "config.yaml"
@@ -343,7 +343,11 @@ class _FakeTensorRT:
         assert not export_dir.name.endswith(".hodor")
         self.calls.append(("build", flavour, mode, previous_dir))
         progress("tensorrt: built")
-        return {"record_version": 1, "flavour": flavour}
+        return self.record(flavour)
+
+    @staticmethod
+    def record(flavour):
+        return TensorRTRecord(flavour=flavour, version="1.0", precision="fp32", targets=("sm_86",), gpu=None)
 
 
 def test_tensorrt_engines_are_built_in_the_partial_directory_and_recorded(
@@ -355,7 +359,7 @@ def test_tensorrt_engines_are_built_in_the_partial_directory_and_recorded(
     code, stdout, err = _run([str(fake_checkpoint), "--out", str(out), "--trt-flavour", "rtx"], capsys)
     assert code == 0, err
     assert fake.calls == [("resolve", "rtx", "auto"), ("build", "rtx", "auto", None)]
-    assert load_manifest(out).tensorrt == {"record_version": 1, "flavour": "rtx"}
+    assert load_manifest(out).tensorrt == fake.record("rtx")
     assert "tensorrt: built" in stdout and "TensorRT engines: TensorRT for RTX 1.0" in stdout
     # Again into the same directory: the previous export is offered for engine reuse.
     assert _run([str(fake_checkpoint), "--out", str(out), "--tensorrt", "on"], capsys)[0] == 0

@@ -18,11 +18,12 @@ import pytest
 import torch
 
 import hodor
+from hodor.accuracy import relative_error
 from hodor.config import config_beside
 from hodor.engine.backends.manifest import FORMAT_VERSION, STAGES, Manifest, load_manifest, sha256_file
 from hodor.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
 from hodor.errors import HodorError
-from hodor.export.onnx_export import TRACE_H, TRACE_W, _Bounds, example_inputs, relative_error
+from hodor.export.onnx_export import TRACE_H, TRACE_W, _Bounds, example_inputs
 from tests.test_export_shared import ExportRun, shared_export, shared_network
 
 FP32_TOLERANCE = 1e-4
@@ -122,6 +123,21 @@ def test_decoder_graph_matches_torch(backends, net, precision, height, width, ob
         want = net.decode(*args)
     assert torch.isneginf(want[:, -1]).all()
     _compare(backend.decode(*args), want, _tolerance(precision), f"decoder {precision} {args[2].shape}")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_decoder_graph_over_an_empty_history_matches_torch(backends, net, precision):
+    """Every history entry invalid (what a padded slot of a batched call holds): the attention adds
+    nothing (hodor.kernels.pixel_descriptor_attention), so the catch-all map stays finite and every
+    descriptor's logits are -inf, in the graph as in the network; not NaN."""
+    backend = _backend(backends, precision)
+    args = example_inputs("decoder", NUM_BG, _Bounds(1, 192, 320, 2, 3), torch.Generator().manual_seed(7))
+    args[4][:] = True
+    args[5][:] = True
+    with torch.no_grad():
+        want = net.decode(*args)
+    assert torch.isfinite(want[:, 0]).all() and torch.isneginf(want[:, 1:]).all()
+    _compare(backend.decode(*args), want, _tolerance(precision), f"decoder {precision}, empty history")
 
 
 def test_graphs_were_traced_at_another_size():

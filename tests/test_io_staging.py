@@ -16,18 +16,23 @@ import pytest
 from PIL import Image
 
 from hodor.engine.io import (
+    COMMIT_RECORD_NAME,
     INCOMPLETE_NAME,
     Incomplete,
     OutputBusyError,
     OutputLock,
     StagedDir,
     claim_output,
+    claim_output_entries,
+    committed_record,
     default_palette,
     foreign_entries,
+    read_commit_record,
     read_incomplete,
     remove_stale,
     write_mask,
 )
+from hodor.engine.io.files import atomic_write, is_temporary, temporary_beside
 from hodor.errors import HodorError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -362,3 +367,125 @@ def test_a_stream_that_ends_on_ctrl_c_commits_what_it_wrote(tmp_path):
             pass
         staged.commit()
     assert sorted(tree(out)) == [f"masks/{t:05d}.png" for t in range(5)]
+
+
+# --------------------------------------------------------------------------- commit records
+
+
+def test_a_commit_record_lists_every_staged_file_and_the_writer_s_details(tmp_path):
+    out = filled(tmp_path / "out", {"stale.png": b"from before"})
+    short = Incomplete(frames_written=2, frames_expected=3, reason="ends early")
+    with StagedDir(out) as staged:
+        filled(staged.path, {"00000.png": b"mask0", "sub/00001.png": b"mask 1"})
+        staged.commit(record={"sequence": "bear", "objects": 2}, incomplete=short)
+    record = committed_record(out)
+    assert record is not None and record == read_commit_record(out)
+    assert record.files == {
+        "00000.png": 5,
+        "sub/00001.png": 6,
+        INCOMPLETE_NAME: (out / INCOMPLETE_NAME).stat().st_size,
+    }  # not the record itself, not what the previous directory held
+    assert record.details == {"sequence": "bear", "objects": 2}
+    listing = sorted(p.name for p in out.iterdir())
+    assert listing == sorted([COMMIT_RECORD_NAME, INCOMPLETE_NAME, "00000.png", "sub"])
+
+
+def test_a_directory_is_committed_only_while_it_holds_what_its_record_lists(tmp_path):
+    with StagedDir(tmp_path / "out") as staged:
+        filled(staged.path, {"a.png": b"aaaa", "b.png": b"bb"})
+        staged.commit(record={})
+    assert committed_record(tmp_path / "out") is not None
+    (tmp_path / "out" / "b.png").write_bytes(b"b")  # cut short
+    assert committed_record(tmp_path / "out") is None
+    (tmp_path / "out" / "b.png").unlink()
+    assert committed_record(tmp_path / "out") is None and read_commit_record(tmp_path / "out") is not None
+
+    with StagedDir(tmp_path / "plain") as staged:  # committed without a record
+        staged.commit()
+    filled(tmp_path / "made-by-hand", {"a.png": b"aaaa"})
+    (tmp_path / "forged").mkdir()
+    (tmp_path / "forged" / COMMIT_RECORD_NAME).write_text('{"files": {"../out/a.png": 4}, "details": {}}')
+    (tmp_path / "garbled").mkdir()
+    (tmp_path / "garbled" / COMMIT_RECORD_NAME).write_text('{"files": [1, 2]}')
+    for name in ("plain", "made-by-hand", "forged", "garbled", "absent"):
+        assert committed_record(tmp_path / name) is None, name
+
+
+# --------------------------------------------------------------------------- a target written entry by entry
+
+
+def test_claiming_a_target_entry_by_entry(tmp_path):
+    """One claim on OUT for a run that stages OUT/<name> one by one: a second claim of either
+    kind is refused; what killed writers left is cleaned up on entry and, for writers that
+    died during the run, on leaving; a live writer's staging is never touched."""
+    out = tmp_path / "results"
+    dead_before = killed_staging(out / "bear")
+    (out / "summary.csv").write_text("done")
+    temporary = temporary_beside(out / "summary.csv")
+    temporary.write_text("half")  # a killed run's unfinished file
+    filled(out / "cows", {"a.png": b"new"})
+    filled(out / ".cows.old-123-abcd0123", {"a.png": b"previous"})  # a commit cut after its renames
+    beside = killed_staging(out)  # a killed one-video run into OUT
+
+    with claim_output_entries(out, "dataset run") as claim:
+        assert claim.held and claim.path == tmp_path / ".results.lock"
+        assert not dead_before.exists() and not temporary.exists() and not beside.exists()
+        assert tree(out) == {"summary.csv": b"done", "cows/a.png": b"new"}
+        for second in (claim_output_entries, claim_output):
+            with pytest.raises(OutputBusyError, match=rf"another run \(dataset run, pid {os.getpid()}\)"):
+                with second(out, "another"):
+                    pass
+        live = StagedDir(out / "dogs")  # a worker still writing when the run ends
+        dead_during = killed_staging(out / "emus")  # a worker that died during the run
+        with StagedDir(out / "bear") as staged:
+            filled(staged.path, {"a.png": b"bear"})
+            staged.commit(record={})
+    try:
+        assert not dead_during.exists() and live.path.is_dir()
+        assert committed_record(out / "bear") is not None
+        assert not (tmp_path / ".results.lock").exists()
+    finally:
+        live.discard()
+    assert sorted(p.name for p in out.iterdir()) == ["bear", "cows", "summary.csv"]
+
+
+def test_claiming_entries_of_a_missing_target_makes_nothing_unless_written(tmp_path):
+    with claim_output_entries(tmp_path / "a" / "out", "dataset run"):
+        pass
+    assert list(tmp_path.iterdir()) == []
+    with claim_output_entries(tmp_path / "a" / "out", "dataset run"):
+        with StagedDir(tmp_path / "a" / "out" / "seq") as staged:
+            staged.commit()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["out"]
+
+
+def test_a_staging_directory_removed_by_a_clean_up_before_its_lock_is_made_again(tmp_path, monkeypatch):
+    """Another process's clean-up may find a staging directory made but not yet locked, take it
+    for abandoned and delete it: the writer notices and stages under a fresh name."""
+    from hodor.engine.io import staging
+
+    real_try_lock = staging.try_lock
+    raced: list[Path] = []
+
+    def clean_up_first(fd: int) -> bool:
+        monkeypatch.setattr(staging, "try_lock", real_try_lock)
+        raced.extend(remove_stale(tmp_path, "out"))  # between the writer's mkdir and its lock
+        return real_try_lock(fd)
+
+    monkeypatch.setattr(staging, "try_lock", clean_up_first)
+    with StagedDir(tmp_path / "out") as staged:
+        assert len(raced) == 1 and not raced[0].exists() and staged.path != raced[0]
+        assert remove_stale(tmp_path, "out") == [] and staged.path.is_dir()  # locked this time
+        filled(staged.path, {"a.png": b"a"})
+        staged.commit()
+    assert tree(tmp_path) == {"out/a.png": b"a"}
+
+
+def test_temporary_names_are_recognised(tmp_path):
+    path = tmp_path / "summary.csv"
+    assert is_temporary(temporary_beside(path).name)
+    with atomic_write(path) as tmp:
+        assert is_temporary(tmp.name)
+        tmp.write_text("x")
+    for name in ("summary.csv", ".hidden.tmp", ".a.1.2.tmp", "a.1.2.3.tmp", ".out.staging-1-ab"):
+        assert not is_temporary(name), name

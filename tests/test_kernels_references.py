@@ -132,7 +132,8 @@ def test_torch_impl_keeps_half_dtype():
 
 
 def test_references_export_with_dynamic_shapes():
-    """The model is exported through these functions: sizes must stay symbolic."""
+    """With ``kernels="torch"`` (how hodor-export runs the network) the model computes through these
+    references, so the ONNX graphs hold what they trace to: their sizes must stay symbolic."""
     dim = torch.export.Dim
 
     class Pool(torch.nn.Module):
@@ -151,6 +152,27 @@ def test_references_export_with_dynamic_shapes():
     d, inv, ca = torch.randn(1, 12, 3, C), torch.rand(1, 12, 3) < 0.3, torch.randn(1, 1, 10, 12)
     torch.export.export(
         Logits(), (f, d, inv, ca), dynamic_shapes=({2: h, 3: w}, {1: q, 2: t}, {1: q, 2: t}, {2: h, 3: w})
+    )
+
+    class PixelAttention(torch.nn.Module):
+        def forward(self, q, k, v, inv):
+            return pixel_descriptor_attention_reference(q, k, v, inv, H)
+
+    class SoftAttention(torch.nn.Module):
+        def forward(self, q, k, v, mask, scale):
+            return soft_masked_attention_reference(q, k, v, mask, scale, H)
+
+    n, keys = dim("n"), dim("keys")
+    pixels, kv = torch.randn(1, 30, C), torch.randn(1, 12, C)
+    torch.export.export(
+        PixelAttention(),
+        (pixels, kv, kv, torch.rand(1, 12) < 0.3),
+        dynamic_shapes=({1: n}, {1: keys}, {1: keys}, {1: keys}),
+    )
+    torch.export.export(
+        SoftAttention(),
+        (kv, pixels, pixels, torch.rand(1, 12, 30), torch.ones(H)),
+        dynamic_shapes=({1: q}, {1: n}, {1: n}, {1: q, 2: n}, None),
     )
 
 

@@ -7,6 +7,7 @@ an engine) is in ``test_tensorrt_runtime.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -16,14 +17,9 @@ from pathlib import Path
 import onnx
 import pytest
 
-from hodor.engine.backends.manifest import STAGES, sha256_file
-from hodor.engine.backends.tensorrt_backend import (
-    TensorRTRecord,
-    check_engine_header,
-    header_diagnostics,
-    load_flavour,
-    probe_engines,
-)
+from hodor.engine.backends.manifest import STAGES, load_manifest, sha256_file
+from hodor.engine.backends.tensorrt.flavours import load_flavour
+from hodor.engine.backends.tensorrt.validity import check_engine_header, header_diagnostics, probe_engines
 from hodor.errors import HodorError
 from hodor.export.tensorrt_build import (
     build_engine,
@@ -89,31 +85,31 @@ def test_rtx_builds_the_three_engines_with_the_manifests_profiles(tmp_path, prec
     manifest, record, progress = export_and_build(tmp_path, precision)
 
     flavour = load_flavour("rtx")
-    assert record["flavour"] == "rtx"
-    assert record["version"] == trt.__version__ == flavour.version
-    assert record["precision"] == precision
-    assert record["gpu"] is None
-    assert record["targets"] == list(default_targets(flavour))
-    assert "sm_86" in record["targets"] and "sm_75" not in record["targets"]
+    assert record.flavour == "rtx"
+    assert record.version == trt.__version__ == flavour.version
+    assert record.precision == precision
+    assert record.gpu is None
+    assert record.targets == default_targets(flavour)
+    assert "sm_86" in record.targets and "sm_75" not in record.targets
     for stage in STAGES:
-        entry = record["engines"][stage]
+        entry = record.engines[stage]
         graph = manifest.graph(stage, precision)
-        path = tmp_path / entry["file"]
-        assert entry["file"] == engine_filename(stage, precision) == f"{stage}.{precision}.engine"
+        path = tmp_path / entry.file
+        assert entry.file == engine_filename(stage, precision) == f"{stage}.{precision}.engine"
         assert path.is_file() and path.stat().st_size > 100_000
-        assert entry["onnx"] == graph.file
-        assert entry["onnx_sha256"] == graph.sha256
-        assert entry["engine_sha256"] == sha256_file(path)
-        assert entry["profile"] == {k: [list(s) for s in v] for k, v in graph.profile.items()}
+        assert entry.onnx == graph.file
+        assert entry.onnx_sha256 == graph.sha256
+        assert entry.engine_sha256 == sha256_file(path)
+        assert entry.profile == {k: [list(s) for s in v] for k, v in graph.profile.items()}
         assert "building" in progress.about(stage) and "built" in progress.about(stage)
     # The profile spans the limits: objects 1..max, history 1..max_window+1, sides min..max.
-    fg_hist = record["engines"]["decoder"]["profile"]["fg_hist"]
+    fg_hist = record.engines["decoder"].profile["fg_hist"]
     assert fg_hist[0][1:3] == [1, 1] and fg_hist[2][1:3] == [TINY_LIMITS.max_objects, TINY_LIMITS.max_history]
-    images = record["engines"]["backbone"]["profile"]["images"]
+    images = record.engines["backbone"].profile["images"]
     assert images[0] == [1, 3, TINY_LIMITS.min_size, TINY_LIMITS.min_size]
     assert images[2] == [TINY_LIMITS.max_batch, 3, TINY_LIMITS.max_size, TINY_LIMITS.max_size]
-    # The record reads back as the runtime reads it.
-    assert TensorRTRecord.from_dict(record).engines["encoder"].file == f"encoder.{precision}.engine"
+    # The record reads back from manifest.json as the runtime reads it.
+    assert load_manifest(tmp_path).tensorrt == record
 
 
 def test_fp16_graphs_parse_into_fp16_layers_and_fp32_graphs_into_fp32(tmp_path):
@@ -157,8 +153,8 @@ def test_a_graph_tensorrt_rejects_is_a_clear_error(tmp_path):
 def test_explicit_targets_are_recorded_and_an_unknown_one_is_refused(tmp_path):
     manifest = write_tiny_export(tmp_path)
     record = build_engines(tmp_path, manifest, "rtx", "on", targets=["sm_86"], progress=Progress())
-    assert record["targets"] == ["sm_86"]
-    profile = record["engines"]["encoder"]["profile"]
+    assert record.targets == ("sm_86",)
+    profile = record.engines["encoder"].profile
     with pytest.raises(HodorError, match="cannot target sm_90"):
         build_engine(load_flavour("rtx"), tmp_path / "encoder.onnx", profile, ("sm_90",))
 
@@ -175,14 +171,14 @@ def _tiny_profile(stage: str):
 
 def test_a_second_export_reuses_every_engine(tmp_path):
     _, record, _ = export_and_build(tmp_path / "x")
-    inodes = {s: (tmp_path / "x" / record["engines"][s]["file"]).stat().st_ino for s in STAGES}
+    inodes = {s: (tmp_path / "x" / record.engines[s].file).stat().st_ino for s in STAGES}
 
     _, again, progress = reexport(tmp_path / "x")
 
     assert again == record
     for stage in STAGES:
         assert "reusing" in progress.about(stage) and "building" not in progress.about(stage)
-        assert (tmp_path / "x" / record["engines"][stage]["file"]).stat().st_ino == inodes[stage]
+        assert (tmp_path / "x" / record.engines[stage].file).stat().st_ino == inodes[stage]
 
 
 def test_rebuilding_in_place_reuses_too(tmp_path):
@@ -200,9 +196,9 @@ def test_a_changed_graph_rebuilds_that_engine_only(tmp_path):
 
     assert "reusing" in progress.about("backbone") and "reusing" in progress.about("decoder")
     assert "building" in progress.about("encoder") and "the ONNX graph changed" in progress.about("encoder")
-    assert again["engines"]["encoder"]["onnx_sha256"] != record["engines"]["encoder"]["onnx_sha256"]
-    assert again["engines"]["encoder"]["engine_sha256"] != record["engines"]["encoder"]["engine_sha256"]
-    assert again["engines"]["backbone"] == record["engines"]["backbone"]
+    assert again.engines["encoder"].onnx_sha256 != record.engines["encoder"].onnx_sha256
+    assert again.engines["encoder"].engine_sha256 != record.engines["encoder"].engine_sha256
+    assert again.engines["backbone"] == record.engines["backbone"]
     assert (tmp_path / "x" / "encoder.fp32.engine").read_bytes() != old_encoder
 
 
@@ -211,11 +207,11 @@ def test_a_changed_precision_rebuilds(tmp_path):
 
     _, record, progress = reexport(tmp_path / "x", "fp16")
 
-    assert record["precision"] == "fp16"
+    assert record.precision == "fp16"
     for stage in STAGES:
         assert "built for fp32 before" in progress.about(stage)
-        assert record["engines"][stage]["file"] == f"{stage}.fp16.engine"
-        assert record["engines"][stage]["onnx"] == f"{stage}.fp16.onnx"
+        assert record.engines[stage].file == f"{stage}.fp16.engine"
+        assert record.engines[stage].onnx == f"{stage}.fp16.onnx"
 
 
 def test_changed_limits_rebuild_the_engines_whose_profile_changed(tmp_path):
@@ -227,7 +223,7 @@ def test_changed_limits_rebuild_the_engines_whose_profile_changed(tmp_path):
         "decoder"
     )
     assert "reusing" in progress.about("backbone")  # its profile does not involve objects
-    assert record["engines"]["encoder"]["profile"]["fg_masks"][2][1] == 6
+    assert record.engines["encoder"].profile["fg_masks"][2][1] == 6
 
 
 def test_other_targets_or_a_damaged_engine_rebuild(tmp_path):
@@ -237,13 +233,13 @@ def test_other_targets_or_a_damaged_engine_rebuild(tmp_path):
     assert all("built for sm_80" in progress.about(s) for s in STAGES)
     _, restored, _ = reexport(tmp_path / "x")  # back to the default targets
 
-    decoder = tmp_path / "x" / record["engines"]["decoder"]["file"]
+    decoder = tmp_path / "x" / record.engines["decoder"].file
     decoder.write_bytes(decoder.read_bytes()[:-10])
     _, again, progress = reexport(tmp_path / "x")
     assert "changed or damaged" in progress.about("decoder")
     assert "reusing" in progress.about("encoder")
-    assert again["engines"]["decoder"]["engine_sha256"] == sha256_file(tmp_path / "x" / "decoder.fp32.engine")
-    assert again["engines"]["encoder"] == restored["engines"]["encoder"]
+    assert again.engines["decoder"].engine_sha256 == sha256_file(tmp_path / "x" / "decoder.fp32.engine")
+    assert again.engines["encoder"] == restored.engines["encoder"]
 
 
 def test_engines_are_copied_from_a_previous_directory_that_was_not_linked_in(tmp_path):
@@ -258,9 +254,28 @@ def test_engines_are_copied_from_a_previous_directory_that_was_not_linked_in(tmp
 
     assert again == record
     assert all("reusing" in progress.about(s) for s in STAGES)
-    for entry in record["engines"].values():
-        assert sha256_file(new / entry["file"]) == entry["engine_sha256"]
+    for entry in record.engines.values():
+        assert sha256_file(new / entry.file) == entry.engine_sha256
     assert {p.name: sha256_file(p) for p in old.iterdir()} == before
+
+
+def test_a_previous_record_naming_files_outside_its_directory_is_not_followed(tmp_path):
+    """A doctored earlier manifest cannot make the build copy a file from elsewhere into the export."""
+    old = tmp_path / "old"
+    export_and_build(old)
+    outside = tmp_path / "outside.engine"
+    shutil.copy(old / "decoder.fp32.engine", outside)  # its sha256 matches the record's
+    manifest_path = old / "manifest.json"
+    data = json.loads(manifest_path.read_text())
+    data["tensorrt"]["engines"]["decoder"]["file"] = "../outside.engine"
+    manifest_path.write_text(json.dumps(data))
+    new = tmp_path / "new"
+    manifest = write_tiny_export(new)
+
+    progress = Progress()
+    build_engines(new, manifest, "rtx", "on", previous_dir=old, progress=progress)
+
+    assert all("no engine built before" in progress.about(s) for s in STAGES)
 
 
 # --------------------------------------------------------------------------- validity without a GPU
@@ -268,8 +283,7 @@ def test_engines_are_copied_from_a_previous_directory_that_was_not_linked_in(tmp
 
 def test_engine_header_validity_without_a_gpu(tmp_path):
     """TensorRT for RTX's header check tells a malformed file apart with no GPU present."""
-    _, record_dict, _ = export_and_build(tmp_path)
-    record = TensorRTRecord.from_dict(record_dict)
+    _, record, _ = export_and_build(tmp_path)
     flavour = load_flavour("rtx")
     engine = tmp_path / record.engines["backbone"].file
 
@@ -371,7 +385,6 @@ def test_hodor_export_builds_and_then_reuses_the_parity_engines(tmp_path, parity
     """hodor-export --tensorrt on with TensorRT for RTX on this (GPU-less) machine: the three
     real stage graphs, fp32 and fp16, build into engines with the manifest's profiles; a
     second export reuses them."""
-    from hodor.engine.backends.manifest import load_manifest
     from hodor.export import cli
 
     out = tmp_path / "parity.hodor"
@@ -380,7 +393,8 @@ def test_hodor_export_builds_and_then_reuses_the_parity_engines(tmp_path, parity
     assert cli.main(args) == 0, capsys.readouterr().err
     first = capsys.readouterr().out
     manifest = load_manifest(out)
-    record = TensorRTRecord.from_dict(manifest.tensorrt)
+    record = manifest.tensorrt
+    assert record is not None
     assert (record.flavour, record.precision, record.version) == ("rtx", "fp16", trt.__version__)
     for stage in STAGES:
         entry = record.engines[stage]
@@ -393,7 +407,7 @@ def test_hodor_export_builds_and_then_reuses_the_parity_engines(tmp_path, parity
 
     # The fp32 graphs of the same export build too (the hook, as for an fp32 export).
     fp32 = build_engines(out, replace(manifest, precision="fp32"), "rtx", "on", progress=Progress())
-    assert all((out / e["file"]).is_file() for e in fp32["engines"].values())
+    assert all((out / e.file).is_file() for e in fp32.engines.values())
 
     assert cli.main(args) == 0, capsys.readouterr().err
     second = capsys.readouterr().out

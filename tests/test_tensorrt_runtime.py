@@ -8,15 +8,17 @@ masks (parity fixture case-a) through ``hodor-run --backend tensorrt``.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from hodor.engine.backends.manifest import STAGES, load_manifest
+from hodor.accuracy import relative_error
+from hodor.config import CHANNELS as C
+from hodor.engine.backends.manifest import STAGES, TensorRTRecord, load_manifest
 from hodor.engine.backends.tensorrt_backend import TensorRTBackend, installed_flavours, probe_engines
 from hodor.errors import HodorError
-from hodor.export.onnx_export import C, relative_error
 from hodor.export.tensorrt_build import build_engines, resolve_flavour
 from tests.test_tensorrt_tiny_export import (
     NUM_BG,
@@ -115,15 +117,7 @@ def _seam_call(backend: TensorRTBackend, stage: str, inputs: dict[str, torch.Ten
 def test_the_backend_needs_a_gpu(tmp_path):
     """Without a GPU (or with --device cpu) the tensorrt backend refuses in one sentence."""
     manifest = write_tiny_export(tmp_path)
-    record = {
-        "record_version": 1,
-        "flavour": "rtx",
-        "version": "0",
-        "precision": "fp32",
-        "targets": [],
-        "gpu": None,
-        "engines": {},
-    }
+    record = TensorRTRecord(flavour="rtx", version="0", precision="fp32", targets=(), gpu=None)
     with pytest.raises(HodorError, match="needs an NVIDIA GPU"):
         TensorRTBackend(tmp_path, with_tensorrt(manifest, record), "cpu")
 
@@ -222,7 +216,7 @@ def test_rtx_runtime_cache_is_saved_and_loaded(tmp_path):
     if "rtx" not in installed_flavours():
         pytest.skip("TensorRT for RTX is not installed: it is the flavour with a runtime cache")
     manifest = _tiny_engines(tmp_path, "fp32")
-    if manifest.tensorrt["flavour"] != "rtx":
+    if manifest.tensorrt.flavour != "rtx":
         pytest.skip("auto picked TensorRT here; the runtime cache is TensorRT for RTX's")
     why = probe_engines(tmp_path, manifest)
     if why is not None:
@@ -250,7 +244,7 @@ def test_rtx_engines_on_this_gpu_run_or_are_refused_with_a_clear_message(tmp_pat
     manifest = with_tensorrt(manifest, record)
     why = probe_engines(tmp_path, manifest)
     print(
-        f"\n  TensorRT for RTX {record['version']} targets {record['targets']} on "
+        f"\n  TensorRT for RTX {record.version} targets {list(record.targets)} on "
         f"{torch.cuda.get_device_name()} (sm_{major}{minor}): {why or 'usable'}"
     )
     if why is not None:
@@ -277,12 +271,12 @@ def test_an_engine_built_for_another_gpu_is_refused_clearly(tmp_path):
     else:
         # TensorRT builds for this GPU only; the record is what says which GPU that was.
         manifest = _tiny_engines(tmp_path, "fp32")
-        record = dict(manifest.tensorrt, targets=["sm_1"], gpu="another GPU")
+        record = replace(manifest.tensorrt, targets=("sm_1",), gpu="another GPU")
         manifest = with_tensorrt(manifest, record)
     why = probe_engines(tmp_path, manifest)
     if why is None:
         pytest.skip(
-            f"an engine for {manifest.tensorrt['targets']} is accepted on {here} (compatible targets)"
+            f"an engine for {list(manifest.tensorrt.targets)} is accepted on {here} (compatible targets)"
         )
     with pytest.raises(HodorError) as err:
         TensorRTBackend(tmp_path, manifest, "cuda")
@@ -324,7 +318,7 @@ def real_exports(tmp_path_factory, parity_checkpoint):
         )
         assert code == 0
         manifest = load_manifest(out)
-        assert manifest.tensorrt is not None and manifest.tensorrt["precision"] == precision
+        assert manifest.tensorrt is not None and manifest.tensorrt.precision == precision
         why = probe_engines(out, manifest)
         if why is not None:
             pytest.skip(f"the exported engines cannot run on this GPU: {why}")

@@ -10,8 +10,7 @@ variants compute in fp16 and cast at their edges, like the exporter's fp16 graph
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,17 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import hodor
+from hodor.config import CHANNELS as C
 from hodor.config import HodorConfig, official_defaults, parse_config
-from hodor.engine.backends.manifest import STAGES, GraphEntry, Limits, Manifest, graph_filename, sha256_file
-from hodor.export.onnx_export import C, profile_for, stage_signature
+from hodor.engine.backends.manifest import (
+    STAGES,
+    GraphEntry,
+    Limits,
+    Manifest,
+    TensorRTRecord,
+    write_manifest,
+)
+from hodor.export.onnx_export import save_graph, stage_signature
 
 NUM_BG = 9
 TINY_LIMITS = Limits(
@@ -156,17 +163,8 @@ def write_tiny_export(
     for prec in ("fp32", "fp16") if precision == "fp16" else ("fp32",):
         graphs[prec] = {}
         for stage in STAGES:
-            path = directory / graph_filename(stage, prec)
-            onnx.save_model(tiny_stage_graph(stage, prec, seeds.get(stage, 0)), path)
-            ins, outs = stage_signature(stage, NUM_BG)
-            graphs[prec][stage] = GraphEntry(
-                file=path.name,
-                sha256=sha256_file(path),
-                bytes=path.stat().st_size,
-                inputs=ins,
-                outputs=outs,
-                profile=profile_for(ins, limits),  # type: ignore[arg-type]
-            )
+            graph = tiny_stage_graph(stage, prec, seeds.get(stage, 0))
+            graphs[prec][stage] = save_graph(graph, directory, stage, prec, NUM_BG, limits)  # as the exporter
     manifest = Manifest(
         hodor_version=hodor.__version__,
         opset=18,
@@ -183,14 +181,12 @@ def write_tiny_export(
     return manifest
 
 
-def write_manifest_json(directory: Path, manifest: Manifest, tensorrt: dict | None) -> None:
+def write_manifest_json(directory: Path, manifest: Manifest, tensorrt: TensorRTRecord | None) -> None:
     """``manifest.json`` with the ``tensorrt`` section the exporter stores beside the rest."""
-    data = asdict(manifest)
-    data["tensorrt"] = tensorrt
-    (directory / "manifest.json").write_text(json.dumps(data, indent=2))
+    write_manifest(directory, with_tensorrt(manifest, tensorrt))
 
 
-def with_tensorrt(manifest: Manifest, record: dict | None) -> Manifest:
+def with_tensorrt(manifest: Manifest, record: TensorRTRecord | None) -> Manifest:
     """The manifest carrying its ``tensorrt`` section, as the runtime reads it."""
     return replace(manifest, tensorrt=record)
 

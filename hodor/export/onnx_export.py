@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,8 @@ import onnx
 import torch
 from torch import nn
 
-from hodor.config import HodorConfig
+from hodor.accuracy import relative_error
+from hodor.config import CHANNELS, HodorConfig
 from hodor.engine.backends.manifest import (
     SIZE_MULTIPLE,
     GraphEntry,
@@ -33,8 +33,6 @@ from hodor.engine.backends.manifest import (
     graph_filename,
     sha256_file,
 )
-
-C = 256  # descriptor / feature width, fixed by the architecture
 
 # Example sizes the graphs are traced at. Distinct values on purpose: torch.export unifies
 # equal sizes into one symbol ("duck sizing") and specialises sizes 0 and 1.
@@ -88,24 +86,24 @@ STAGE_MODULES: dict[str, type[nn.Module]] = {
 def stage_signature(stage: str, num_bg: int) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """Inputs and outputs of a stage graph with symbolic shapes (names as in
     ``hodor.engine.backends.manifest``)."""
-    f, b = "float32", "bool"
+    f, b, c = "float32", "bool", CHANNELS
     h4, w4, h8, w8 = "H/4", "W/4", "H/8", "W/8"
     if stage == "backbone":
         ins = (TensorSpec("images", f, ("batch", 3, "H", "W")),)
-        outs = (TensorSpec("f4", f, ("batch", C, h4, w4)), TensorSpec("f8", f, ("batch", C, h8, w8)))
+        outs = (TensorSpec("f4", f, ("batch", c, h4, w4)), TensorSpec("f8", f, ("batch", c, h8, w8)))
     elif stage == "encoder":
         ins = (
-            TensorSpec("f8", f, (1, C, h8, w8)),
+            TensorSpec("f8", f, (1, c, h8, w8)),
             TensorSpec("fg_masks", f, (1, "objects", h8, w8)),
             TensorSpec("bg_masks", f, (1, num_bg, h8, w8)),
         )
-        outs = (TensorSpec("fg_desc", f, (1, "objects", C)), TensorSpec("bg_desc", f, (1, num_bg, C)))
+        outs = (TensorSpec("fg_desc", f, (1, "objects", c)), TensorSpec("bg_desc", f, (1, num_bg, c)))
     elif stage == "decoder":
         ins = (
-            TensorSpec("f4", f, (1, C, h4, w4)),
-            TensorSpec("f8", f, (1, C, h8, w8)),
-            TensorSpec("fg_hist", f, (1, "objects", "history", C)),
-            TensorSpec("bg_hist", f, (1, num_bg, "history", C)),
+            TensorSpec("f4", f, (1, c, h4, w4)),
+            TensorSpec("f8", f, (1, c, h8, w8)),
+            TensorSpec("fg_hist", f, (1, "objects", "history", c)),
+            TensorSpec("bg_hist", f, (1, num_bg, "history", c)),
             TensorSpec("fg_invalid", b, (1, "objects", "history")),
             TensorSpec("bg_invalid", b, (1, num_bg, "history")),
         )
@@ -343,8 +341,8 @@ def verify_against_torch(
 ) -> float | None:
     """Run the graph in ONNX Runtime at a size other than the traced one and compare with torch.
 
-    Returns the max relative error (max |onnx - torch| / max |torch| over finite entries), or
-    None when ONNX Runtime is not installed. Raises RuntimeError above ``tolerance``: a graph
+    Returns the max relative error (:func:`hodor.accuracy.relative_error`), or None when ONNX
+    Runtime is not installed. Raises RuntimeError above ``tolerance``: a graph
     that does not compute what the network computes is a bug, never shipped.
     """
     try:
@@ -374,22 +372,3 @@ def verify_against_torch(
             )
     return worst
 
-
-def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    """max |got - want| / max |want|, over entries where ``want`` is finite.
-
-    Non-finite entries (the -inf logits of fully masked history) must match exactly, else inf.
-    """
-    got, want = got.double(), want.double()
-    if got.shape != want.shape:
-        return math.inf
-    finite = torch.isfinite(want)
-    if not torch.equal(finite, torch.isfinite(got)) or not torch.equal(got[~finite], want[~finite]):
-        return math.inf
-    if not finite.any():
-        return 0.0
-    scale = want[finite].abs().max().clamp_min(1e-12)
-    return float((got[finite] - want[finite]).abs().max() / scale)
-
-
-ProgressFn = Callable[[str], None]

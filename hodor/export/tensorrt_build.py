@@ -1,6 +1,6 @@
 """ONNX stage graphs -> TensorRT engines, one per stage, reused while nothing they depend on changed.
 
-One thin adapter over both flavours (see ``hodor.engine.backends.tensorrt_backend``):
+One thin adapter over both flavours (see ``hodor.engine.backends.tensorrt.flavours``):
 
 - ``rtx`` (TensorRT for RTX) builds ahead of time for explicit compute capabilities and
   needs no GPU, so exports (and CI) build engines on CPU-only machines.
@@ -22,28 +22,35 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from hodor.engine.backends.manifest import STAGES, GraphEntry, Manifest, sha256_file
-from hodor.engine.backends.tensorrt_backend import (
+from hodor.engine.backends.manifest import (
+    MANIFEST_NAME,
+    STAGES,
+    EngineEntry,
+    GraphEntry,
+    Manifest,
+    TensorRTRecord,
+    sha256_file,
+    verify_graph,
+)
+from hodor.engine.backends.tensorrt.flavours import (
     FLAVOUR_LABELS,
     FLAVOUR_MODULES,
     INSTALL_HINT,
     CapturingLogger,
-    EngineEntry,
     Flavour,
-    GpuInfo,
-    TensorRTRecord,
-    check_engine_header,
     load_flavour,
 )
+from hodor.engine.backends.tensorrt.validity import GpuInfo, check_engine_header
+from hodor.engine.io.files import atomic_write
 from hodor.errors import HodorError
 
 TENSORRT_MODES = ("auto", "on", "off")
@@ -210,9 +217,10 @@ def _previous_record(directory: Path | None) -> TensorRTRecord | None:
     if directory is None:
         return None
     try:
-        section = json.loads((directory / "manifest.json").read_text()).get("tensorrt")
+        section = json.loads((directory / MANIFEST_NAME).read_text()).get("tensorrt")
         return TensorRTRecord.from_dict(section) if section else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, HodorError):
+        # Including a record naming files outside its directory: never read, rebuilt instead.
         return None
 
 
@@ -251,19 +259,6 @@ def _why_rebuild(
     return None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write under a temporary name, then rename: an interrupted build leaves no engine that looks whole."""
-    # open() rather than mkstemp(): the engine gets the permissions the umask gives any file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _profile_lists(entry: GraphEntry) -> dict[str, list[list[int]]]:
     """The manifest's profile as JSON-shaped lists (how the record stores and compares it)."""
     return {name: [list(map(int, shape)) for shape in shapes] for name, shapes in entry.profile.items()}
@@ -278,7 +273,7 @@ def build_engines(
     previous_dir: Path | None = None,
     targets: Sequence[str] | None = None,
     progress: ProgressFn | None = None,
-) -> dict[str, Any] | None:
+) -> TensorRTRecord | None:
     """Build (or reuse) one engine per stage of the export in ``export_dir``; the hook of ``hodor-export``.
 
     ``manifest`` describes the ONNX graphs already written in ``export_dir``; engines are
@@ -290,8 +285,9 @@ def build_engines(
     itself. Reused engines are copied into ``export_dir`` unless already linked there.
     ``targets`` overrides the compute capabilities (``"sm_86"``, RTX only).
 
-    Returns the record to store as the manifest's ``tensorrt`` section, or ``None`` when no
-    engines were built (``off``, or ``auto`` with no usable flavour).
+    Returns the manifest's ``tensorrt`` section, or ``None`` when no engines were built
+    (``off``, or ``auto`` with no usable flavour). Engines are written whole or not at all
+    (temporary name, then rename): an interrupted build leaves no engine that looks complete.
     """
     if progress is None:
         progress = _print_progress
@@ -321,10 +317,8 @@ def build_engines(
     engines: dict[str, EngineEntry] = {}
     for stage in STAGES:
         graph = manifest.graph(stage, precision)
-        onnx_path = export_dir / graph.file
-        onnx_sha256 = sha256_file(onnx_path)
-        if onnx_sha256 != graph.sha256:
-            raise HodorError(f"{onnx_path} does not match its sha256 in the manifest: re-export")
+        onnx_path = verify_graph(export_dir, graph)
+        onnx_sha256 = graph.sha256
         profile = _profile_lists(graph)
         if not profile:
             raise HodorError(f"the manifest gives no optimisation profile for {graph.file}: re-export")
@@ -336,7 +330,8 @@ def build_engines(
             source = previous_dir / old.file
             # hodor-export may already have linked the earlier export's files into the new one.
             if not (target_path.exists() and os.path.samefile(source, target_path)):
-                _write_atomically(target_path, source.read_bytes())
+                with atomic_write(target_path) as tmp:
+                    shutil.copyfile(source, tmp)
             progress(f"tensorrt: {stage}: reusing {name} (unchanged)")
             engines[stage] = old
             continue
@@ -344,14 +339,15 @@ def build_engines(
             f"tensorrt: {stage}: building {name} with {chosen.label} {chosen.version} for {where} ({why})"
         )
         result = build_engine(chosen, onnx_path, profile, wanted.targets)
-        _write_atomically(target_path, result.plan)
+        with atomic_write(target_path) as tmp:
+            tmp.write_bytes(result.plan)
         engines[stage] = EngineEntry(
             file=name,
             onnx=graph.file,
             onnx_sha256=onnx_sha256,
             engine_sha256=sha256_file(target_path),
             profile=profile,
-            build_seconds=result.seconds,
+            build_seconds=round(result.seconds, 3),  # as manifest.json keeps it
         )
         check = check_engine_header(chosen, target_path, wanted, gpu)
         if not check.ok:
@@ -359,12 +355,4 @@ def build_engines(
         size_mb = target_path.stat().st_size / 2**20
         progress(f"tensorrt: {stage}: built {name} in {result.seconds:.1f} s ({size_mb:.1f} MB)")
 
-    record = TensorRTRecord(
-        flavour=wanted.flavour,
-        version=wanted.version,
-        precision=precision,
-        targets=wanted.targets,
-        gpu=wanted.gpu,
-        engines=engines,
-    )
-    return record.to_dict()
+    return replace(wanted, engines=engines)

@@ -20,6 +20,8 @@ tile run together and the features come from HBM about once.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from hodor.kernels._triton import cdiv, check_dtype, dot_precision, launchable, next_pow2, tl, triton
@@ -31,7 +33,8 @@ def mask_logits_reference(
     invalid: torch.Tensor,
     catch_all: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Plain-torch mask logits, in the features' dtype.
+    """Plain-torch mask logits, in the features' dtype: the model's ``"torch"`` kernels and what
+    ``hodor-export`` traces.
 
     Args:
         features: ``[B, C, H, W]`` pixel features.
@@ -40,12 +43,16 @@ def mask_logits_reference(
         catch_all: optional ``[B, 1, H, W]`` map to put in front.
 
     Returns:
-        ``[B, Qd, H, W]``, or ``[B, 1+Qd, H, W]`` with ``catch_all`` first.
+        ``[B, Qd, H, W]`` (−∞ where every entry of a descriptor is invalid), or
+        ``[B, 1+Qd, H, W]`` with ``catch_all`` first.
     """
-    c = features.shape[1]
-    prod = torch.einsum("bqtc,bchw->bqthw", descriptors.to(features.dtype), features) / float(c) ** 0.5
-    prod = prod.masked_fill(invalid[:, :, :, None, None], float("-inf"))
-    logits = prod.amax(2)
+    b, c, h, w = features.shape
+    q, t = descriptors.shape[1], descriptors.shape[2]
+    # One [Qd·T, C] × [C, HW] product per batch item: broadcasting the map over Qd would copy it.
+    prod = torch.matmul(descriptors.to(features.dtype).flatten(1, 2), features.flatten(2)) / math.sqrt(c)
+    prod = prod.unflatten(1, (q, t))  # [B, Qd, T, HW]
+    prod = torch.where(invalid.unsqueeze(-1), torch.full_like(prod, float("-inf")), prod)
+    logits = prod.amax(2).unflatten(-1, (h, w))
     if catch_all is None:
         return logits
     return torch.cat((catch_all.to(logits.dtype), logits), 1)

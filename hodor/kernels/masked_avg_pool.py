@@ -39,7 +39,8 @@ THRESHOLD = 0.5
 def masked_avg_pool_reference(
     features: torch.Tensor, masks: torch.Tensor, num_background: int
 ) -> torch.Tensor:
-    """Plain-torch masked average pooling.
+    """Plain-torch masked average pooling: the model's ``"torch"`` kernels and what ``hodor-export``
+    traces.
 
     Args:
         features: ``[B, C, *S]``.
@@ -47,21 +48,20 @@ def masked_avg_pool_reference(
         num_background: rows ``[0, num_background)`` are background cells, the rest objects.
 
     Returns:
-        ``[B, M, C]`` in the features' dtype.
+        ``[B, M, C]`` in the features' dtype (sums taken in at least fp32).
     """
-    b, c = features.shape[:2]
-    m = masks.shape[1]
     acc_dtype = torch.promote_types(features.dtype, torch.float32)
-    f = features.reshape(b, c, -1).to(acc_dtype)  # [B,C,N]
-    mk = masks.reshape(b, m, -1)  # [B,M,N]
-    sel = mk > THRESHOLD
-    count = sel.sum(-1, keepdim=True)  # [B,M,1]
-    mean = torch.einsum("bmn,bcn->bmc", sel.to(acc_dtype), f) / count.clamp(min=1).to(acc_dtype)
-    first_max = mk.argmax(-1)  # [B,M]; the first of equal maxima
-    picked = torch.gather(f, 2, first_max[:, None, :].expand(b, c, m)).transpose(1, 2)  # [B,M,C]
-    is_object = (torch.arange(m, device=masks.device) >= num_background)[None, :, None]
-    fallback = torch.where(is_object, picked, torch.zeros_like(picked))
-    return torch.where(count > 0, mean, fallback).to(features.dtype)
+    feats = features.flatten(2).transpose(1, 2).to(acc_dtype)  # [B, N, C]
+    flat = masks.flatten(2)  # [B, M, N]
+    selected = (flat > THRESHOLD).to(acc_dtype)
+    count = selected.sum(-1, keepdim=True)  # [B, M, 1]
+    # The fallback as a one-hot row (no gather), so that one product serves every row.
+    pixel = torch.arange(flat.shape[-1], device=flat.device)
+    at_argmax = (pixel == flat.argmax(-1, keepdim=True)).to(acc_dtype)  # the first of equal maxima
+    is_background = (torch.arange(flat.shape[1], device=flat.device) < num_background)[:, None]  # [M, 1]
+    # An empty background cell keeps its all-zero row: zero sum, and so zero mean.
+    selected = torch.where((count > 0) | is_background, selected, at_argmax)
+    return (torch.matmul(selected, feats) / count.clamp(min=1)).to(features.dtype)
 
 
 @triton.jit

@@ -8,8 +8,16 @@ entries marked invalid excluded, softmax over keys, no output projection::
 
 Layout: heads packed in the channel axis (``C = H·D``, channel ``h·D + d``):
 ``q [B,N,C]`` (the pixel queries, already projected), ``k, v [B,K,C]``,
-``key_invalid [B,K]`` bool, ``out [B,N,C]``. A pixel whose keys are all invalid gets
-zeros (the runtime never asks for that: some history entry is always valid).
+``key_invalid [B,K]`` bool, ``out [B,N,C]``.
+
+A batch item whose keys are *all* invalid gets zeros: attention over nothing adds nothing, and
+the residual around it carries the pixels on. Every implementation agrees on this: the torch
+reference below (which the model runs with ``kernels="torch"`` and ``hodor-export`` traces, so
+the ONNX graphs and TensorRT engines too), the Triton kernel and the native library. The
+official code computes a softmax over nothing but −∞, which is NaN and makes every logit of
+the frame NaN; it never reaches that case (a decode always has a valid background entry), and
+neither does a single session. A batched call can: a video slot with nothing in it is padding,
+all invalid, and must not turn into NaN.
 
 The Triton kernel has one program per (pixel tile, head, batch item) and makes one
 pass over the pixels: the queries are read once, the output written once, and the
@@ -29,7 +37,8 @@ from hodor.kernels._triton import LOG2E, cdiv, check_dtype, dot_precision, launc
 def pixel_descriptor_attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_invalid: torch.Tensor, num_heads: int = 8
 ) -> torch.Tensor:
-    """Plain-torch pixel→descriptor attention, in the inputs' dtype.
+    """Plain-torch pixel→descriptor attention, in the inputs' dtype: the model's ``"torch"``
+    kernels and what ``hodor-export`` traces.
 
     Args:
         q: ``[B, N, C]`` projected pixel queries, heads packed as ``C = H·D``.
@@ -38,7 +47,7 @@ def pixel_descriptor_attention_reference(
         num_heads: ``H``.
 
     Returns:
-        ``[B, N, C]``; zeros for a batch item whose keys are all invalid.
+        ``[B, N, C]``; zeros for a batch item whose keys are all invalid (see the module).
     """
     b, n, c = q.shape
     nk = k.shape[1]
@@ -47,11 +56,12 @@ def pixel_descriptor_attention_reference(
     kh = k.reshape(b, nk, num_heads, d).transpose(1, 2)  # [B,H,K,D]
     vh = v.reshape(b, nk, num_heads, d).transpose(1, 2)
     logits = torch.matmul(qh / math.sqrt(d), kh.transpose(-1, -2))  # [B,H,N,K]
-    logits = logits.masked_fill(key_invalid[:, None, None, :], float("-inf"))
-    attn = logits.softmax(-1)
-    # softmax over nothing but −∞ is NaN; an empty history contributes nothing instead.
-    attn = attn.masked_fill(key_invalid.all(-1)[:, None, None, None], 0.0)
-    return torch.matmul(attn, vh).transpose(1, 2).reshape(b, n, c)
+    logits = torch.where(key_invalid[:, None, None, :], torch.full_like(logits, float("-inf")), logits)
+    out = torch.matmul(logits.softmax(-1), vh).transpose(1, 2).reshape(b, n, c)
+    # Softmax over nothing but −∞ is NaN; an empty history contributes nothing instead. Chosen on
+    # the [B,N,C] output rather than the [B,H,N,K] weights: the same result, a smaller select.
+    nothing = key_invalid.all(-1)[:, None, None]  # [B,1,1]
+    return torch.where(nothing, torch.zeros_like(out), out)
 
 
 @triton.jit

@@ -48,7 +48,8 @@ def soft_masked_attention_reference(
     scale: torch.Tensor,
     num_heads: int = 8,
 ) -> torch.Tensor:
-    """Plain-torch soft-masked attention, in the inputs' dtype.
+    """Plain-torch soft-masked attention, in the inputs' dtype: the model's ``"torch"`` kernels and
+    what ``hodor-export`` traces.
 
     Args:
         q: ``[B, Q, C]`` projected descriptors, heads packed as ``C = H·D``.

@@ -1,13 +1,8 @@
 """How a kernel's output is judged against its reference (tests and benchmarks share it).
 
-Relative error, as used throughout::
-
-    rel = max |out − ref| / max |ref|      (over the entries where ref is finite)
-
-with ``ref`` the reference evaluated in float64 on the *same* (already rounded) inputs,
-so only the kernel's own arithmetic is measured. Infinite entries (−∞ logits of a
-descriptor with no valid history) must match exactly. Limits per input dtype:
-fp32 1e-5, fp16 5e-3, bf16 2e-2.
+Relative error (:func:`hodor.accuracy.relative_error`), with ``ref`` the reference evaluated
+in float64 on the *same* (already rounded) inputs, so only the kernel's own arithmetic is
+measured. Limits per input dtype: fp32 1e-5, fp16 5e-3, bf16 2e-2.
 """
 
 from __future__ import annotations
@@ -17,28 +12,10 @@ import os
 
 import torch
 
+from hodor.accuracy import mismatch, relative_error
 from hodor.kernels._triton import HAVE_TRITON, launchable, tl, triton
 
 TOLERANCE: dict[torch.dtype, float] = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
-
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """``max|out − ref| / max|ref|`` over ``ref``'s finite entries (0 when ``ref`` is all 0
-    and ``out`` matches). Raises ``AssertionError`` if shapes or the ±∞/NaN pattern differ."""
-    if out.shape != ref.shape:
-        raise AssertionError(f"shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
-    out, ref = out.double(), ref.double()
-    finite = torch.isfinite(ref)
-    if not torch.equal(finite, torch.isfinite(out)) or not torch.equal(out[~finite], ref[~finite]):
-        bad = (finite != torch.isfinite(out)).sum().item()
-        raise AssertionError(f"non-finite entries differ from the reference ({bad} positions)")
-    if not finite.any():
-        return 0.0
-    err = (out[finite] - ref[finite]).abs().max().item()
-    scale = ref[finite].abs().max().item()
-    if scale == 0.0:
-        return 0.0 if err == 0.0 else float("inf")
-    return err / scale
 
 
 def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str = "") -> float:
@@ -46,7 +23,8 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what:
     err = relative_error(out, ref)
     tol = TOLERANCE[dtype]
     if not err <= tol:
-        raise AssertionError(f"{what or 'output'}: relative error {err:.3g} > {tol:g} ({dtype})")
+        why = mismatch(out, ref) or f"relative error {err:.3g} > {tol:g}"
+        raise AssertionError(f"{what or 'output'}: {why} ({dtype})")
     return err
 
 

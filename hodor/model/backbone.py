@@ -13,9 +13,9 @@ from collections import OrderedDict
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hodor.config import CHANNELS
 from hodor.model.swin import SwinTransformer
 
-FPN_CHANNELS = 256
 FPN_LEVELS = 5  # 1/4 .. 1/32 from the backbone, 1/64 by max-pooling (unused)
 
 
@@ -27,7 +27,7 @@ def _conv_module(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
 class FPN(nn.Module):
     """1x1 laterals, nearest top-down upsampling to each lower level's size, 3x3 output convs."""
 
-    def __init__(self, in_channels: list[int], out_channels: int = FPN_CHANNELS) -> None:
+    def __init__(self, in_channels: list[int], out_channels: int = CHANNELS) -> None:
         super().__init__()
         self.lateral_convs = nn.ModuleList(_conv_module(c, out_channels, 1) for c in in_channels)
         self.fpn_convs = nn.ModuleList(_conv_module(out_channels, out_channels, 3) for _ in in_channels)
@@ -49,7 +49,7 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         swin = SwinTransformer()
         self.bb_fpn = nn.ModuleList([swin, FPN(swin.num_features)])
-        self.norm_layers = nn.ModuleList(nn.GroupNorm(16, FPN_CHANNELS) for _ in range(FPN_LEVELS))
+        self.norm_layers = nn.ModuleList(nn.GroupNorm(16, CHANNELS) for _ in range(FPN_LEVELS))
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         swin, fpn = self.bb_fpn

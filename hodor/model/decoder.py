@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hodor.config import ModelConfig
+from hodor.config import CHANNELS, ModelConfig
+from hodor.kernels.mask_logits import mask_logits_reference
+from hodor.kernels.pixel_descriptor_attention import pixel_descriptor_attention_reference
 from hodor.model.deform_conv import DeformConvBlock
-from hodor.model.functional import mask_logits, pixel_descriptor_attention
 from hodor.model.kernel_choice import SelectsKernels, fused_kernels
 from hodor.model.position_encoding import sine_position_encoding
 
-DIMS = 256
 REDUCED_4X = 64  # channels the 1/4 backbone features are reduced to before fusion
 
 
@@ -93,7 +93,7 @@ class DecoderLayer(SelectsKernels, nn.Module):
                 query, key, value, invalid, self.num_heads, impl="triton"
             )
         else:
-            attn = pixel_descriptor_attention(query, key, value, invalid, self.num_heads)
+            attn = pixel_descriptor_attention_reference(query, key, value, invalid, self.num_heads)
 
         pixels = self.norm1(pixels + attn)
         ffn = self.fc2(F.relu(self.fc1(pixels)))
@@ -106,20 +106,20 @@ class Decoder(SelectsKernels, nn.Module):
         super().__init__()
         self.use_pos_encodings = cfg.pos_encodings_in_decoder
         self.attn_layers = nn.ModuleList(
-            DecoderLayer(DIMS, cfg.num_heads, cfg.pre_normalize) for _ in range(cfg.decoder_layers)
+            DecoderLayer(CHANNELS, cfg.num_heads, cfg.pre_normalize) for _ in range(cfg.decoder_layers)
         )
-        self.conv_4x_reduce = _conv_relu_gn(DIMS, REDUCED_4X, 1)
-        self.conv_4x = _conv_relu_gn(DIMS, DIMS, 3)
-        self.norm_fmap = nn.GroupNorm(1, DIMS) if cfg.pre_normalize else nn.Identity()
-        self.instance_query_proj = nn.Linear(DIMS, DIMS)
-        self.bg_query_proj = nn.Linear(DIMS, DIMS)
+        self.conv_4x_reduce = _conv_relu_gn(CHANNELS, REDUCED_4X, 1)
+        self.conv_4x = _conv_relu_gn(CHANNELS, CHANNELS, 3)
+        self.norm_fmap = nn.GroupNorm(1, CHANNELS) if cfg.pre_normalize else nn.Identity()
+        self.instance_query_proj = nn.Linear(CHANNELS, CHANNELS)
+        self.bg_query_proj = nn.Linear(CHANNELS, CHANNELS)
         # In every official checkpoint but never used by the official forward pass.
-        self.fmap_proj_4x = _conv_relu_gn(DIMS, DIMS, 1)
+        self.fmap_proj_4x = _conv_relu_gn(CHANNELS, CHANNELS, 1)
         self.catch_all_conv = nn.Sequential(
-            nn.Conv2d(DIMS, DIMS // 2, 3, padding=1, bias=False),
-            nn.GroupNorm(8, DIMS // 2),
+            nn.Conv2d(CHANNELS, CHANNELS // 2, 3, padding=1, bias=False),
+            nn.GroupNorm(8, CHANNELS // 2),
             nn.ReLU(),
-            nn.Conv2d(DIMS // 2, 1, 1, bias=False),
+            nn.Conv2d(CHANNELS // 2, 1, 1, bias=False),
         )
 
     def forward(
@@ -168,10 +168,8 @@ class Decoder(SelectsKernels, nn.Module):
 
         desc = torch.cat((self.bg_query_proj(bg_hist), self.instance_query_proj(fg_hist)), 1)
         desc_invalid = torch.cat((bg_invalid, fg_invalid), 1)
+        catch_all = self.catch_all_conv(fmap)
         if self.kernels == "triton":
             # The kernel writes the logits after the catch-all map into one output: no concatenation.
-            return fused_kernels().mask_logits(
-                fmap, desc, desc_invalid, self.catch_all_conv(fmap), impl="triton"
-            )  # [B, 1+Qb+I, 2h, 2w]
-        logits = mask_logits(fmap, desc, desc_invalid)  # [B, Qb+I, 2h, 2w]
-        return torch.cat((self.catch_all_conv(fmap), logits), 1)
+            return fused_kernels().mask_logits(fmap, desc, desc_invalid, catch_all, impl="triton")
+        return mask_logits_reference(fmap, desc, desc_invalid, catch_all)  # [B, 1+Qb+I, 2h, 2w]

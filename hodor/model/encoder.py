@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hodor.config import ModelConfig
-from hodor.model.functional import masked_avg_pool, soft_masked_attention
+from hodor.config import CHANNELS, ModelConfig
+from hodor.kernels.masked_avg_pool import masked_avg_pool_reference
+from hodor.kernels.soft_masked_attention import soft_masked_attention_reference
 from hodor.model.kernel_choice import SelectsKernels, fused_kernels
 from hodor.model.position_encoding import sine_position_encoding
 
-DIMS = 256
 FFN_DIMS = 1024
 # Initial per-head penalty for a pixel outside a descriptor's mask (learned afterwards).
 DEFAULT_MASK_SCALES = (32.0, 32.0, 16.0, 16.0, 8.0, 8.0, 4.0, 4.0)
@@ -55,7 +55,8 @@ class DescriptorSelfAttention(nn.Module):
 
 
 class SoftMaskedAttention(SelectsKernels, nn.Module):
-    """Projections around :func:`soft_masked_attention`; ``scaling_factors`` are the per-head penalties."""
+    """Projections around the soft-masked attention (:mod:`hodor.kernels.soft_masked_attention`);
+    ``scaling_factors`` are the per-head penalties."""
 
     def __init__(self, dims: int, num_heads: int) -> None:
         super().__init__()
@@ -70,13 +71,13 @@ class SoftMaskedAttention(SelectsKernels, nn.Module):
     def forward(self, query: Tensor, key: Tensor, value: Tensor, soft_mask: Tensor) -> Tensor:
         """``query [B, Q, C]``, ``key``/``value [B, S, C]``, ``soft_mask [B, Q, S]`` -> ``[B, Q, C]``."""
         q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
+        num_heads = self.scaling_factors.shape[0]
         if self.kernels == "triton":
-            num_heads = self.scaling_factors.shape[0]
             out = fused_kernels().soft_masked_attention(
                 q, k, v, soft_mask, self.scaling_factors, num_heads, impl="triton"
             )
         else:
-            out = soft_masked_attention(q, k, v, soft_mask, self.scaling_factors)
+            out = soft_masked_attention_reference(q, k, v, soft_mask, self.scaling_factors, num_heads)
         return self.out_proj(out)
 
 
@@ -121,14 +122,14 @@ class Encoder(SelectsKernels, nn.Module):
         self.num_bg = cfg.num_bg_descriptors
         self.use_pos_encodings = cfg.pos_encodings_in_encoder
         self.attn_layers = nn.ModuleList(
-            EncoderLayer(DIMS, cfg.num_heads, cfg.pre_normalize) for _ in range(cfg.encoder_layers)
+            EncoderLayer(CHANNELS, cfg.num_heads, cfg.pre_normalize) for _ in range(cfg.encoder_layers)
         )
         # Only pre-normalisation has a final norm; the Identity owns no keys.
-        self.norm = nn.LayerNorm(DIMS) if cfg.pre_normalize else nn.Identity()
+        self.norm = nn.LayerNorm(CHANNELS) if cfg.pre_normalize else nn.Identity()
         # Learned descriptor position embeddings: one shared by all objects, one per bg cell.
         # The decoder reuses them for its keys.
-        self.fg_query_embed = nn.Parameter(torch.randn(DIMS))
-        self.bg_query_embed = nn.Parameter(torch.randn(cfg.num_bg_descriptors, DIMS))
+        self.fg_query_embed = nn.Parameter(torch.randn(CHANNELS))
+        self.bg_query_embed = nn.Parameter(torch.randn(cfg.num_bg_descriptors, CHANNELS))
 
     def forward(self, f8: Tensor, fg_masks: Tensor, bg_masks: Tensor) -> tuple[Tensor, Tensor]:
         """``f8 [B, C, h, w]``, ``fg_masks [B, I, h, w]``, ``bg_masks [B, Qb, h, w]`` (probabilities)
@@ -141,7 +142,7 @@ class Encoder(SelectsKernels, nn.Module):
         if self.kernels == "triton":
             desc = fused_kernels().masked_avg_pool(f8, masks, self.num_bg, impl="triton")  # [B, Qb+I, C]
         else:
-            desc = masked_avg_pool(f8, masks, num_background=self.num_bg)  # [B, Qb+I, C]
+            desc = masked_avg_pool_reference(f8, masks, self.num_bg)  # [B, Qb+I, C]
         desc_pos = torch.cat(
             (
                 self.bg_query_embed.unsqueeze(0).expand(b, -1, -1),

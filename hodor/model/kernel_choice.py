@@ -1,10 +1,10 @@
 """Which implementation computes the model's four descriptor computations.
 
-``"torch"`` runs :mod:`hodor.model.functional`: any device and dtype, and traceable, so it
-is what ONNX export sees. ``"triton"`` runs the fused kernels of :mod:`hodor.kernels`
-(CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``). :mod:`hodor.kernels`, and
-with it Triton, is imported only once ``"triton"`` is chosen, so the model imports, runs
-and exports where Triton is not installed.
+Both live in :mod:`hodor.kernels`, one reference per computation: ``"torch"`` runs the plain
+torch references (``*_reference``: any device and dtype, and traceable, so they are what ONNX
+export sees), ``"triton"`` the fused kernels (CUDA tensors, or CPU tensors under
+``TRITON_INTERPRET=1``). Triton is optional: without it the kernel modules still import (their
+launchers then say how to install it), so the model imports, runs and exports anywhere.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class SelectsKernels:
 
 
 def fused_kernels() -> ModuleType:
-    """:mod:`hodor.kernels`, imported on first use (it imports Triton when installed)."""
+    """:mod:`hodor.kernels`, whose dispatchers run the fused kernels with ``impl="triton"``."""
     import hodor.kernels
 
     return hodor.kernels

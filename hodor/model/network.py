@@ -19,8 +19,8 @@ class HodorNet(nn.Module):
 
     ``kernels`` chooses what computes the soft-masked attention, the pixel->descriptor
     attention, the mask logits and the masked average pooling: ``"torch"`` (default,
-    :mod:`hodor.model.functional`, what export traces) or ``"triton"`` (the fused kernels
-    of :mod:`hodor.kernels`); see :mod:`hodor.model.kernel_choice`.
+    the plain-torch references of :mod:`hodor.kernels`, what export traces) or ``"triton"``
+    (the fused kernels beside them); see :mod:`hodor.model.kernel_choice`.
     """
 
     def __init__(self, cfg: ModelConfig, kernels: KernelImpl = "torch") -> None:

@@ -1,4 +1,4 @@
-"""CUDA graphs for the per-frame stages, one per input shape that repeats.
+"""CUDA graphs for per-frame stages, one per input shape that repeats (torch and TensorRT backends).
 
 A frame's encode and decode are a few hundred small kernels; at common frame sizes
 launching them costs more than running them. Once the inputs' shapes repeat (the
@@ -11,16 +11,26 @@ once the window is full), the stage is captured into a CUDA graph and replayed:
 - the second call with that shape captures the stage on static input buffers (copies of
   this call's inputs) and replays it; later calls copy their inputs into those buffers
   and replay. Outputs are cloned before they are returned because the next replay
-  overwrites the static outputs, and the runtime keeps descriptors for several frames;
-- if a capture fails, the stages run eagerly from then on, with one warning.
+  overwrites the static outputs, and the runtime keeps descriptors for several frames
+  (``clone_outputs=False`` hands out the static outputs themselves, for a caller that
+  consumes them before its next call);
+- if a capture fails, the stages run eagerly from then on, with one warning. A capture
+  function may also decline one set of shapes (return ``None``): those shapes then run
+  eagerly, and the others are still captured.
+
+Copying the inputs in is the one cost a replay adds. A caller that produces its inputs
+anyway can produce them in place: :meth:`CudaGraphRunner.input_buffers` hands out the
+static inputs of the graph its next call will replay, and an input that *is* its static
+buffer is not copied. Callers that keep or reuse their own tensors need do nothing: their
+values are copied in.
 
 One backend may serve several videos from several threads, each on its own CUDA stream
 (as the throughput benchmark does): graphs are kept per stream, and copying into a
 graph's inputs, replaying it and cloning its outputs happen under a lock, so no two
 callers share static buffers in flight. Eager calls take no lock.
 
-The capture itself is a parameter, so the bookkeeping is tested on the CPU with a
-stand-in.
+The capture itself is a parameter (the TensorRT backend passes its own), so the
+bookkeeping is tested on the CPU with a stand-in.
 """
 
 from __future__ import annotations
@@ -36,9 +46,12 @@ import torch
 StageFn = Callable[..., tuple[torch.Tensor, ...]]
 """A stage: tensors in, a tuple of tensors out, with no host synchronisation inside."""
 
-Capture = Callable[[StageFn, tuple[torch.Tensor, ...]], tuple[Callable[[], None], tuple[torch.Tensor, ...]]]
+Capture = Callable[
+    [StageFn, tuple[torch.Tensor, ...]], tuple[Callable[[], None], tuple[torch.Tensor, ...]] | None
+]
 """``(fn, static_inputs) -> (replay, static_outputs)``: after ``replay()``, ``static_outputs``
-hold ``fn(*static_inputs)`` for the values the static inputs hold at that time."""
+hold ``fn(*static_inputs)`` for the values the static inputs hold at that time. ``None``: these
+shapes cannot be captured (they run eagerly); an exception: capturing cannot work at all."""
 
 DEFAULT_MAX_GRAPHS = 8
 
@@ -79,12 +92,16 @@ class _Graph:
 
 @dataclass
 class GraphStats:
-    """What the runner did, for tests and benchmarks."""
+    """What the runner did, for tests and benchmarks. ``input_copies``: inputs copied into static
+    buffers by replays; ``inputs_in_place``: inputs that already were their static buffer."""
 
     eager: int = 0
     captures: int = 0
     replays: int = 0
     evictions: int = 0
+    declined: int = 0
+    input_copies: int = 0
+    inputs_in_place: int = 0
 
 
 class CudaGraphRunner:
@@ -109,6 +126,7 @@ class CudaGraphRunner:
         self._capture = capture
         self._graphs: OrderedDict[Hashable, _Graph] = OrderedDict()
         self._seen: set[Hashable] = set()  # keys run once (warmed up), not captured yet
+        self._declined: set[Hashable] = set()  # keys the capture function turned down
         self._failure: str | None = None
         self._lock = threading.Lock()
 
@@ -128,9 +146,14 @@ class CudaGraphRunner:
             stream = torch.cuda.current_stream(device).cuda_stream
         return (stage, stream, *((tuple(t.shape), t.dtype, t.device) for t in inputs))
 
-    def __call__(self, stage: str, fn: StageFn, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``fn(*inputs)``, eagerly or by a graph replay. ``fn`` must be the same function for
-        every call with the same ``stage``: a captured graph replays what it was captured from."""
+    def __call__(
+        self, stage: str, fn: StageFn, *inputs: torch.Tensor, clone_outputs: bool = True
+    ) -> tuple[torch.Tensor, ...]:
+        """``fn(*inputs)``, eagerly or by a graph replay. ``fn`` must compute the same function for
+        every call with the same ``stage``: a captured graph replays what it was captured from.
+
+        ``clone_outputs=False``: a replay returns the graph's own output buffers, which the next
+        replay of that graph overwrites (for a caller that is done with them by then)."""
         if self.enabled and self._failure is None:
             key = self.key(stage, inputs)
             with self._lock:
@@ -139,11 +162,21 @@ class CudaGraphRunner:
                     self._graphs.move_to_end(key)
                 elif key in self._seen:
                     graph = self._capture_graph(key, fn, inputs)
-                else:
+                elif key not in self._declined:
                     self._seen.add(key)
                 if graph is not None:
-                    return self._replay(graph, inputs)
+                    return self._replay(graph, inputs, clone_outputs)
         return self._eager(fn, inputs)
+
+    def input_buffers(self, stage: str, *like: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """The static inputs of the graph that a call of ``stage`` with tensors shaped like ``like``
+        (same shapes, dtypes, device, current stream) replays; ``None`` while there is no such graph.
+
+        Write the next call's inputs into these and pass them as the inputs: they are not copied.
+        Only the caller that owns the current stream may do so (a replay on it reads them)."""
+        with self._lock:
+            graph = self._graphs.get(self.key(stage, like))
+            return graph.inputs if graph is not None else None
 
     def clear(self) -> None:
         """Drop every graph (and its memory) and forget which shapes were seen."""
@@ -153,12 +186,21 @@ class CudaGraphRunner:
     def _drop_all(self) -> None:
         self._graphs.clear()
         self._seen.clear()
+        self._declined.clear()
 
-    def _replay(self, graph: _Graph, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    def _replay(
+        self, graph: _Graph, inputs: tuple[torch.Tensor, ...], clone_outputs: bool
+    ) -> tuple[torch.Tensor, ...]:
         for static, value in zip(graph.inputs, inputs, strict=True):
-            static.copy_(value)
+            if _same_memory(static, value):
+                self.stats.inputs_in_place += 1
+            else:
+                static.copy_(value)
+                self.stats.input_copies += 1
         graph.replay()
         self.stats.replays += 1
+        if not clone_outputs:
+            return graph.outputs
         return tuple(out.clone() for out in graph.outputs)
 
     def _eager(self, fn: StageFn, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -168,7 +210,7 @@ class CudaGraphRunner:
     def _capture_graph(self, key: Hashable, fn: StageFn, inputs: tuple[torch.Tensor, ...]) -> _Graph | None:
         static_inputs = tuple(t.clone() for t in inputs)
         try:
-            replay, static_outputs = self._capture(fn, static_inputs)
+            captured = self._capture(fn, static_inputs)
         except Exception as exc:  # whatever went wrong, eager execution gives the same results
             self._failure = f"{type(exc).__name__}: {exc}"
             self._drop_all()
@@ -180,6 +222,11 @@ class CudaGraphRunner:
             )
             return None
         self._seen.discard(key)
+        if captured is None:
+            self._declined.add(key)
+            self.stats.declined += 1
+            return None
+        replay, static_outputs = captured
         graph = _Graph(replay, static_inputs, tuple(static_outputs))
         self._graphs[key] = graph
         self.stats.captures += 1
@@ -187,3 +234,14 @@ class CudaGraphRunner:
             self._graphs.popitem(last=False)
             self.stats.evictions += 1
         return graph
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``b`` is ``a`` (or a view reading exactly its elements): copying would be a no-op."""
+    return (
+        a.data_ptr() == b.data_ptr()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.dtype == b.dtype
+        and a.device == b.device
+    )

@@ -13,6 +13,11 @@ Layout of an export directory::
 Every graph takes and returns float32 (and bool) tensors whatever its precision: the fp16
 graphs cast at their edges, so a runtime feeds both kinds identically.
 
+Every file the manifest names (graphs, TensorRT engines) is a plain file name inside the
+export directory; a manifest naming anything else (a path with a directory part, ``..``, an
+absolute path) is refused when it is read, so a doctored manifest cannot make the runtime
+read files elsewhere.
+
 Symbolic dimensions in the recorded shapes: ``batch`` (frames per backbone call), ``H``/``W``
 (the padded frame, multiples of 32; feature maps are written ``H/4``, ``H/8``), ``objects``
 (I) and ``history`` (T).
@@ -22,12 +27,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import hodor
 from hodor.config import HodorConfig
+from hodor.engine.io.files import atomic_write
 from hodor.errors import HodorError
 
 MANIFEST_NAME = "manifest.json"
@@ -38,6 +44,8 @@ STAGES = ("backbone", "encoder", "decoder")
 PRECISIONS = ("fp32", "fp16")
 # The padded frame is a multiple of this (Swin's coarsest level is 1/32).
 SIZE_MULTIPLE = 32
+#: Version of the ``tensorrt`` section of ``manifest.json``.
+TENSORRT_RECORD_VERSION = 1
 
 
 def graph_filename(stage: str, precision: str) -> str:
@@ -45,12 +53,30 @@ def graph_filename(stage: str, precision: str) -> str:
     return f"{stage}.onnx" if precision == "fp32" else f"{stage}.{precision}.onnx"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of the file at ``path``, read in blocks."""
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def file_name(value: Any, what: str) -> str:
+    """``value`` if it names a file directly inside the export directory; ``HodorError`` otherwise.
+
+    The manifest only ever records bare file names; anything else (``../x``, ``/etc/x``,
+    ``sub/x``) did not come from hodor-export, and following it would read outside the export.
+    """
+    if (
+        not isinstance(value, str)
+        or value in ("", ".", "..")
+        or "/" in value
+        or "\\" in value
+        or Path(value).name != value
+    ):
+        raise HodorError(
+            f"the manifest names {value!r} as {what}, which is not a file in the export directory; "
+            "refusing to follow it: re-export with hodor-export CKPT --out DIR"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -125,6 +151,101 @@ class GraphEntry:
     # name -> [min, opt, max] shapes, from the limits: TensorRT optimisation profiles.
     profile: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GraphEntry:
+        def spec(s: dict[str, Any]) -> TensorSpec:
+            return TensorSpec(s["name"], s["dtype"], tuple(s["shape"]))
+
+        profile = {k: tuple(tuple(s) for s in v) for k, v in d.get("profile", {}).items()}
+        return cls(
+            file=file_name(d["file"], "a graph"),
+            sha256=d["sha256"],
+            bytes=int(d["bytes"]),
+            inputs=tuple(spec(s) for s in d["inputs"]),
+            outputs=tuple(spec(s) for s in d["outputs"]),
+            profile=profile,  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class EngineEntry:
+    """One stage's TensorRT engine file and what it was built from.
+
+    ``profile`` maps each input name to ``[min, opt, max]`` shapes, as JSON lists (the form in
+    which builds are compared with the previous record).
+    """
+
+    file: str
+    onnx: str
+    onnx_sha256: str
+    engine_sha256: str
+    profile: dict[str, list[list[int]]]
+    build_seconds: float  # rounded to milliseconds, so that a record equals itself read back
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "onnx": self.onnx,
+            "onnx_sha256": self.onnx_sha256,
+            "engine_sha256": self.engine_sha256,
+            "profile": self.profile,
+            "build_seconds": self.build_seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EngineEntry:
+        return cls(
+            file=file_name(d["file"], "an engine"),
+            onnx=file_name(d["onnx"], "an engine's graph"),
+            onnx_sha256=d["onnx_sha256"],
+            engine_sha256=d["engine_sha256"],
+            profile={k: [list(map(int, s)) for s in v] for k, v in d["profile"].items()},
+            build_seconds=float(d.get("build_seconds", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class TensorRTRecord:
+    """The ``tensorrt`` section of ``manifest.json``: how the engines were built.
+
+    ``targets`` are compute capabilities (``"sm_86"``): for ``rtx`` the ahead-of-time
+    targets, for ``tensorrt`` the one of the GPU named by ``gpu`` that built them.
+    """
+
+    flavour: str
+    version: str
+    precision: str
+    targets: tuple[str, ...]
+    gpu: str | None
+    engines: dict[str, EngineEntry] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "record_version": TENSORRT_RECORD_VERSION,
+            "flavour": self.flavour,
+            "version": self.version,
+            "precision": self.precision,
+            "targets": list(self.targets),
+            "gpu": self.gpu,
+            "engines": {stage: entry.to_dict() for stage, entry in self.engines.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorRTRecord:
+        if d.get("record_version") != TENSORRT_RECORD_VERSION:
+            raise HodorError(
+                f"the manifest's tensorrt section has version {d.get('record_version')!r}, this program "
+                f"reads version {TENSORRT_RECORD_VERSION}: re-export with hodor-export --tensorrt on"
+            )
+        return cls(
+            flavour=d["flavour"],
+            version=d["version"],
+            precision=d["precision"],
+            targets=tuple(d["targets"]),
+            gpu=d.get("gpu"),
+            engines={stage: EngineEntry.from_dict(e) for stage, e in d["engines"].items()},
+        )
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -141,7 +262,7 @@ class Manifest:
     # What each symbolic dimension of the recorded shapes means, and its range.
     dynamic_axes: dict[str, str] = field(default_factory=dict)
     # Written by the TensorRT half of the exporter (``hodor.export.tensorrt_build``); None: no engines.
-    tensorrt: dict[str, Any] | None = None
+    tensorrt: TensorRTRecord | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -163,25 +284,18 @@ class Manifest:
                 f"re-export with hodor-export CKPT --precision {precision}"
             ) from None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``manifest.json``)."""
+        d = asdict(replace(self, tensorrt=None))
+        d["tensorrt"] = self.tensorrt.to_dict() if self.tensorrt is not None else None
+        return d
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
-        def spec(s: dict[str, Any]) -> TensorSpec:
-            return TensorSpec(s["name"], s["dtype"], tuple(s["shape"]))
-
-        def entry(e: dict[str, Any]) -> GraphEntry:
-            profile = {k: tuple(tuple(s) for s in v) for k, v in e.get("profile", {}).items()}
-            return GraphEntry(
-                file=e["file"],
-                sha256=e["sha256"],
-                bytes=int(e["bytes"]),
-                inputs=tuple(spec(s) for s in e["inputs"]),
-                outputs=tuple(spec(s) for s in e["outputs"]),
-                profile=profile,  # type: ignore[arg-type]
-            )
-
+        section = d.get("tensorrt")
         return cls(
             hodor_version=d["hodor_version"],
             opset=int(d["opset"]),
@@ -190,21 +304,24 @@ class Manifest:
             config=d["config"],
             preprocessing=d["preprocessing"],
             limits=Limits(**d["limits"]),
-            graphs={p: {s: entry(e) for s, e in stages.items()} for p, stages in d["graphs"].items()},
+            graphs={
+                precision: {stage: GraphEntry.from_dict(e) for stage, e in stages.items()}
+                for precision, stages in d["graphs"].items()
+            },
             exporter=d["exporter"],
             checkpoint=d["checkpoint"],
             dynamic_axes=d.get("dynamic_axes", {}),
-            tensorrt=d.get("tensorrt"),
+            tensorrt=TensorRTRecord.from_dict(section) if section else None,
             format=d["format"],
             format_version=int(d["format_version"]),
         )
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:
+    """Write ``directory/manifest.json`` whole (temporary name, then rename)."""
     path = Path(directory) / MANIFEST_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(manifest.to_json())
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(manifest.to_json())
     return path
 
 
@@ -247,6 +364,8 @@ def load_manifest(directory: str | Path, verify: bool = True) -> Manifest:
         raise HodorError(
             f"{path} is incomplete or damaged ({exc.__class__.__name__}: {exc}): re-export"
         ) from None
+    except HodorError as exc:
+        raise HodorError(f"{path}: {exc}") from None
     if verify:
         for precision, stages in manifest.graphs.items():
             for stage in STAGES:
@@ -258,15 +377,33 @@ def load_manifest(directory: str | Path, verify: bool = True) -> Manifest:
 
 def verify_graph(directory: Path, entry: GraphEntry) -> Path:
     """The graph's path, after checking it exists and matches the manifest's sha256."""
-    path = Path(directory) / entry.file
+    path = _graph_path(directory, entry)
+    with open(path, "rb") as f:
+        _check_digest(path, directory, hashlib.file_digest(f, "sha256").hexdigest(), entry)
+    return path
+
+
+def read_graph(directory: Path, entry: GraphEntry) -> bytes:
+    """The graph's bytes, checked against the manifest's sha256 as read: no window in which the
+    file could be swapped between the check and its use."""
+    path = _graph_path(directory, entry)
+    data = path.read_bytes()
+    _check_digest(path, directory, hashlib.sha256(data).hexdigest(), entry)
+    return data
+
+
+def _graph_path(directory: Path, entry: GraphEntry) -> Path:
+    path = Path(directory) / file_name(entry.file, "a graph")
     if not path.is_file():
         raise HodorError(
             f"{path} is missing from the export: re-export with hodor-export CKPT --out {directory}"
         )
-    digest = sha256_file(path)
+    return path
+
+
+def _check_digest(path: Path, directory: Path, digest: str, entry: GraphEntry) -> None:
     if digest != entry.sha256:
         raise HodorError(
             f"{path} does not match its sha256 in {MANIFEST_NAME} (the file was changed or damaged): "
             f"re-export with hodor-export CKPT --out {directory}"
         )
-    return path

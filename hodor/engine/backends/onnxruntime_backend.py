@@ -5,12 +5,12 @@ CPU execution provider by default. With ``onnxruntime-gpu`` installed (instead o
 used, CPU as the fallback; tensors then still cross the seam through host memory.
 
 Sessions are created once, from graph bytes whose sha256 is checked against the manifest as
-they are read, with full graph optimisation and one intra-op thread per usable core.
+they are read (``hodor.engine.backends.manifest.read_graph``), with full graph optimisation and
+one intra-op thread per usable core.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import torch
 
 from hodor.config import HodorConfig
 from hodor.engine.backends.base import ConfigOverrides
-from hodor.engine.backends.manifest import MANIFEST_NAME, STAGES, GraphEntry, load_manifest
+from hodor.engine.backends.manifest import STAGES, GraphEntry, Manifest, load_manifest, read_graph
 from hodor.errors import HodorError
 
 GPU_HINT = "pip install hodor-engine[onnxruntime-gpu] (in place of onnxruntime)"
@@ -86,13 +86,17 @@ class OnnxRuntimeBackend:
         config: HodorConfig | None = None,
         precision: str | None = None,
         threads: int | None = None,
+        *,
+        manifest: Manifest | None = None,
     ) -> None:
         """``config`` overrides the manifest's (e.g. run-time ``--min-dim``); ``precision`` picks the
         graphs: default fp16 on a GPU when the export has them, else fp32 (the CPU provider lacks fp16
-        kernels for much of the network, and runs fp32 faster anyway)."""
+        kernels for much of the network, and runs fp32 faster anyway). ``manifest``: the export's,
+        when the caller has already read it."""
         ort = _import_ort()
         self.export_dir = Path(export_dir)
-        self.manifest = load_manifest(self.export_dir, verify=False)
+        # Graphs are checked against their sha256 as they are read, below, not here.
+        self.manifest = manifest or load_manifest(self.export_dir, verify=False)
         self.device = torch.device(device if device is not None else "cpu")
         self.config = config or self.manifest.hodor_config
         if precision is None:
@@ -112,7 +116,7 @@ class OnnxRuntimeBackend:
         for stage in STAGES:
             entry = self.manifest.graph(stage, precision)
             providers = _providers(ort, self.device, self.export_dir, entry)
-            graph = self._read_verified(entry)
+            graph = read_graph(self.export_dir, entry)
             try:
                 self.sessions[stage] = ort.InferenceSession(graph, options, providers=providers)
             except Exception as exc:  # ORT raises its own exception types, one per failure kind
@@ -120,21 +124,6 @@ class OnnxRuntimeBackend:
                     f"ONNX Runtime {ort.__version__} cannot load {entry.file} on {self.device} "
                     f"({' '.join(str(exc).split())[:300]}); re-export with this version of hodor-export"
                 ) from None
-
-    def _read_verified(self, entry: GraphEntry) -> bytes:
-        """The graph's bytes, checked against the manifest as read (no window for a swap in between)."""
-        path = self.export_dir / entry.file
-        if not path.is_file():
-            raise HodorError(
-                f"{path} is missing from the export: re-export with hodor-export CKPT --out {self.export_dir}"
-            )
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != entry.sha256:
-            raise HodorError(
-                f"{path} does not match its sha256 in {MANIFEST_NAME} (the file was changed or damaged): "
-                f"re-export with hodor-export CKPT --out {self.export_dir}"
-            )
-        return data
 
     # ------------------------------------------------------------------ the seam
 
@@ -192,4 +181,4 @@ def open_onnxruntime_backend(
     """``hodor.engine.backends.base.ExportOpener`` for ``onnxruntime``."""
     manifest = load_manifest(export_dir, verify=False)
     config = overrides.apply(manifest.hodor_config) if overrides is not None else None
-    return OnnxRuntimeBackend(export_dir, device=device, config=config)
+    return OnnxRuntimeBackend(export_dir, device=device, config=config, manifest=manifest)

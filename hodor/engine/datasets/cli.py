@@ -3,8 +3,10 @@
 ROOT is a DAVIS or YouTube-VOS root, or a .csv/.json list of videos and their masks
 (see :mod:`.layouts`). Masks go to ``OUT/<seq>/<frame>.png``; each sequence appears there
 only once all its masks are written. ``OUT/summary.csv`` and ``OUT/summary.json`` say how
-each sequence went. Exit status: 0 when every sequence is done, 1 when some failed (the
-others are done), 2 when the run itself is refused (one line on stderr), 130 on Ctrl-C.
+each sequence went. The whole run holds ``OUT``'s lock, as a one-video run does, so a second
+run into ``OUT`` (of either mode) is refused. Exit status: 0 when every sequence is done, 1
+when some failed (the others are done), 2 when the run itself is refused (one line on
+stderr), 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from hodor.engine.datasets.layouts import LAYOUT_CHOICES, LAYOUT_HELP, YOUTUBE_V
 from hodor.engine.datasets.ray_runner import DEFAULT_RETRIES, LOCAL, RayOptions, run_on_ray
 from hodor.engine.datasets.runner import already_done, run_local
 from hodor.engine.datasets.sequence import SequenceSpec
-from hodor.engine.datasets.staging import clear_staging
 from hodor.engine.datasets.summary import FAILED, OK, SKIPPED, SequenceResult, write_summary
 from hodor.engine.datasets.video_list import LIST_SUFFIXES
 from hodor.engine.datasets.worker import SessionRequest
 from hodor.engine.datasets.youtube_zip import ZIP_NAME, write_submission_zip
+from hodor.engine.io.staging import claim_output_entries
 from hodor.engine.loop.session import DEFAULT_CHUNK, DEFAULT_TEMPORAL_WINDOW, TinyObjectWarning
 from hodor.errors import HodorError
 
@@ -187,17 +189,20 @@ def default_output_dir(root: Path) -> Path:
     return Path.cwd() / f"{stem}.hodor-out"
 
 
-def _prepare(out: Path) -> Path:
-    out = out.resolve()
+def _check_output(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise HodorError(f"output directory {out} is an existing file; choose another --out")
+
+
+def _prepare(out: Path) -> None:
+    """Make ``out`` (under the run's lock) and check that files can be written in it."""
+    _check_output(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as exc:
         raise HodorError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
-    return out
 
 
 def _session_request(args: argparse.Namespace) -> SessionRequest:
@@ -236,6 +241,16 @@ def run(args: argparse.Namespace) -> tuple[str, bool]:
     dataset: Dataset = load_dataset(args.root.resolve(), args.layout, args.split, args.seqs)
     request = _session_request(args)
     out = (args.out or default_output_dir(args.root)).resolve()
+    _check_output(out)
+    # Claimed before the model loads, so that a second run into OUT is refused at once; the
+    # claim also removes what killed runs (and dead workers) left, on entry and on leaving.
+    with claim_output_entries(out, f"{PROG} {dataset.root.name}"):
+        return _run_claimed(args, dataset, request, out)
+
+
+def _run_claimed(
+    args: argparse.Namespace, dataset: Dataset, request: SessionRequest, out: Path
+) -> tuple[str, bool]:
     done = already_done(dataset.sequences, out) if args.resume and out.is_dir() else {}
     pending: list[SequenceSpec] = [s for s in dataset.sequences if s.name not in done]
 
@@ -246,12 +261,10 @@ def run(args: argparse.Namespace) -> tuple[str, bool]:
         if args.ray is None:
             # The model first, so that a refused model leaves no output directory behind.
             session = request.open_session()
-            out = _prepare(out)
-            clear_staging(out)
+            _prepare(out)
             ran, backend = run_local(pending, session, out)
         else:
-            out = _prepare(out)
-            clear_staging(out)
+            _prepare(out)
             options = RayOptions(
                 address=args.ray,
                 workers=args.ray_workers,
@@ -259,9 +272,8 @@ def run(args: argparse.Namespace) -> tuple[str, bool]:
                 retries=args.ray_retries,
             )
             ran, backend = run_on_ray(pending, request, out, options)
-        clear_staging(out)
     else:
-        out = _prepare(out)
+        _prepare(out)
     seconds = time.perf_counter() - start
 
     by_name = {r.sequence: r for r in ran} | done

@@ -2,10 +2,12 @@
 loaded model, and the sequences handed out one at a time to whichever actor is free.
 
 Workers write their sequences straight into the output directory (which every node must
-see at the same path), through the same staging as a local run, so the outputs are the
-same. A sequence whose worker dies (killed, out of memory, node lost) is given to a fresh
-actor, up to ``retries`` more times; the dead worker's partial output stays in staging and
-is never taken for a finished sequence.
+see at the same path), each staging its own sequence as a local run does, so the outputs are
+the same; the driver holds the run's lock on the output directory, the workers take none. A
+sequence whose worker dies (killed, out of memory, node lost) is given to a fresh actor, up
+to ``retries`` more times, which stages it afresh beside the dead worker's partial output;
+that is never committed, so never taken for a finished sequence, and the run's claim
+removes it when the run ends (its lock died with the worker).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from hodor.engine.datasets.record import finished_record
 from hodor.engine.datasets.sequence import SequenceSpec
-from hodor.engine.datasets.staging import finished_record
 from hodor.engine.datasets.summary import FAILED, SKIPPED, SequenceResult
 from hodor.engine.datasets.worker import run_one
 from hodor.engine.loop.session import VideoSession

@@ -1,7 +1,10 @@
 """One sequence of a dataset, segmented with an open session and written to ``OUT/<seq>/``.
 
 The single-process runner and the Ray workers both call :func:`segment_sequence`, so that
-their outputs are the same.
+their outputs are the same. The masks go into a :class:`~hodor.engine.io.staging.StagedDir`
+of ``OUT/<seq>``, written and locked by the process segmenting the sequence (a Ray worker
+writes its own), and committed with the sequence's record once the last mask is written.
+The run's lock on ``OUT`` is the caller's (the driver's), never a worker's.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from hodor.engine.datasets.record import SequenceRecord
 from hodor.engine.datasets.sequence import SequenceSpec
-from hodor.engine.datasets.staging import SequenceRecord, SequenceStaging
-from hodor.engine.io import FrameSource, open_frames, write_mask
+from hodor.engine.io import FrameSource, StagedDir, open_frames, write_mask
 from hodor.engine.io.binding import References, load_references
 from hodor.engine.loop.session import VideoSession
 from hodor.errors import HodorError
@@ -45,10 +48,12 @@ def first_appearances(references: References, spec: SequenceSpec, frames: FrameS
 
 
 def segment_sequence(session: VideoSession, spec: SequenceSpec, out_root: Path) -> SequenceRecord:
-    """Segment ``spec`` and move its masks into ``out_root/<name>/`` once every one is written.
+    """Segment ``spec`` and put its masks in place as ``out_root/<name>/`` (replacing an earlier
+    one whole) once every one is written.
 
-    Raises ``HodorError`` for a problem with the sequence's files; nothing of a failed
-    sequence stays in ``out_root``.
+    Raises ``HodorError`` for a problem with the sequence's files; nothing of a failed or
+    interrupted sequence stays in ``out_root``. A process killed outright leaves its staging
+    directory, unlocked by its death, for the run's clean-up to remove.
     """
     start = time.perf_counter()
     frames = open_frames(spec.frames)
@@ -62,13 +67,12 @@ def segment_sequence(session: VideoSession, spec: SequenceSpec, out_root: Path) 
             f"sequence {spec.name}: masks are expected for frame(s) {', '.join(absent[:5])}, "
             f"which {spec.frames} does not have"
         )
-    staging = SequenceStaging(out_root, spec.name)
-    try:
+    with StagedDir(out_root / spec.name) as staged:
         written: list[str] = []
         for index, ids in enumerate(session.run(frames, references.masks)):
             stem = frames.stem(index)
             if stem in wanted:
-                write_mask(staging.path / f"{stem}.png", ids, references.palette)
+                write_mask(staged.path / f"{stem}.png", ids, references.palette)
                 written.append(stem)
         record = SequenceRecord(
             name=spec.name,
@@ -76,8 +80,5 @@ def segment_sequence(session: VideoSession, spec: SequenceSpec, out_root: Path) 
             objects=len(session.objects),
             seconds=time.perf_counter() - start,
         )
-        staging.commit(record)
-    except BaseException:
-        staging.discard()
-        raise
+        staged.commit(record=record.details())
     return record

@@ -6,7 +6,7 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from hodor.engine.datasets.staging import finished_record
+from hodor.engine.datasets.record import finished_record
 from hodor.engine.io.files import atomic_write
 from hodor.errors import HodorError
 

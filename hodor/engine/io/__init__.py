@@ -20,18 +20,25 @@ from hodor.engine.io.lock import OutputBusyError, OutputLock
 from hodor.engine.io.masks import MaskImage, default_palette, read_mask, write_mask
 from hodor.engine.io.overlay import OverlayWriter, blend_overlay
 from hodor.engine.io.staging import (
+    COMMIT_RECORD_NAME,
     INCOMPLETE_NAME,
+    CommitRecord,
     Incomplete,
     StagedDir,
     claim_output,
+    claim_output_entries,
+    committed_record,
     foreign_entries,
+    read_commit_record,
     read_incomplete,
     remove_stale,
 )
 from hodor.engine.io.streams import StreamSource, is_stream, open_stream
 
 __all__ = [
+    "COMMIT_RECORD_NAME",
     "INCOMPLETE_NAME",
+    "CommitRecord",
     "FrameReader",
     "FrameSource",
     "Incomplete",
@@ -44,6 +51,8 @@ __all__ = [
     "atomic_write",
     "blend_overlay",
     "claim_output",
+    "claim_output_entries",
+    "committed_record",
     "default_palette",
     "foreign_entries",
     "index_stems",
@@ -51,6 +60,7 @@ __all__ = [
     "open_frames",
     "open_stream",
     "read_image_rgb",
+    "read_commit_record",
     "read_incomplete",
     "read_mask",
     "remove_stale",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from pathlib import Path
 
 TEMPORARY_SUFFIX = ".tmp"
 _counter = itertools.count()
+_TEMPORARY = re.compile(r"^\..+\.\d+\.\d+\.\d+" + re.escape(TEMPORARY_SUFFIX) + "$")
 
 
 def temporary_beside(path: Path) -> Path:
@@ -20,6 +22,11 @@ def temporary_beside(path: Path) -> Path:
     under first (several threads may write the same file at once without sharing it)."""
     unique = f"{os.getpid()}.{threading.get_ident()}.{next(_counter)}"
     return path.with_name(f".{path.name}.{unique}{TEMPORARY_SUFFIX}")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is one :func:`temporary_beside` makes (a file a writer has not finished)."""
+    return _TEMPORARY.match(name) is not None
 
 
 @contextmanager

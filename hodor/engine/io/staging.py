@@ -13,9 +13,12 @@ writes it, so :func:`remove_stale` can tell what killed runs left behind (no loc
 what a live run is writing, and settle a commit that was killed between its two renames.
 
 The unit of staging is up to the caller: a whole output directory (``hodor-run``,
-``hodor-export``), or one entry inside one (a dataset run: ``OUT/<sequence>``, where a
-sequence is done exactly when ``OUT/<sequence>`` exists). Pair it with
-:class:`hodor.engine.io.lock.OutputLock` when no other run may write the same target.
+``hodor-export``, claimed by :func:`claim_output`), or one entry inside one (a dataset run
+stages ``OUT/<sequence>`` one by one, from any number of processes, while the run holds
+``OUT`` through :func:`claim_output_entries`). A commit may leave a :class:`CommitRecord` in
+the committed directory (``commit(record=...)``), by which :func:`committed_record` tells a
+directory that a commit put in place, and that still holds every file it had, from one that
+merely exists.
 """
 
 from __future__ import annotations
@@ -25,19 +28,23 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 
-from hodor.engine.io.files import atomic_write
+from hodor.engine.io.files import atomic_write, is_temporary
 from hodor.engine.io.lock import OutputLock, real_target, try_lock
 from hodor.errors import HodorError
 
 INCOMPLETE_NAME = "INCOMPLETE.json"
 """Written into a committed directory whose input ended before all its frames were processed."""
 
+COMMIT_RECORD_NAME = ".hodor-commit.json"
+"""Written last into a directory committed with ``commit(record=...)``: see :class:`CommitRecord`."""
+
+_MAKE_ATTEMPTS = 8  # fresh names tried when a clean-up removed a new staging directory before its lock
 _LEFTOVER = re.compile(r"^\.(?P<target>.+)\.(?P<kind>staging|old)-(?P<token>\d+-[0-9a-f]+)$")
 
 
@@ -72,6 +79,55 @@ def read_incomplete(directory: str | Path) -> Incomplete | None:
         return Incomplete(0, 0, f"unreadable {INCOMPLETE_NAME}")
 
 
+@dataclass(frozen=True)
+class CommitRecord:
+    """What a commit put in place: ``files``, every file it staged (path relative to the committed
+    directory, ``/``-separated -> size in bytes; the record itself and entries carried over by
+    ``keep`` excluded), and ``details``, JSON values the writer chose to record with them."""
+
+    files: Mapping[str, int]
+    details: Mapping[str, object]
+
+
+def read_commit_record(directory: str | Path) -> CommitRecord | None:
+    """The :class:`CommitRecord` of ``directory``, or None if it has none or an unreadable one."""
+    try:
+        data = json.loads((Path(directory) / COMMIT_RECORD_NAME).read_text())
+        files = {str(name): int(size) for name, size in data["files"].items()}
+        details = dict(data["details"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    for name in files:
+        path = PurePosixPath(name)
+        if path.is_absolute() or ".." in path.parts:
+            return None  # not something a commit wrote
+    return CommitRecord(files=files, details=details)
+
+
+def committed_record(directory: str | Path) -> CommitRecord | None:
+    """The :class:`CommitRecord` of ``directory`` if a commit with a record put it in place and it
+    still holds every file the record lists, at its recorded size; None otherwise (no record,
+    or a file since removed, truncated or replaced by one of another size)."""
+    record = read_commit_record(directory)
+    if record is None:
+        return None
+    for name, size in record.files.items():
+        try:
+            if os.stat(Path(directory) / name).st_size != size:
+                return None
+        except OSError:
+            return None
+    return record
+
+
+def _staged_files(root: Path) -> dict[str, int]:
+    files = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            files[path.relative_to(root).as_posix()] = path.stat().st_size
+    return files
+
+
 class StagedDir:
     """A private directory beside ``target`` whose contents replace ``target`` whole on commit.
 
@@ -84,20 +140,49 @@ class StagedDir:
         self.target = target
         if target.exists() and not target.is_dir():
             raise HodorError(f"{target} is an existing file, not a directory; choose another output")
-        token = f"{os.getpid()}-{secrets.token_hex(4)}"
-        self.path = target.parent / f".{target.name}.staging-{token}"
-        self._aside = target.parent / f".{target.name}.old-{token}"
         self._fd: int | None = None
+        for _ in range(_MAKE_ATTEMPTS):
+            token = f"{os.getpid()}-{secrets.token_hex(4)}"
+            self.path = target.parent / f".{target.name}.staging-{token}"
+            self._aside = target.parent / f".{target.name}.old-{token}"
+            if self._make_locked():
+                return
+        raise HodorError(
+            f"cannot write to {target.parent}: every staging directory made there was removed at once"
+        )
+
+    def _make_locked(self) -> bool:
+        """Make ``path`` and lock it; False if a clean-up removed it before the lock was taken.
+
+        A directory made but not yet locked looks abandoned to :func:`remove_stale` running in
+        another process meanwhile (a dataset run's clean-up while other processes stage its
+        entries), which may delete it: the directory locked must still be the one at ``path``.
+        """
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            self.target.parent.mkdir(parents=True, exist_ok=True)
             self.path.mkdir()
             self._fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            if self.target.parent.is_dir():
+                self._unlock()
+                return False  # removed between mkdir and open
+            self._remove()
+            raise HodorError(f"cannot write to {self.target.parent}: it was removed") from None
         except OSError as exc:
             self._remove()
-            raise HodorError(f"cannot write to {target.parent}: {exc.strerror or exc}") from None
-        if not try_lock(self._fd):  # a fresh, uniquely named directory: nobody else can hold it
-            self._remove()
-            raise RuntimeError(f"{self.path} was locked by someone else as it was made")
+            raise HodorError(f"cannot write to {self.target.parent}: {exc.strerror or exc}") from None
+        if not try_lock(self._fd):  # a fresh, uniquely named directory: only a clean-up can hold it
+            self._unlock()
+            return False
+        try:
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            current = None
+        mine = os.fstat(self._fd)
+        if current is None or (current.st_ino, current.st_dev) != (mine.st_ino, mine.st_dev):
+            self._unlock()
+            return False
+        return True
 
     @property
     def open(self) -> bool:
@@ -109,10 +194,13 @@ class StagedDir:
         *,
         incomplete: Incomplete | None = None,
         keep: Callable[[str], bool] | None = None,
+        record: Mapping[str, object] | None = None,
     ) -> Path:
         """Put the staged contents in place of ``target`` and return ``target``.
 
-        ``incomplete`` writes the :data:`INCOMPLETE_NAME` marker into it first. ``keep(name)``
+        ``incomplete`` writes the :data:`INCOMPLETE_NAME` marker into it first. ``record`` (JSON
+        values; ``{}`` for none) writes a :class:`CommitRecord` of every staged file, last
+        before the swap, for :func:`committed_record` to check the directory by. ``keep(name)``
         picks entries of the previous ``target`` to carry over into the new one (moved, not
         copied; an entry the staged contents also have is not carried). Everything else of
         the previous ``target`` is deleted; a Ctrl-C during that deletion stops it without
@@ -125,6 +213,12 @@ class StagedDir:
             if incomplete is not None:
                 with atomic_write(self.path / INCOMPLETE_NAME) as tmp:
                     tmp.write_text(json.dumps(asdict(incomplete), indent=1) + "\n")
+            if record is not None:
+                files = _staged_files(self.path)
+                files.pop(COMMIT_RECORD_NAME, None)
+                document = {"files": files, "details": dict(record)}
+                with atomic_write(self.path / COMMIT_RECORD_NAME) as tmp:
+                    tmp.write_text(json.dumps(document, indent=1) + "\n")
             if self.target.is_dir():
                 if keep is not None:
                     for entry in sorted(self.target.iterdir()):
@@ -185,6 +279,26 @@ def claim_output(target: str | Path, holder: str) -> Iterator[OutputLock]:
         yield lock
 
 
+@contextmanager
+def claim_output_entries(target: str | Path, holder: str) -> Iterator[OutputLock]:
+    """Hold ``target``'s :class:`OutputLock` over the block for a run that writes ``target`` entry
+    by entry rather than whole: each entry a :class:`StagedDir` of ``target / name``, written by
+    this process or by others that do not take the lock (workers of the run).
+
+    What killed runs left is cleaned up on entry, beside ``target`` (as :func:`claim_output`)
+    and inside it: every entry's abandoned staging, and temporary files at its top level (only
+    the lock's holder writes there). On leaving, ``target``'s entries are cleaned up again,
+    for the writers that died during the run. A staging directory a live writer holds is never
+    touched. ``target`` itself is not made; the first commit (or the caller) makes it.
+    """
+    with claim_output(target, holder) as lock:
+        _remove_stale_inside(lock.target)
+        try:
+            yield lock
+        finally:
+            _remove_stale_inside(lock.target)
+
+
 def foreign_entries(target: str | Path, owned: Callable[[str], bool]) -> list[str]:
     """Names in the directory ``target`` that ``owned`` does not claim (empty if there is no such
     directory): replacing ``target`` whole would delete them."""
@@ -230,6 +344,17 @@ def remove_stale(directory: str | Path, target_name: str | None = None) -> list[
             shutil.rmtree(staging, ignore_errors=True)
             removed.extend([aside, staging])
     return removed
+
+
+def _remove_stale_inside(target: Path) -> None:
+    remove_stale(target)
+    try:
+        entries = list(target.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        if is_temporary(entry.name) and entry.is_file():
+            entry.unlink(missing_ok=True)
 
 
 def _put_back_or_delete(aside: Path, target: Path) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-DESCRIPTOR_CHANNELS = 256
+from hodor.config import CHANNELS
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class DescriptorRing:
         window: int,
         num_bg: int,
         device: torch.device | str = "cpu",
-        channels: int = DESCRIPTOR_CHANNELS,
+        channels: int = CHANNELS,
     ) -> None:
         if window < 0:
             raise ValueError(f"window must be >= 0, got {window}")

@@ -1,4 +1,5 @@
-"""The descriptor attention primitives and the position encoding against direct transcriptions."""
+"""The model's descriptor computations (the plain-torch references in ``hodor.kernels``, which the
+model runs with ``kernels="torch"``) and the position encoding, against direct transcriptions."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import math
 
 import torch
 
-from hodor.model.functional import mask_logits, pixel_descriptor_attention, soft_masked_attention
+from hodor.kernels import mask_logits_reference as mask_logits
+from hodor.kernels import pixel_descriptor_attention_reference as pixel_descriptor_attention
+from hodor.kernels import soft_masked_attention_reference as soft_masked_attention
 from hodor.model.position_encoding import sine_position_encoding
 
 
@@ -42,6 +45,20 @@ def test_pixel_descriptor_attention_drops_invalid_keys() -> None:
         logits = query[0, :, sl] @ key[0, keep, sl].T / math.sqrt(d)
         want = logits.softmax(-1) @ value[0, keep, sl]
         torch.testing.assert_close(got[0, :, sl], want, rtol=1e-5, atol=1e-6)
+
+
+def test_pixel_descriptor_attention_over_an_empty_history_adds_nothing() -> None:
+    """Every key invalid: zeros, not the NaN of a softmax over nothing (see
+    hodor.kernels.pixel_descriptor_attention); other batch items are unaffected."""
+    g = _gen(3)
+    b, p, s, heads, d = 2, 10, 6, 8, 4
+    query, key, value = (torch.randn(b, n, heads * d, generator=g) for n in (p, s, s))
+    invalid = torch.zeros(b, s, dtype=torch.bool)
+    invalid[0] = True
+    got = pixel_descriptor_attention(query, key, value, invalid, heads)
+    assert torch.equal(got[0], torch.zeros(p, heads * d))
+    alone = pixel_descriptor_attention(query[1:], key[1:], value[1:], invalid[1:], heads)
+    torch.testing.assert_close(got[1:], alone, rtol=0, atol=0)
 
 
 def test_mask_logits_best_valid_entry() -> None:
