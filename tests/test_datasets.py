@@ -163,15 +163,15 @@ def test_youtube_vos_objects_appear_later_and_only_expected_frames_are_written(
     image.save(annotation)
 
     given: dict[str, dict[int, list[int]]] = {}
-    real_run = VideoSession.run
+    real_run = segment.run_pipeline
 
-    def spy(self, frames, masks=None):
+    def spy(session, frames, masks, *args, **kwargs):
         given[str(frames.path.name)] = {
             t: sorted(int(i) for i in np.unique(m) if i) for t, m in masks.items()
         }
-        return real_run(self, frames, masks)
+        return real_run(session, frames, masks, *args, **kwargs)
 
-    monkeypatch.setattr(VideoSession, "run", spy)
+    monkeypatch.setattr(segment, "run_pipeline", spy)
     out = tmp_path / "out"
     code, stdout, err = run([root, "--model", model["path"], "--out", out], capsys)
     assert code == 0, err
