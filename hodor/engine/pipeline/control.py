@@ -39,7 +39,8 @@ class Stop:
     """The shared stop state of one pipeline run."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: a SIGINT handler may call abort() in a thread that is inside abort() already.
+        self._lock = threading.RLock()
         self._aborted = threading.Event()
         self._intake_closed = threading.Event()
         self._error: BaseException | None = None

@@ -1,10 +1,10 @@
-"""The pipeline's entry point: the stages on their threads, bounded channels between them, and the
-calling thread watching over them (and receiving Ctrl-C).
+"""The pipeline's entry point: the stages on their threads, bounded channels between them; the
+calling thread runs the device stage and receives Ctrl-C.
 
 ::
 
     decoder ──frames──▶ device stage ──masks──▶ mask writers (a pool)
-                                     ╰─overlay─▶ overlay encoder (one, in frame order)
+                        (this thread) ╰─overlay─▶ overlay encoder (one, in frame order)
 
 Every channel and buffer pool is bounded, so the frames in flight (decoded, not yet written)
 never exceed :attr:`PipelineLayout.frames_bound`, however long the video: a slow writer holds
@@ -13,6 +13,7 @@ the device stage back, which holds the decoder back.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -176,29 +177,41 @@ def run_pipeline(
         mask_buffers=layout.mask_queue + layout.mask_writers + 1 if cuda else 0,
         overlay_buffers=layout.overlay_queue + 2 if cuda else 0,
     )
-    workers = [_thread("hodor-device", device_stage.run, stop, frame_channel)]
+    writers: list[threading.Thread] = []
     if mask_channel is not None:
-        workers += [
+        writers += [
             _thread(f"hodor-masks-{k}", write_masks, stop, mask_channel, outputs, completion)
             for k in range(layout.mask_writers)
         ]
     if overlay_channel is not None:
-        workers.append(
+        writers.append(
             _thread("hodor-overlay", OverlayEncoder(outputs, completion).run, stop, overlay_channel)
         )
     decoder_thread = _thread("hodor-decoder", decoder.run, stop)
 
     started_at = time.perf_counter()
     started: list[threading.Thread] = []
-    try:
-        for thread in (decoder_thread, *workers):
-            thread.start()
-            started.append(thread)
-    except KeyboardInterrupt as exc:
-        stop.abort(exc)
-    interrupted = _watch([t for t in started if t is not decoder_thread], stop, live)
-    if decoder_thread in started:
-        decoder_thread.join(None if not stop.intake_closed else DECODER_GRACE_S)
+    with _CtrlC(stop, live) as ctrl_c:
+        try:
+            for thread in (decoder_thread, *writers):
+                thread.start()
+                started.append(thread)
+            # The device stage runs here, in the calling thread: on the CPU, torch's thread pool
+            # then works exactly as it does for a plain VideoSession.run in the same thread.
+            device_stage.run(frame_channel)
+        except Aborted:
+            pass
+        except KeyboardInterrupt as exc:  # only where another SIGINT handler than ours raised it
+            ctrl_c.interrupt(exc)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after the other stages stopped
+            stop.abort(exc)
+        if not stop.aborted:
+            for channel in (mask_channel, overlay_channel):
+                if channel is not None:
+                    channel.close()  # already closed unless the device stage left early
+        _join_all([t for t in started if t is not decoder_thread], ctrl_c)
+        if decoder_thread in started:
+            decoder_thread.join(None if not stop.intake_closed else DECODER_GRACE_S)
     finished_at = time.perf_counter()
 
     if (error := stop.error) is not None:
@@ -214,7 +227,7 @@ def run_pipeline(
         latency=completion.latency(),
         peak_frames_in_flight=completion.peak_in_flight,
         layout=layout,
-        interrupted=interrupted,
+        interrupted=ctrl_c.interrupted,
     )
 
 
@@ -232,32 +245,46 @@ def _thread(name: str, target: Callable[..., None], stop: Stop, *args: object) -
     return threading.Thread(target=body, name=name, daemon=True)
 
 
-def _watch(workers: list[threading.Thread], stop: Stop, live: bool) -> bool:
-    """Wait for ``workers`` to end; Ctrl-C closes a live run's intake (the first time) or aborts.
+class _CtrlC:
+    """What Ctrl-C does during a run: the first one closes a live run's intake (what reached the
+    writers is still written), any other aborts the run.
 
-    Returns whether a live run was ended by Ctrl-C.
+    In the main thread, Python's default SIGINT handler is replaced for the run's duration by one
+    that only sets the stop state, so that the interrupt never lands in the middle of the device
+    stage's bookkeeping: every stage leaves at its next step. Elsewhere (or under a handler of
+    the application's own) a ``KeyboardInterrupt`` that reaches the pipeline is handed to
+    :meth:`interrupt` the same way.
     """
-    interrupted = False
-    while True:
-        try:
-            _join_all(workers)
-            return interrupted
-        except KeyboardInterrupt as exc:
-            if live and not interrupted and not stop.aborted:
-                interrupted = True
-                stop.close_intake()
-                continue
-            stop.abort(exc)
-            break
-    while True:  # aborted: the stages finish what they hold, then leave; wait for that
-        try:
-            _join_all(workers)
-            return interrupted
-        except KeyboardInterrupt:
-            continue
+
+    def __init__(self, stop: Stop, live: bool) -> None:
+        self.stop = stop
+        self.live = live
+        self.interrupted = False
+        self._previous: object = None
+
+    def interrupt(self, exc: BaseException | None = None) -> None:
+        if self.live and not self.interrupted and not self.stop.aborted:
+            self.interrupted = True
+            self.stop.close_intake()
+        else:
+            self.stop.abort(exc if exc is not None else KeyboardInterrupt())
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self._previous = signal.signal(signal.SIGINT, lambda signum, frame: self.interrupt())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
-def _join_all(workers: list[threading.Thread]) -> None:
+def _join_all(workers: list[threading.Thread], ctrl_c: _CtrlC) -> None:
+    """Wait for ``workers`` to end (the stages leave at their next step once the run is aborted)."""
     for worker in workers:
         while worker.is_alive():
-            worker.join(_POLL_S)
+            try:
+                worker.join(_POLL_S)
+            except KeyboardInterrupt as exc:
+                ctrl_c.interrupt(exc)
