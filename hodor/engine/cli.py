@@ -320,6 +320,22 @@ def _segment(
             raise RunInterrupted(exc.masks_written, frames.frame_count) from None
 
 
+def segment_to(
+    target: Path,
+    session: VideoSession,
+    frames: FrameSource | StreamSource,
+    references: References,
+    overlay: bool = True,
+) -> PipelineResult:
+    """What ``hodor-run`` does once its model is loaded: segment ``frames`` into a staging
+    directory beside ``target`` and put it in place of ``target`` whole (the benchmark calls
+    this too). The caller holds ``target``'s lock."""
+    with StagedDir(target) as staged:
+        result = _segment(session, frames, references, staged.path, overlay)
+        staged.commit(incomplete=result.shortfall)
+    return result
+
+
 def _initialise_device(device: str | None) -> bool:
     """Create the CUDA context now (when the run will use CUDA), so that start-up shows it apart
     from the model's loading; False when the run is on the CPU."""
@@ -364,9 +380,7 @@ def _run_source(
         check_processing_size(backend.config, args)
         session = VideoSession(backend, temporal_window=args.temporal_window, chunk=args.chunk)
         clock.mark("model")
-        with StagedDir(claim.target) as staged:
-            result = _segment(session, frames, references, staged.path, not args.no_overlay)
-            staged.commit(incomplete=result.shortfall)
+        result = segment_to(claim.target, session, frames, references, not args.no_overlay)
     first = result.first_frame_at
     return RunResult(
         frames=result.frames,
