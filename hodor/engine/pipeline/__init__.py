@@ -1,4 +1,5 @@
-"""The overlapped pipeline behind ``hodor-run``: decoding, the device's work and writing at once.
+"""The overlapped pipeline behind ``hodor-run``: decoding, the device's work and writing at once
+(docs/design.md, "The run's pipeline").
 
 :func:`run_pipeline` segments a video with a :class:`hodor.engine.VideoSession` and writes its
 masks and overlay, each stage on its own thread:
