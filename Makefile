@@ -2,7 +2,8 @@
 # torch first, pinned, so that a machine with a local CPU wheel takes it and a user's machine
 # gets the normal build; then this project, editable. `make demo` installs only what running
 # needs (torch and the base dependencies); `make test` and `make lint` add the test extras
-# (Triton, ONNX, ONNX Runtime, TensorRT for RTX, pytest, ruff, matplotlib).
+# (Triton, ONNX, ONNX Runtime, TensorRT for RTX, pytest, ruff, matplotlib, Ray, the J&F checks)
+# and the benchmark's peers.
 # Stamp files re-run the installs only when pyproject.toml changes.
 #
 # Without an NVIDIA GPU, take torch's CPU build (about 190 MB instead of about 1.9 GB of CUDA
@@ -32,8 +33,13 @@ $(RUN_STAMP): pyproject.toml
 	$(PY) -m pip install -e .
 	touch $@
 
+# The peers (benchmarks/fps.py --peers) are installed too, so that their smoke test runs: Cutie
+# from its wheel, SAM 2 built without its CUDA extension and without its declared torchvision,
+# which its video predictor does not import and which no CPU wheel matches for this torch.
 $(TEST_STAMP): $(RUN_STAMP)
 	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install rf-cutie==1.0.1 'hydra-core>=1.3.2' 'iopath>=0.1.10' 'einops>=0.6'
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install --no-deps --no-build-isolation sam2==1.1.0
 	touch $@
 
 test: $(TEST_STAMP)

@@ -12,7 +12,9 @@ its time, reported against the bandwidth of a measured device-to-device copy; th
 "floor" column is the time that copy bandwidth needs for those bytes.
 
 Frames are 16:9 (a ``min_dim`` of 480 is 480×853, padded to 480×864: 1/8 map 60×108,
-1/4 map 120×216); 9 background descriptors. Needs a CUDA GPU and Triton.
+1/4 map 120×216); 9 background descriptors. Needs a CUDA GPU and Triton. The deformable
+convolution (256 -> 256 channels on the 1/8 map) has no descriptors: its object counts
+change nothing.
 """
 
 from __future__ import annotations
@@ -38,10 +40,18 @@ from hodor.kernels import (
     soft_masked_attention_reference,
     soft_masked_attention_triton,
 )
+from hodor.kernels.deform_conv import deform_conv2d_triton
 from hodor.kernels.testing import TOLERANCE, relative_error
+from hodor.model.deform_conv import deform_conv2d
 
 C, HEADS, NUM_BG = 256, 8, 9
-KERNELS = ("soft_masked_attention", "pixel_descriptor_attention", "mask_logits", "masked_avg_pool")
+KERNELS = (
+    "soft_masked_attention",
+    "pixel_descriptor_attention",
+    "mask_logits",
+    "masked_avg_pool",
+    "deform_conv",
+)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -114,6 +124,14 @@ def make_workload(case: Case, dtype: torch.dtype, device: torch.device) -> Workl
         out = torch.empty(1, q, C, dtype=dtype, device=device)
         args = (f, masks, NUM_BG)
         return Workload(args, masked_avg_pool_reference, masked_avg_pool_triton, element_bytes(f, masks, out))
+    if case.kernel == "deform_conv":
+        # One of the decoder's deformable 3×3 convolutions (256 -> 256 on the 1/8 map); the
+        # reference is the model's own grid_sample + matmul implementation.
+        x, offsets = randn(1, C, h8, w8), 2.0 * randn(1, 18, h8, w8)
+        weight, bias = randn(C, C, 3, 3) / 48.0, randn(C)
+        out = torch.empty(1, C, h8, w8, dtype=dtype, device=device)
+        args = (x, offsets, weight, bias)
+        return Workload(args, deform_conv2d, deform_conv2d_triton, element_bytes(*args, out))
     raise ValueError(f"unknown kernel {case.kernel!r}")
 
 

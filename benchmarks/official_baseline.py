@@ -32,6 +32,7 @@ then ``--repeats`` timed passes; FPS = frames / seconds.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -41,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from measurements import summarize  # beside this script; imports nothing of hodor-engine
 
 NEEDS = ("torch", "einops", "timm", "torchvision", "yaml", "cv2")
@@ -49,8 +51,6 @@ NEEDS = ("torch", "einops", "timm", "torchvision", "yaml", "cv2")
 def fail(msg: str) -> None:
     print(f"official_baseline: error: {msg}", file=sys.stderr)
     sys.exit(2)
-
-
 
 
 def host_peak_reset() -> bool:
@@ -227,8 +227,8 @@ def main() -> None:
                         "objects": objects,
                         "frames": num_frames,
                         "padded_size": list(clip["images"].shape[-2:]),
-                        "fps": summarize(fps),
-                        "clip_ms_cuda_events": summarize(event_ms),
+                        "fps": dataclasses.asdict(summarize(fps)),
+                        "clip_ms_cuda_events": dataclasses.asdict(summarize(event_ms)),
                         "memory": {
                             "gpu_torch_peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20,
                             "host_peak_rss_mib": host_peak_mib() if hwm else None,
@@ -250,6 +250,8 @@ def main() -> None:
         "weights": "random: the public code's own initialisation; backbone file written from it",
         "results": results,
     }
+    # Written whole, then renamed. Not hodor.engine.io.files.atomic_write: this process has the
+    # public repository's own ``hodor`` package on its path, so hodor-engine cannot be imported here.
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(args.out)

@@ -18,6 +18,9 @@ Fixed shapes of the native library (C launchers enforce them): 8 heads of 32
 channels (C = 256); row-contiguous tensors; pixel counts multiples of 16 (any frame
 padded to /32 has this at 1/8 and 1/4); at most 64 descriptors per attention call,
 32 history slots, 64 pooled masks. Masks and scales are fp32, invalid flags bytes.
+The deformable convolution is 3×3, 256 -> 256 channels, with a bias. The runtime-tail
+kernels are fp32 only (built once, under the f32 slot), for at most 64 channels and 16
+background cells; each comes as a plain variant and one with references.
 """
 
 from __future__ import annotations
@@ -40,9 +43,11 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from hodor.kernels.deform_conv import deform_conv_config  # noqa: E402
 from hodor.kernels.mask_logits import mask_logits_config  # noqa: E402
 from hodor.kernels.masked_avg_pool import masked_avg_pool_config  # noqa: E402
 from hodor.kernels.pixel_descriptor_attention import pixel_descriptor_attention_config  # noqa: E402
+from hodor.kernels.runtime_tail import tail_config  # noqa: E402
 from hodor.kernels.soft_masked_attention import soft_masked_attention_config  # noqa: E402
 
 HEADS, HEAD_DIM, CHANNELS = 8, 32, 256
@@ -69,10 +74,43 @@ class Family:
     config: Callable[[int, torch.dtype], dict[str, int]]  # constexprs + num_warps (+ num_stages)
     pointers: dict[str, str]  # pointer parameter -> "data" (the call's dtype) or a Triton type
     aligned_ints: set[str] = field(default_factory=set)  # ints promised divisible by 16
+    floats: set[str] = field(default_factory=set)  # fp32 scalar parameters (the rest are i32)
+    dtypes: tuple[str, ...] = tuple(DTYPES)  # the call dtypes it is built for
 
 
 def _merge_config(key: str) -> Callable[[int, torch.dtype], dict[str, int]]:
     return lambda size, dtype: {key: size, "num_warps": 4}
+
+
+def _tail_config(size: int, dtype: torch.dtype) -> dict[str, int]:
+    """The id-mask kernel's CUDA tiles for ``size`` channels (dtype-independent: fp32 only)."""
+    return tail_config(size, torch.device("cuda"))
+
+
+def _tail_encoder_config(size: int, dtype: torch.dtype) -> dict[str, int]:
+    return tail_config(size, torch.device("cuda"), encoder=True)
+
+
+_TAIL_IDS_POINTERS = {
+    "logits_ptr": "fp32",
+    "labels_ptr": "i32",
+    "is_ref_ptr": "u8",
+    "hidden_ptr": "u8",
+    "ids_ptr": "u8",
+    "user_ptr": "u8",
+    "out_ptr": "u8",
+}
+_TAIL_ENC_POINTERS = {
+    "logits_ptr": "fp32",
+    "labels_ptr": "i32",
+    "is_ref_ptr": "u8",
+    "grid_ptr": "fp32",
+    "fg_ptr": "fp32",
+    "bg_ptr": "fp32",
+}
+_TAIL_SCALES = {"up_y", "up_x", "down_y", "down_x"}
+TAIL_CHANNELS = [16, 32, 64]
+TAIL_MAX_CELLS = 16
 
 
 FAMILIES = [
@@ -192,6 +230,44 @@ FAMILIES = [
         },
         aligned_ints={"stride_fb", "stride_fc", "stride_ob", "stride_om"},
     ),
+    Family(
+        "dc",
+        "hodor.kernels.deform_conv",
+        "_deform_conv_kernel",
+        fixed={"KH": 3, "KW": 3, "HAS_BIAS": True},
+        size_classes=[1 << 30],  # any map: pixels are tiled
+        config=lambda size, dtype: deform_conv_config(CHANNELS, dtype),
+        pointers={"x_ptr": "data", "off_ptr": "data", "w_ptr": "data", "bias_ptr": "data", "out_ptr": "data"},
+        aligned_ints={"C", "O", "stride_xb", "stride_xp", "stride_fb", "stride_fk", "stride_ob", "stride_oc"},
+    ),
+    *(
+        Family(
+            name,
+            "hodor.kernels.runtime_tail",
+            "_output_id_mask_kernel",
+            fixed={"HAS_OVERRIDE": refs, "HAS_HIDDEN": refs, "HAS_USER": refs},
+            size_classes=TAIL_CHANNELS,
+            config=_tail_config,
+            pointers=_TAIL_IDS_POINTERS,
+            floats=_TAIL_SCALES,
+            dtypes=("f32",),
+        )
+        for name, refs in (("tail_ids", False), ("tail_ids_ref", True))
+    ),
+    *(
+        Family(
+            name,
+            "hodor.kernels.runtime_tail",
+            "_encoder_masks_kernel",
+            fixed={"HAS_OVERRIDE": refs, "QB_PAD": TAIL_MAX_CELLS},
+            size_classes=TAIL_CHANNELS,
+            config=_tail_encoder_config,
+            pointers=_TAIL_ENC_POINTERS,
+            floats=_TAIL_SCALES,
+            dtypes=("f32",),
+        )
+        for name, refs in (("tail_enc", False), ("tail_enc_ref", True))
+    ),
 ]
 
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
@@ -212,7 +288,7 @@ def load_kernel(family: Family):
 
 
 def runtime_params(family: Family) -> list[tuple[str, str]]:
-    """(name, "ptr" | "i32") for each parameter left after the constexprs, in kernel order."""
+    """(name, "ptr" | "i32" | "f32") for each parameter left after the constexprs, in kernel order."""
     kernel = load_kernel(family)
     fixed = set(constexprs_of(family, 0, "f16")[0]) | {"PRECISION"}
     out = []
@@ -221,7 +297,8 @@ def runtime_params(family: Family) -> list[tuple[str, str]]:
             continue
         if kernel.params[i].is_constexpr:
             raise SystemExit(f"{family.kernel}: constexpr {name} has no value in the native build")
-        out.append((name, "ptr" if name in family.pointers else "i32"))
+        kind = "ptr" if name in family.pointers else "f32" if name in family.floats else "i32"
+        out.append((name, kind))
     return out
 
 
@@ -245,6 +322,8 @@ def compile_one(job: tuple[int, int, str, int]) -> dict:
             kind = family.pointers[name]
             signature[name] = "*" + (DTYPES[dt] if kind == "data" else kind)
             attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name in family.floats:
+            signature[name] = "fp32"
         else:
             signature[name] = "i32"
             if name in family.aligned_ints:
@@ -300,7 +379,8 @@ def c_header(images: list[dict]) -> str:
         params = runtime_params(f)
         lines.append(f"/* {f.module}.{f.kernel}: runtime parameters in kernel order. */")
         lines.append(f"typedef struct hk_{f.name}_args {{")
-        lines += [f"    {'CUdeviceptr' if kind == 'ptr' else 'int32_t'} {name};" for name, kind in params]
+        c_types = {"ptr": "CUdeviceptr", "i32": "int32_t", "f32": "float"}
+        lines += [f"    {c_types[kind]} {name};" for name, kind in params]
         lines.append(f"}} hk_{f.name}_args;")
         lines.append(f"#define HK_{f.name.upper()}_NUM_PARAMS {len(params) + 2}")
         lines.append(
@@ -365,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         (fi, vi, dt, arch)
         for fi, f in enumerate(FAMILIES)
         for vi in range(len(f.size_classes))
-        for dt in DTYPES
+        for dt in f.dtypes
         for arch in args.archs
     ]
     if args.jobs > 1:

@@ -111,3 +111,36 @@ def test_zero_offsets_is_a_plain_convolution() -> None:
 def test_block_keys() -> None:
     keys = set(DeformConvBlock(8).state_dict())
     assert keys == {"conv_offsets.weight", "conv_offsets.bias", "conv_deform.weight", "conv_deform.bias"}
+
+
+def test_module_with_triton_kernels_follows_its_weight(monkeypatch) -> None:
+    """``DeformConv2d`` with ``kernels = "triton"`` (Triton's interpreter here): the torch path's
+    result, and again after the weight is loaded anew in place, cast, or made under
+    ``torch.inference_mode`` (no version counter)."""
+    pytest.importorskip("triton", reason="the fused kernel needs the triton package")
+    from hodor.kernels.testing import assert_close
+    from hodor.model.deform_conv import DeformConv2d
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(1, 5, 6, 7, generator=gen)
+    offsets = 2 * torch.randn(1, 18, 6, 7, generator=gen)
+    conv = DeformConv2d(5, 4)
+
+    def both() -> None:
+        want = deform_conv2d(x.double(), offsets.double(), conv.weight.double(), conv.bias.double())
+        conv.kernels = "triton"
+        try:
+            assert_close(conv(x, offsets), want, torch.float32)
+        finally:
+            conv.kernels = "torch"
+
+    with torch.no_grad():
+        both()
+        conv.load_state_dict({"weight": torch.randn(4, 5, 3, 3, generator=gen), "bias": torch.randn(4)})
+        both()  # an in-place write: the packed copy is rebuilt
+    with torch.inference_mode():
+        made_here = DeformConv2d(5, 4)
+        made_here.load_state_dict(conv.state_dict())
+        conv = made_here
+        both()

@@ -54,7 +54,7 @@ def test_refuses_without_cuda(bench, capsys):
 
 
 @pytest.mark.parametrize("kernel", ["soft_masked_attention", "pixel_descriptor_attention", "mask_logits",
-                                    "masked_avg_pool"])  # fmt: skip
+                                    "masked_avg_pool", "deform_conv"])  # fmt: skip
 def test_workloads_agree(bench, monkeypatch, kernel):
     pytest.importorskip("triton", reason="the Triton kernels need the triton package")
     monkeypatch.setenv("TRITON_INTERPRET", "1")

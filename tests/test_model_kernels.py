@@ -79,6 +79,15 @@ def fused_calls(monkeypatch):
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(fused, name, counted)
+    deform = kernel_choice.fused_deform_conv()
+    calls["deform_conv2d"] = 0
+    original_deform = deform.deform_conv2d_triton
+
+    def counted_deform(*args, **kwargs):
+        calls["deform_conv2d"] += 1
+        return original_deform(*args, **kwargs)
+
+    monkeypatch.setattr(deform, "deform_conv2d_triton", counted_deform)
     return calls
 
 
@@ -127,6 +136,7 @@ def test_decode_with_triton_kernels_matches_torch(net, inputs, fused_calls, t):
     want = run(net, "torch", "decode", *args)
     got = run(net, "triton", "decode", *args)
     assert fused_calls["pixel_descriptor_attention"] == net.config.decoder_layers
+    assert fused_calls["deform_conv2d"] == net.config.decoder_layers
     assert fused_calls["mask_logits"] == 1
     assert got.shape == want.shape == (1, 1 + 9 + 2, 16, 24)
     err = relative_error(got, want)
@@ -138,8 +148,9 @@ def test_set_kernels_reaches_every_module_and_adds_no_weights():
     model = HodorNet(cfg)
     keys = list(model.state_dict())
     users = [m for m in model.modules() if isinstance(m, kernel_choice.SelectsKernels)]
-    # encoder (pooling), its cross-attention, decoder (logits), its layer's attention
-    assert len(users) == 4
+    # encoder (pooling), its cross-attention, decoder (logits), its layer's attention and
+    # deformable convolution
+    assert len(users) == 5
     pytest.importorskip("triton", reason="choosing the fused kernels needs the triton package")
     assert model.set_kernels("triton") is model
     assert model.kernels == "triton" and all(m.kernels == "triton" for m in users)

@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from functools import partial
@@ -68,9 +69,13 @@ API = [
     "hodor_mask_logits",
     "hodor_masked_avg_pool_workspace_size",
     "hodor_masked_avg_pool",
+    "hodor_deform_conv3x3",
+    "hodor_output_id_mask",
+    "hodor_encoder_masks",
 ]
 A100_SHARED, H100_SHARED = 163 * 1024, 227 * 1024  # opt-in shared memory per block
 DTYPES = {"f32": (0, torch.float32), "f16": (1, torch.float16), "bf16": (2, torch.bfloat16)}
+TAIL_FAMILIES = {"tail_ids", "tail_ids_ref", "tail_enc", "tail_enc_ref"}  # fp32 only
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +136,10 @@ def test_every_kernel_built_for_both_architectures(build):
     images = json.loads((build / "gen" / "kernels.json").read_text())
     built = {(im["family"], im["variant"], im["dtype"], im["arch"]) for im in images}
     families = {(im["family"], im["variant"]) for im in images}
-    assert {f for f, _ in families} == {"sma", "sma_merge", "pda", "ml", "pool", "pool_merge"}
+    expected = {"sma", "sma_merge", "pda", "ml", "pool", "pool_merge", "dc"} | TAIL_FAMILIES
+    assert {f for f, _ in families} == expected
     for family, variant in families:
-        for dt in DTYPES:
+        for dt in ("f32",) if family in TAIL_FAMILIES else DTYPES:
             for arch in (80, 90, 0):  # 0: the PTX fallback
                 assert (family, variant, dt, arch) in built, (family, variant, dt, arch)
 
@@ -181,8 +187,8 @@ def test_c_test_program_fails_when_kernels_compute_nothing(build, fake_driver):
     lines = run.stdout.splitlines()
     assert "loaded sm_90 cubins" in lines[0]
     checks = [line for line in lines if line.startswith(("ok ", "FAIL "))]
-    assert len(checks) == 18 and all(line.startswith("FAIL ") for line in checks), run.stdout
-    assert lines[-1] == "FAILED: 18 check(s) failed"
+    assert len(checks) == 27 and all(line.startswith("FAIL ") for line in checks), run.stdout
+    assert lines[-1] == "FAILED: 27 check(s) failed"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a CUDA driver")
@@ -212,7 +218,11 @@ def test_c_launchers_match_python_launchers(build, fake_driver, arch):
 # ---- the comparison, run in a child process ---------------------------------------------------
 
 ADDR = {
-    name: (i + 1) << 28 for i, name in enumerate(("q", "k", "v", "mask", "scale", "out", "invalid", "ws"))
+    name: (i + 1) << 28
+    for i, name in enumerate(
+        ("q", "k", "v", "mask", "scale", "out", "invalid", "ws")
+        + ("labels", "hidden", "user", "ids", "grid", "bg")  # the runtime tail's inputs and outputs
+    )
 }
 SMS = {80: 108, 90: 132}
 
@@ -241,9 +251,10 @@ class Recorder:
         return launch
 
 
-def python_launches(module_name: str, call, inputs: dict[str, torch.Tensor], arch: int):
+def python_launches(module_name: str, call, inputs: dict[str, torch.Tensor], arch: int, out_roles=("out",)):
     """Run a Python launcher with recording kernels; returns the launches, each with its
-    pointer arguments replaced by the roles the C call uses (input names, ``("ws", offset)``)."""
+    pointer arguments replaced by the roles the C call uses (input names, ``("ws", offset)``;
+    the launcher's outputs, one tensor or a tuple, take ``out_roles``)."""
     import importlib
 
     module = importlib.import_module(module_name)
@@ -252,7 +263,8 @@ def python_launches(module_name: str, call, inputs: dict[str, torch.Tensor], arc
     module.sm_count = lambda device: SMS[arch]
     out = call()
     roles = {t.data_ptr(): name for name, t in inputs.items()}
-    roles[out.data_ptr()] = "out"
+    for role, tensor in zip(out_roles, out if isinstance(out, tuple) else (out,), strict=True):
+        roles[tensor.data_ptr()] = role
     workspace: dict[int, int] = {}
     offset = 0
     launches = []
@@ -315,12 +327,14 @@ def compare_launchers(lib_path: str, fake_path: str, gen_dir: str, arch: int) ->
                     base = max((a for a in ADDR.values() if a <= raw), default=0)
                     role = next(k for k, a in ADDR.items() if a == base) if base else raw
                     named[name] = ("ws", raw - base) if role == "ws" else role
+                elif kind == "f32":
+                    named[name] = struct.unpack("<f", struct.pack("<I", raw & 0xFFFFFFFF))[0]
                 else:
                     named[name] = ctypes.c_int32(raw & 0xFFFFFFFF).value
             out.append((im, tuple(rec.grid), tuple(rec.block), rec.shared, named))
         return out
 
-    def compare(what, c, py):
+    def compare(what, c, py, ignore=()):
         if len(c) != len(py):
             problems.append(f"{what}: {len(c)} C launches, {len(py)} Python launches")
             return
@@ -340,6 +354,8 @@ def compare_launchers(lib_path: str, fake_path: str, gen_dir: str, arch: int) ->
                 if key in pnamed and pnamed[key] != value:  # unit strides: constexpr in C, runtime in Python
                     problems.append(f"{tag}: {key} = {value}, Python passes {pnamed[key]}")
             for key, value in named.items():
+                if key in ignore:  # a pointer its variant never reads: C passes 0, Python a placeholder
+                    continue
                 if pnamed.get(key) != value:
                     problems.append(f"{tag}: {key} = {value}, Python {pnamed.get(key)}")
 
@@ -407,9 +423,69 @@ def compare_launchers(lib_path: str, fake_path: str, gen_dir: str, arch: int) ->
                 python_launches(mp.__name__, call, t, arch),
             )
 
+    dc, rt = (importlib.import_module(f"hodor.kernels.{name}") for name in ("deform_conv", "runtime_tail"))
+    # CPU tensors stand in for CUDA ones here: take the tiles the launchers pick on CUDA.
+    dc.launch_config = lambda o, dtype, device: dc.deform_conv_config(o, dtype)
+    cuda_tail_config = rt.tail_config
+    rt.tail_config = lambda q, device, encoder=False: cuda_tail_config(q, torch.device("cuda"), encoder)
+    for dt, (code, dtype) in DTYPES.items():
+        for b, h, w in ((1, 60, 108), (2, 16, 24)):
+            t = {
+                "q": torch.zeros(b, h, w, c, dtype=dtype).permute(0, 3, 1, 2),  # channels last
+                "k": torch.zeros(b, 18, h, w, dtype=dtype),
+                "v": torch.zeros(9 * c, c, dtype=dtype),
+                "scale": torch.zeros(c, dtype=dtype),
+            }
+            weight = torch.zeros(c, c, 3, 3, dtype=dtype)
+            call = partial(dc.deform_conv2d_triton, t["q"], t["k"], weight, t["scale"], packed_weight=t["v"])
+            compare(
+                f"deform_conv3x3 {dt} B={b} {h}x{w}",
+                c_launches("hodor_deform_conv3x3", i32(code), *ptrs("q", "k", "v", "scale", "out"), b, h, w),
+                python_launches(dc.__name__, call, t, arch),
+            )
+    reference_inputs = ("labels_ptr", "is_ref_ptr", "hidden_ptr", "user_ptr")
+    for q, (h4, w4), (rh, rw), (fh, fw) in (
+        (14, (120, 216), (480, 854), (480, 854)),
+        (26, (32, 48), (128, 180), (360, 507)),
+        (60, (20, 24), (72, 96), (50, 61)),
+    ):
+        hp, wp, h8, w8 = 4 * h4, 4 * w4, h4 // 2, w4 // 2
+        for refs in (False, True):
+            t = {
+                "q": torch.zeros(1, q, h4, w4),
+                "labels": torch.zeros(hp, wp, dtype=torch.int32),
+                "mask": torch.zeros(q, dtype=torch.uint8),
+                "hidden": torch.zeros(q, dtype=torch.uint8),
+                "user": torch.zeros(fh, fw, dtype=torch.uint8),
+                "ids": torch.zeros(q, dtype=torch.uint8),
+                "grid": torch.zeros(9, h8, w8),
+            }
+            override = rt.ReferenceOverride(t["labels"], t["mask"]) if refs else None
+            call = partial(
+                rt.output_id_mask, t["q"], (hp, wp), (rh, rw), (fh, fw), t["ids"], override,
+                t["hidden"] if refs else None, t["user"] if refs else None,
+            )  # fmt: skip
+            given = [u64(ADDR[r]) if refs else u64(0) for r in ("labels", "mask", "hidden", "user")]
+            args = [u64(ADDR["q"]), *given, *ptrs("ids", "out"), q, h4, w4, hp, wp, rh, rw, fh, fw]
+            compare(
+                f"output_id_mask Q={q} refs={refs}",
+                c_launches("hodor_output_id_mask", *args),
+                python_launches(rt.__name__, call, t, arch),
+                ignore=() if refs else reference_inputs,
+            )
+            call = partial(rt.encoder_masks, t["q"], (hp, wp), 10, t["grid"], override)
+            args = [u64(ADDR["q"]), *given[:2], *ptrs("grid", "out", "bg"), q, 10, 9, h4, w4, hp, wp, h8, w8]
+            compare(
+                f"encoder_masks Q={q} refs={refs}",
+                c_launches("hodor_encoder_masks", *args),
+                python_launches(rt.__name__, call, t, arch, out_roles=("out", "bg")),
+                ignore=() if refs else reference_inputs[:2],
+            )
+
     # Broken rules come back as errors, with a message, and launch nothing.
     fake.fake_clear_launches()
     big, q = size(1 << 30), u64(ADDR["q"])
+    tail_sizes = (8, 8, 32, 32, 32, 32, 32, 32)
     bad = [
         ("65 descriptors", lib.hodor_soft_masked_attention(handle, None, 0, *[q] * 7, big, 1, 65, 6480)),
         ("pixels not /16", lib.hodor_masked_avg_pool(handle, None, 1, *[q] * 4, big, 1, 13, 6481, 9)),
@@ -423,6 +499,10 @@ def compare_launchers(lib_path: str, fake_path: str, gen_dir: str, arch: int) ->
         ),
         ("history 33", lib.hodor_mask_logits(handle, None, 1, *[q] * 4, 1, 13, 33, 6480, 14, 1)),
         ("unknown dtype", lib.hodor_pixel_descriptor_attention(handle, None, 7, *[q] * 5, 1, 64, 64)),
+        ("deform map not /16", lib.hodor_deform_conv3x3(handle, None, 1, *[q] * 5, 1, 15, 15)),
+        ("65 tail channels", lib.hodor_output_id_mask(handle, None, *[q] * 7, 65, *tail_sizes)),
+        ("labels alone", lib.hodor_output_id_mask(handle, None, q, q, u64(0), *[q] * 4, 14, *tail_sizes)),
+        ("17 grid cells", lib.hodor_encoder_masks(handle, None, *[q] * 6, 30, 18, 17, 8, 8, 32, 32, 4, 4)),
     ]
     for what, st in bad:
         if st != 5:

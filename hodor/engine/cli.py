@@ -28,8 +28,15 @@ from tqdm import tqdm
 from hodor.command_line import EXIT_USER_ERROR, CommandLineParser, print_error
 from hodor.config import HodorConfig
 from hodor.engine.backends.base import ConfigOverrides
+from hodor.engine.backends.compiled_stage import cache_dir as compile_cache_dir
 from hodor.engine.backends.registry import BACKEND_CHOICES, open_backend
-from hodor.engine.backends.torch_backend import KERNEL_CHOICES, PRECISIONS, TorchOptions
+from hodor.engine.backends.torch_backend import (
+    BACKBONE_MODES,
+    KERNEL_CHOICES,
+    PRECISIONS,
+    TorchBackend,
+    TorchOptions,
+)
 from hodor.engine.io import (
     INCOMPLETE_NAME,
     FrameSource,
@@ -144,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     torch_options.add_argument(
         "--kernels",
         choices=KERNEL_CHOICES,
-        help="what computes the descriptor attentions, mask logits and pooling: the fused Triton kernels "
-        "(CUDA) or plain PyTorch (default: triton on CUDA when Triton is installed, else torch)",
+        help="what computes the descriptor attentions, mask logits, pooling and deformable convolutions: "
+        "the fused Triton kernels (CUDA) or plain PyTorch "
+        "(default: triton on CUDA when Triton is installed, else torch)",
     )
     torch_options.add_argument(
         "--precision",
@@ -157,7 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
         dest="cuda_graphs",
         action="store_false",
         default=None,
-        help="run the per-frame encode and decode eagerly instead of replaying CUDA graphs",
+        help="run the backbone and the per-frame encode and decode eagerly instead of replaying CUDA graphs",
+    )
+    torch_options.add_argument(
+        "--backbone",
+        choices=BACKBONE_MODES,
+        help="how the backbone runs: graphs (CUDA graphs, one per batch size and frame size; the default "
+        "on CUDA), compile (torch.compile with Inductor: the first call per shape compiles, cached under "
+        "~/.cache/hodor-engine/inductor; eager with a warning if compiling fails) or eager (the default "
+        "on the CPU)",
     )
     return p
 
@@ -264,6 +280,7 @@ class RunResult:
     first_mask: float | None = None
     latency: Latency | None = None
     stopped: bool = False
+    compile_seconds: float | None = None  # --backbone compile: time spent compiling, within ``seconds``
 
     @property
     def fps(self) -> float:
@@ -275,7 +292,10 @@ class RunResult:
             line += f"; start-up {self.startup:.1f} s"
             if self.first_mask is not None:
                 line += f" (first mask at {self.first_mask:.1f} s)"
-        line += f"; {self.frames} frames in {self.seconds:.1f} s, {self.fps:.2f} FPS"
+        compiled = ""
+        if self.compile_seconds is not None:
+            compiled = f" (backbone compiled in {self.compile_seconds:.1f} s)"
+        line += f"; {self.frames} frames in {self.seconds:.1f} s{compiled}, {self.fps:.2f} FPS"
         if self.latency is not None:
             line += f"; {self.latency.describe()}"
         line += f"; backend {self.backend}, output {self.out_dir}"
@@ -374,10 +394,20 @@ def _run_source(
         use_persistent_kernel_cache()
         overrides = ConfigOverrides(config_path=args.config, min_dim=args.min_dim, max_dim=args.max_dim)
         torch_options = TorchOptions(
-            kernels=args.kernels, precision=args.precision, cuda_graphs=args.cuda_graphs
+            kernels=args.kernels,
+            precision=args.precision,
+            cuda_graphs=args.cuda_graphs,
+            backbone=args.backbone,
         )
         backend = open_backend(model_path, args.backend, args.device, overrides, torch_options)
         check_processing_size(backend.config, args)
+        compiling = isinstance(backend, TorchBackend) and backend.compiled_backbone is not None
+        if compiling:
+            tqdm.write(
+                f"{PROG}: --backbone compile: the first frames wait while the backbone compiles "
+                f"(cached in {compile_cache_dir()})",
+                file=sys.stderr,
+            )
         session = VideoSession(backend, temporal_window=args.temporal_window, chunk=args.chunk)
         clock.mark("model")
         result = segment_to(claim.target, session, frames, references, not args.no_overlay)
@@ -394,6 +424,7 @@ def _run_source(
         first_mask=clock.since_origin(first) if first is not None else None,
         latency=result.latency if frames.live else None,
         stopped=result.interrupted,
+        compile_seconds=backend.backbone_compile_seconds if compiling else None,
     )
 
 

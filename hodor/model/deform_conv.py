@@ -6,15 +6,23 @@ input is read at ``(y - pad + i + dy, x - pad + j + dx)`` where ``(dy, dx)`` is
 the tap's offset pair, bilinearly, with zeros outside the map. Sampling every
 tap with ``grid_sample`` and contracting with the weights as one matmul keeps
 the operation exportable (GridSample + MatMul) without a custom operator.
+
+With the model's kernels set to ``"triton"`` (:mod:`hodor.model.kernel_choice`),
+:class:`DeformConv2d` runs the fused implicit-GEMM kernel of
+:mod:`hodor.kernels.deform_conv` instead; this module stays the reference it is
+tested against, and what ONNX export traces.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from hodor.model.kernel_choice import SelectsKernels, fused_deform_conv
 
 
 def _normalised(coord: Tensor, size: int) -> Tensor:
@@ -67,8 +75,15 @@ def deform_conv2d(x: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor | Non
     return out.unflatten(-1, (h, w))
 
 
-class DeformConv2d(nn.Module):
-    """Parameters named as in the official checkpoints: ``weight [O, C, k, k]``, ``bias [O]``."""
+class DeformConv2d(SelectsKernels, nn.Module):
+    """Parameters named as in the official checkpoints: ``weight [O, C, k, k]``, ``bias [O]``.
+
+    With ``kernels == "triton"`` the fused kernel computes it, from a copy of the weight
+    in the kernel's layout that is kept between calls and rebuilt when the weight changes
+    (moved, cast, or written in place; for weights created under ``torch.inference_mode``,
+    which keep no version count, only moving or casting is seen). The copy is a plain
+    attribute, not part of the checkpoint.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
         super().__init__()
@@ -78,10 +93,28 @@ class DeformConv2d(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_channels))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         nn.init.zeros_(self.bias)
+        self._packed: Tensor | None = None
+        self._packed_key: tuple | None = None
 
     def forward(self, x: Tensor, offsets: Tensor) -> Tensor:
         """``x [B, C, H, W]``, ``offsets [B, 2*k*k, H, W]`` -> ``[B, O, H, W]``."""
+        if self.kernels == "triton":
+            kernel = fused_deform_conv()
+            return kernel.deform_conv2d_triton(
+                x, offsets, self.weight, self.bias, packed_weight=self._packed_weight(kernel.pack_weight)
+            )
         return deform_conv2d(x, offsets, self.weight, self.bias)
+
+    def _packed_weight(self, pack: Callable[[Tensor], Tensor]) -> Tensor:
+        w = self.weight
+        # _version counts in-place writes (load_state_dict copies into the parameter); inference
+        # tensors (weights made under torch.inference_mode) have none, and are keyed by storage.
+        version = None if w.is_inference() else w._version
+        key = (w.data_ptr(), version, w.dtype, w.device, tuple(w.shape))
+        if self._packed is None or self._packed_key != key:
+            self._packed = pack(w.detach())
+            self._packed_key = key
+        return self._packed
 
 
 class DeformConvBlock(nn.Module):

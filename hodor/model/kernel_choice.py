@@ -1,4 +1,5 @@
-"""Which implementation computes the model's four descriptor computations.
+"""Which implementation computes the model's fused computations: the four descriptor
+computations and the decoder's deformable convolutions.
 
 Both live in :mod:`hodor.kernels`, one reference per computation: ``"torch"`` runs the plain
 torch references (``*_reference``: any device and dtype, and traceable, so they are what ONNX
@@ -23,7 +24,7 @@ _NOT_INSTALLED = "Triton is not installed (pip install 'hodor-engine[triton]')"
 
 
 class SelectsKernels:
-    """Mixin for the modules that call one of the four computations.
+    """Mixin for the modules that call one of the fused computations.
 
     ``kernels`` is a plain attribute, not a buffer: it is no part of the checkpoint.
     :meth:`hodor.model.HodorNet.set_kernels` sets it on every such module at once.
@@ -37,6 +38,13 @@ def fused_kernels() -> ModuleType:
     import hodor.kernels
 
     return hodor.kernels
+
+
+def fused_deform_conv() -> ModuleType:
+    """:mod:`hodor.kernels.deform_conv`, imported on first use."""
+    import hodor.kernels.deform_conv
+
+    return hodor.kernels.deform_conv
 
 
 def check_kernels(impl: str) -> None:

@@ -13,6 +13,10 @@
  * "invalid" flags are bytes (0 = valid). Data tensors (q, k, v, features, descriptors,
  * outputs) share the call's dtype; accumulation is fp32. Launches are asynchronous on the
  * given stream; nothing is allocated, workspaces are the caller's.
+ *
+ * Also: the decoder's deformable 3x3 convolution (256 -> 256 channels), and the runtime's
+ * work after each decode (the frame's id mask, and the soft masks the re-encoding reads),
+ * the latter fp32 only, for at most 64 channels and 16 background cells.
  */
 #ifndef HODOR_KERNELS_H
 #define HODOR_KERNELS_H
@@ -37,6 +41,8 @@ extern "C" {
 #define HODOR_KERNELS_MAX_DESCRIPTORS 64
 #define HODOR_KERNELS_MAX_HISTORY 32
 #define HODOR_KERNELS_MAX_MASKS 64
+#define HODOR_KERNELS_MAX_TAIL_CHANNELS 64
+#define HODOR_KERNELS_MAX_GRID_CELLS 16
 
 typedef enum hodor_dtype { HODOR_F32 = 0, HODOR_F16 = 1, HODOR_BF16 = 2 } hodor_dtype;
 
@@ -99,6 +105,40 @@ HODOR_API hodor_status hodor_masked_avg_pool(hodor_kernels *hk, CUstream stream,
                                              CUdeviceptr features, CUdeviceptr masks, CUdeviceptr out,
                                              CUdeviceptr workspace, size_t workspace_size, int batch,
                                              int masks_count, int pixels, int num_background);
+
+/* Deformable convolution v1, 3x3, stride 1, "same" padding, one offset group, no modulation:
+ * out[b,o,y,x] = bias[o] + sum_{c,i,j} w[o,c,i,j] * bilinear(x[b,c], y-1+i+dy, x-1+j+dx), (dy, dx) the
+ * offsets of tap k = 3i+j at channels 2k, 2k+1 (torchvision's layout), zero outside the map.
+ * x [B,H,W,256] (channels last), offsets [B,18,H,W], weight [9*256, 256] with row k*256 + c holding
+ * w[:,c,i,j] (the PyTorch weight [O,C,3,3] permuted to [3,3,C,O]), bias [256], out [B,256,H,W];
+ * all in the call's dtype; H*W a positive multiple of 16. */
+HODOR_API hodor_status hodor_deform_conv3x3(hodor_kernels *hk, CUstream stream, hodor_dtype dtype, CUdeviceptr x,
+                                            CUdeviceptr offsets, CUdeviceptr weight, CUdeviceptr bias,
+                                            CUdeviceptr out, int batch, int height, int width);
+
+/* The runtime's output path after a decode, fp32: logits [Q,h,w] (Q <= 64 channels: catch-all and
+ * background first, then the objects) -> bilinear to the padded size (Hp, Wp) -> softmax over the
+ * channels -> reference override -> crop to (rh, rw) -> bilinear to the frame (H, W) -> hidden
+ * channels set to -1 -> arg-max (ties to the lower channel) -> ids[channel] -> user_mask where > 0.
+ * ids [Q] uint8 (0 for catch-all and background); out [H,W] uint8. On a frame with references give
+ * all of labels [Hp,Wp] int32 (the channel of the last reference covering each pixel, -1 for none),
+ * is_reference [Q] uint8 (1 for referenced channels), hidden [Q] uint8 and user_mask [H,W] uint8;
+ * without, give 0 for all four. Bilinear resampling as PyTorch's (align_corners=False). */
+HODOR_API hodor_status hodor_output_id_mask(hodor_kernels *hk, CUstream stream, CUdeviceptr logits,
+                                            CUdeviceptr labels, CUdeviceptr is_reference, CUdeviceptr hidden,
+                                            CUdeviceptr user_mask, CUdeviceptr ids, CUdeviceptr out, int channels,
+                                            int height4, int width4, int padded_height, int padded_width,
+                                            int resized_height, int resized_width, int height, int width);
+
+/* The runtime's internal path after a decode, fp32: softmax of logits [Q,h,w] over the channels ->
+ * bilinear to (Hp, Wp) -> reference override (labels and is_reference as above, or both 0) ->
+ * bilinear to the encoder's size (h8, w8) -> fg [Q - num_bg_channels, h8, w8] (the objects) and
+ * bg [cells, h8, w8] = grid * (1 - sum of fg), grid [cells, h8, w8] fp32, cells <= 16. */
+HODOR_API hodor_status hodor_encoder_masks(hodor_kernels *hk, CUstream stream, CUdeviceptr logits,
+                                           CUdeviceptr labels, CUdeviceptr is_reference, CUdeviceptr grid,
+                                           CUdeviceptr fg, CUdeviceptr bg, int channels, int num_bg_channels,
+                                           int cells, int height4, int width4, int padded_height,
+                                           int padded_width, int height8, int width8);
 
 #ifdef __cplusplus
 }

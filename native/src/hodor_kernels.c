@@ -488,3 +488,123 @@ hodor_status hodor_masked_avg_pool(hodor_kernels *hk, CUstream stream, hodor_dty
     return launch(hk, HK_POOL_MERGE, mv, dtype, (unsigned)cdiv(c, HK_POOL_MERGE_BLOCK_C), (unsigned)batch, 1, stream,
                   merge_params);
 }
+
+/* ---- deformable convolution ----------------------------------------------------------- */
+
+hodor_status hodor_deform_conv3x3(hodor_kernels *hk, CUstream stream, hodor_dtype dtype, CUdeviceptr x,
+                                  CUdeviceptr offsets, CUdeviceptr weight, CUdeviceptr bias, CUdeviceptr out,
+                                  int batch, int height, int width) {
+    hodor_status st = check_common(hk, dtype, batch);
+    if (st != HODOR_OK) {
+        return st;
+    }
+    if (height < 1 || width < 1 || (long)height * width > (1L << 24) || (height * width) % 16 != 0) {
+        return fail(hk, HODOR_ERROR_INVALID_ARGUMENT,
+                    "deform_conv3x3: need height * width a positive multiple of 16 (got %d x %d)", height, width);
+    }
+    const CUdeviceptr ptrs[] = {x, offsets, weight, bias, out};
+    if ((st = check_pointers(hk, 5, ptrs)) != HODOR_OK) {
+        return st;
+    }
+    const int c = HK_CHANNELS, pixels = height * width;
+    CUdeviceptr scratch = 0;
+    hk_dc_args a = {
+        .x_ptr = x, .off_ptr = offsets, .w_ptr = weight, .bias_ptr = bias, .out_ptr = out, .C = c, .O = c,
+        .H = height, .W = width, .stride_xb = pixels * c, .stride_xp = c, .stride_fb = 18 * pixels,
+        .stride_fk = pixels, .stride_ob = c * pixels, .stride_oc = pixels,
+    };
+    void *params[HK_DC_NUM_PARAMS];
+    hk_dc_pack(&a, &scratch, params);
+    unsigned gx = (unsigned)cdiv(c, hk_dc_BLOCK_O[0][dtype]);
+    unsigned gy = (unsigned)cdiv(pixels, hk_dc_BLOCK_P[0][dtype]);
+    return launch(hk, HK_DC, 0, dtype, gx, gy, (unsigned)batch, stream, params);
+}
+
+/* ---- the runtime tail -------------------------------------------------------------------- */
+
+/* PyTorch's scale for a bilinear resize by size: in/out, rounded to fp32. */
+static float resample_scale(int in, int out) { return (float)in / (float)out; }
+
+hodor_status hodor_output_id_mask(hodor_kernels *hk, CUstream stream, CUdeviceptr logits, CUdeviceptr labels,
+                                  CUdeviceptr is_reference, CUdeviceptr hidden, CUdeviceptr user_mask,
+                                  CUdeviceptr ids, CUdeviceptr out, int channels, int height4, int width4,
+                                  int padded_height, int padded_width, int resized_height, int resized_width,
+                                  int height, int width) {
+    hodor_status st = check_common(hk, HODOR_F32, 1);
+    if (st != HODOR_OK) {
+        return st;
+    }
+    int refs = labels != 0;
+    int variant = pick_variant(hk_tail_ids_SIZE, HK_TAIL_IDS_VARIANTS, channels);
+    if (channels < 1 || variant < 0 || height4 < 1 || width4 < 1 || resized_height < 1 || resized_width < 1 ||
+        resized_height > padded_height || resized_width > padded_width || height < 1 || width < 1) {
+        return fail(hk, HODOR_ERROR_INVALID_ARGUMENT,
+                    "output_id_mask: need 1 <= channels <= %d, positive sizes and resized <= padded (got %d "
+                    "channels, %dx%d logits, padded %dx%d, resized %dx%d, frame %dx%d)",
+                    HODOR_KERNELS_MAX_TAIL_CHANNELS, channels, height4, width4, padded_height, padded_width,
+                    resized_height, resized_width, height, width);
+    }
+    if (refs != (is_reference != 0) || refs != (hidden != 0) || refs != (user_mask != 0)) {
+        return fail(hk, HODOR_ERROR_INVALID_ARGUMENT,
+                    "output_id_mask: give all of labels, is_reference, hidden and user_mask, or none");
+    }
+    const CUdeviceptr ptrs[] = {logits, ids, out, labels, is_reference, hidden, user_mask};
+    if ((st = check_pointers(hk, refs ? 7 : 3, ptrs)) != HODOR_OK) {
+        return st;
+    }
+    CUdeviceptr scratch = 0;
+    hk_tail_ids_args a = {
+        .logits_ptr = logits, .labels_ptr = labels, .is_ref_ptr = is_reference, .hidden_ptr = hidden,
+        .ids_ptr = ids, .user_ptr = user_mask, .out_ptr = out, .Q = channels, .h = height4, .w = width4,
+        .Wp = padded_width, .rh = resized_height, .rw = resized_width, .H = height, .W = width,
+        .up_y = resample_scale(height4, padded_height), .up_x = resample_scale(width4, padded_width),
+        .down_y = resample_scale(resized_height, height), .down_x = resample_scale(resized_width, width),
+    };
+    /* The two variants share their parameter list; only their constexprs differ. */
+    void *params[HK_TAIL_IDS_NUM_PARAMS];
+    hk_tail_ids_pack(&a, &scratch, params);
+    int family = refs ? HK_TAIL_IDS_REF : HK_TAIL_IDS;
+    unsigned gx = (unsigned)cdiv((long)height * width, hk_tail_ids_BLOCK[variant][HODOR_F32]);
+    return launch(hk, family, variant, HODOR_F32, gx, 1, 1, stream, params);
+}
+
+hodor_status hodor_encoder_masks(hodor_kernels *hk, CUstream stream, CUdeviceptr logits, CUdeviceptr labels,
+                                 CUdeviceptr is_reference, CUdeviceptr grid, CUdeviceptr fg, CUdeviceptr bg,
+                                 int channels, int num_bg_channels, int cells, int height4, int width4,
+                                 int padded_height, int padded_width, int height8, int width8) {
+    hodor_status st = check_common(hk, HODOR_F32, 1);
+    if (st != HODOR_OK) {
+        return st;
+    }
+    int refs = labels != 0;
+    int variant = pick_variant(hk_tail_enc_SIZE, HK_TAIL_ENC_VARIANTS, channels);
+    if (variant < 0 || cells < 1 || cells > HODOR_KERNELS_MAX_GRID_CELLS || cells >= num_bg_channels ||
+        num_bg_channels > channels || height4 < 1 || width4 < 1 || padded_height < 1 || padded_width < 1 ||
+        height8 < 1 || width8 < 1) {
+        return fail(hk, HODOR_ERROR_INVALID_ARGUMENT,
+                    "encoder_masks: need cells < num_bg_channels <= channels <= %d, cells <= %d and positive "
+                    "sizes (got %d cells, %d, %d channels)",
+                    HODOR_KERNELS_MAX_TAIL_CHANNELS, HODOR_KERNELS_MAX_GRID_CELLS, cells, num_bg_channels,
+                    channels);
+    }
+    if (refs != (is_reference != 0)) {
+        return fail(hk, HODOR_ERROR_INVALID_ARGUMENT, "encoder_masks: give both labels and is_reference, or neither");
+    }
+    const CUdeviceptr ptrs[] = {logits, grid, fg, bg, labels, is_reference};
+    if ((st = check_pointers(hk, refs ? 6 : 4, ptrs)) != HODOR_OK) {
+        return st;
+    }
+    CUdeviceptr scratch = 0;
+    hk_tail_enc_args a = {
+        .logits_ptr = logits, .labels_ptr = labels, .is_ref_ptr = is_reference, .grid_ptr = grid, .fg_ptr = fg,
+        .bg_ptr = bg, .Q = channels, .NB = num_bg_channels, .QB = cells, .h = height4, .w = width4,
+        .Hp = padded_height, .Wp = padded_width, .h8 = height8, .w8 = width8,
+        .up_y = resample_scale(height4, padded_height), .up_x = resample_scale(width4, padded_width),
+        .down_y = resample_scale(padded_height, height8), .down_x = resample_scale(padded_width, width8),
+    };
+    void *params[HK_TAIL_ENC_NUM_PARAMS];
+    hk_tail_enc_pack(&a, &scratch, params);
+    int family = refs ? HK_TAIL_ENC_REF : HK_TAIL_ENC;
+    unsigned gx = (unsigned)cdiv((long)height8 * width8, hk_tail_enc_BLOCK[variant][HODOR_F32]);
+    return launch(hk, family, variant, HODOR_F32, gx, 1, 1, stream, params);
+}

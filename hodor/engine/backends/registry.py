@@ -68,6 +68,7 @@ def open_backend(
         kernels=torch_options.kernels,
         dtype=torch_options.precision,
         cuda_graphs=torch_options.cuda_graphs,
+        backbone=torch_options.backbone,
     )
 
 

@@ -1,8 +1,11 @@
 """The PyTorch backend: the plain model behind the three-stage seam, on the CPU or a CUDA GPU.
 
-On CUDA it can run the fused Triton kernels for the descriptor computations
-(``kernels``), the network in half precision (``dtype``), and the per-frame encode
-and decode as CUDA graphs (``cuda_graphs``, see :mod:`hodor.engine.backends.cuda_graphs`).
+On CUDA it can run the fused Triton kernels for the descriptor computations and the
+deformable convolutions (``kernels``), the network in half precision (``dtype``), the
+per-frame encode and decode as CUDA graphs (``cuda_graphs``, see
+:mod:`hodor.engine.backends.cuda_graphs`), and the backbone (``backbone``) eagerly, as
+CUDA graphs per batch size and frame size, or compiled by ``torch.compile`` (see
+:mod:`hodor.engine.backends.compiled_stage`).
 Whatever the compute dtype, descriptors and logits leave the backend as float32, so the
 runtime's resampling, softmax and reference override always run in float32; backbone
 features stay in the compute dtype, since the runtime only hands them back.
@@ -16,24 +19,32 @@ from pathlib import Path
 import torch
 
 from hodor.config import HodorConfig
+from hodor.engine.backends.compiled_stage import CompiledStage, Compiler, inductor_compiler
 from hodor.engine.backends.cuda_graphs import CudaGraphRunner
 from hodor.errors import HodorError
 
 KERNEL_CHOICES = ("torch", "triton")
+BACKBONE_MODES = ("eager", "graphs", "compile")
+BACKBONE_GRAPHS = 2
+"""Backbone graphs kept (the chunk's batch size and one other): each holds the memory of a
+whole backbone pass."""
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
 class TorchOptions:
-    """How the torch backend runs a checkpoint (``hodor-run --kernels/--precision/--no-cuda-graphs``).
+    """How the torch backend runs a checkpoint (``hodor-run --kernels/--precision/--no-cuda-graphs/
+    --backbone``).
 
     ``None`` means the default: ``kernels`` triton on CUDA where Triton imports, else torch;
-    ``precision`` fp32; ``cuda_graphs`` on for CUDA.
+    ``precision`` fp32; ``cuda_graphs`` on for CUDA; ``backbone`` ``"graphs"`` on CUDA with
+    CUDA graphs on, else ``"eager"`` (see :func:`resolve_backbone`).
     """
 
     kernels: str | None = None
     precision: str | None = None
     cuda_graphs: bool | None = None
+    backbone: str | None = None
 
     def given(self) -> list[str]:
         """The command-line options that were set, for messages."""
@@ -44,6 +55,8 @@ class TorchOptions:
             flags.append(f"--precision {self.precision}")
         if self.cuda_graphs is False:
             flags.append("--no-cuda-graphs")
+        if self.backbone is not None:
+            flags.append(f"--backbone {self.backbone}")
         return flags
 
 
@@ -81,6 +94,29 @@ def resolve_kernels(kernels: str | None, device: torch.device) -> str:
     return kernels
 
 
+def resolve_backbone(backbone: str | None, device: torch.device, cuda_graphs: bool | None) -> str:
+    """How the backbone runs: ``"eager"``, ``"graphs"`` (CUDA graphs per batch size and frame
+    size) or ``"compile"`` (``torch.compile``). ``None``: graphs on CUDA unless CUDA graphs are
+    switched off, else eager. The default on CUDA is the CUDA-graph path: which of graphs and
+    compile is faster has not been measured on this project's GPUs yet.
+
+    Raises ``HodorError`` for graphs off CUDA, or with CUDA graphs switched off.
+    """
+    if backbone is None:
+        return "graphs" if device.type == "cuda" and cuda_graphs is not False else "eager"
+    if backbone not in BACKBONE_MODES:
+        raise HodorError(f"unknown backbone mode {backbone!r}: choose one of {', '.join(BACKBONE_MODES)}")
+    if backbone == "graphs":
+        if device.type != "cuda":
+            raise HodorError(
+                f"--backbone graphs captures CUDA graphs, which need --device cuda (not {device.type}): "
+                "use --backbone eager or compile"
+            )
+        if cuda_graphs is False:
+            raise HodorError("--backbone graphs and --no-cuda-graphs contradict each other: choose one")
+    return backbone
+
+
 def resolve_dtype(precision: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """The compute dtype for ``precision`` (``fp32``, ``fp16``, ``bf16`` or a torch dtype; None: fp32).
 
@@ -116,6 +152,9 @@ class TorchBackend:
     ``net`` (a ``HodorNet``) is converted in place when ``kernels`` or ``dtype`` is given:
     its kernels set to ``kernels``, its weights cast to ``dtype``; None keeps what it has.
     ``graphs`` runs the per-frame encode and decode; None runs them eagerly.
+    ``backbone``: ``"eager"``, ``"graphs"`` (through ``backbone_graphs``, by default a runner of
+    its own keeping :data:`BACKBONE_GRAPHS` graphs) or ``"compile"`` (through ``compiler``,
+    ``torch.compile`` with Inductor by default).
     """
 
     name = "torch"
@@ -129,7 +168,12 @@ class TorchBackend:
         kernels: str | None = None,
         dtype: torch.dtype | None = None,
         graphs: CudaGraphRunner | None = None,
+        backbone: str = "eager",
+        backbone_graphs: CudaGraphRunner | None = None,
+        compiler: Compiler | None = None,
     ) -> None:
+        if backbone not in BACKBONE_MODES:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONE_MODES)}, got {backbone!r}")
         self.net = net.eval()
         self.config = config
         self.device = device
@@ -140,6 +184,13 @@ class TorchBackend:
         self.kernels: str = net.kernels
         self.dtype: torch.dtype = next(net.parameters()).dtype
         self.graphs = graphs if graphs is not None else CudaGraphRunner(enabled=False)
+        self.backbone_mode = backbone
+        self.backbone_graphs = backbone_graphs or CudaGraphRunner(
+            enabled=backbone == "graphs", max_graphs=BACKBONE_GRAPHS
+        )
+        self.compiled_backbone: CompiledStage | None = None
+        if backbone == "compile":
+            self.compiled_backbone = CompiledStage("backbone", self._backbone, compiler or inductor_compiler)
         self._max_history: int | None = None
         if self.kernels == "triton":
             from hodor.kernels.mask_logits import MAX_HISTORY  # the fused mask logits take a bounded history
@@ -149,7 +200,22 @@ class TorchBackend:
     @torch.inference_mode()
     def backbone(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``images [B,3,H,W]`` float32 -> ``f4``, ``f8`` in the compute dtype."""
-        return self.net.backbone(images.to(self.dtype))
+        if self.compiled_backbone is not None:
+            f4, f8 = self.compiled_backbone(images)
+        elif self.backbone_mode == "graphs":
+            f4, f8 = self.backbone_graphs("backbone", self._backbone, images)
+        else:
+            f4, f8 = self._backbone(images)
+        return f4, f8
+
+    @property
+    def backbone_compile_seconds(self) -> float | None:
+        """Seconds the compiled backbone spent in calls that compiled (or loaded from the
+        cache), or None when it is not compiled or compiling failed."""
+        stage = self.compiled_backbone
+        if stage is None or stage.stats.failure is not None:
+            return None
+        return stage.stats.seconds
 
     @torch.inference_mode()
     def encode(
@@ -183,6 +249,9 @@ class TorchBackend:
     # The stages as graphed: inputs converted to the compute dtype on the way in, outputs to
     # float32 on the way out, so that the conversions are captured too.
 
+    def _backbone(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.backbone(images.to(self.dtype))
+
     def _encode(
         self, f8: torch.Tensor, fg_masks: torch.Tensor, bg_masks: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,24 +281,29 @@ def open_torch_backend(
     kernels: str | None = None,
     dtype: str | torch.dtype | None = None,
     cuda_graphs: bool | None = None,
+    backbone: str | None = None,
 ) -> TorchBackend:
     """Load an official ``.pth`` checkpoint (strict keys) for ``config`` on ``device``.
 
     ``kernels``: ``"torch"`` or ``"triton"`` (default: triton on CUDA where Triton imports);
     ``dtype``: ``"fp32"``, ``"fp16"``, ``"bf16"`` or a torch dtype (default fp32; half
     precision on CUDA only); ``cuda_graphs``: replay the per-frame stages as CUDA graphs
-    (default: on CUDA). Options that cannot run here raise ``HodorError`` before the
-    checkpoint is read.
+    (default: on CUDA); ``backbone``: ``"eager"``, ``"graphs"`` or ``"compile"`` (default:
+    graphs on CUDA with CUDA graphs on, else eager; see :func:`resolve_backbone`). Options
+    that cannot run here raise ``HodorError`` before the checkpoint is read.
     """
     from hodor.model import load_hodor  # the model is only needed by this backend
 
     dev = resolve_device(device)
     impl = resolve_kernels(kernels, dev)
     compute_dtype = resolve_dtype(dtype, dev)
+    backbone_mode = resolve_backbone(backbone, dev, cuda_graphs)
     if dev.type == "cuda":
         # TF32 convolutions would drift from the fp32 reference the masks are checked against.
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     net = load_hodor(checkpoint, config, device=str(dev))
     graphs = CudaGraphRunner(enabled=dev.type == "cuda" and cuda_graphs is not False)
-    return TorchBackend(net, config, dev, kernels=impl, dtype=compute_dtype, graphs=graphs)
+    return TorchBackend(
+        net, config, dev, kernels=impl, dtype=compute_dtype, graphs=graphs, backbone=backbone_mode
+    )

@@ -1,0 +1,132 @@
+"""The engine's backends as the benchmark builds them: one registry entry per backend.
+
+A new backend (OpenVINO, say) is one :class:`BackendSpec` here: a name, a line saying what it is,
+and a builder that returns an object implementing ``hodor.engine.backends.base.Backend`` or raises
+:class:`~fpsbench.systems.Unavailable` saying why it cannot run on this machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fpsbench.systems import Unavailable, import_or_unavailable
+from fpsbench.weights import ModelStore
+from hodor.engine.backends.torch_backend import open_torch_backend
+
+REFERENCE_BACKEND = "torch"
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a builder may use: the device, the cached weights and exports, and the grid's extremes
+    (the exports' limits must cover them)."""
+
+    device: torch.device
+    store: ModelStore
+    window: int
+    max_objects: int
+    max_padded_side: int
+    threads: int | None  # CPU threads per backend; None: each backend's own default
+
+    def export(self, precision: str, tensorrt: bool) -> Any:
+        return self.store.export(precision, tensorrt=tensorrt, **self._limits())
+
+    def export_cached(self, precision: str, tensorrt: bool) -> bool:
+        return self.store.export_cached(precision, tensorrt=tensorrt, **self._limits())
+
+    def _limits(self) -> dict[str, int]:
+        return {"max_objects": self.max_objects, "window": self.window, "max_side": self.max_padded_side}
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    description: str
+    build: Callable[[BuildContext], Any]
+    cpu_prior_s: float | None = None  # rough seconds per frame at min_dim 480 on 2 CPU cores
+    needs_cuda: bool = False
+    precision: str = "fp32"
+
+
+def _build_torch(ctx: BuildContext) -> Any:
+    # The real loading path (strict keys from an official-format checkpoint), as hodor-run does it.
+    # The eager reference: plain PyTorch operators, no fused kernels, no CUDA graphs.
+    return open_torch_backend(
+        ctx.store.checkpoint(),
+        ctx.store.config,
+        ctx.device.type,
+        kernels="torch",
+        dtype="fp32",
+        cuda_graphs=False,
+    )
+
+
+def _build_torch_triton(dtype: torch.dtype) -> Callable[[BuildContext], Any]:
+    def build(ctx: BuildContext) -> Any:
+        if ctx.device.type != "cuda":
+            raise Unavailable("needs a CUDA GPU (Triton kernels and CUDA graphs run on CUDA only)")
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise Unavailable(f"{torch.cuda.get_device_name()} does not support bfloat16")
+        import_or_unavailable("triton", "Triton kernels")
+        return open_torch_backend(
+            ctx.store.checkpoint(),
+            ctx.store.config,
+            ctx.device.type,
+            dtype=dtype,
+            kernels="triton",
+            cuda_graphs=True,
+        )
+
+    return build
+
+
+def _build_onnxruntime(ctx: BuildContext) -> Any:
+    import_or_unavailable("onnxruntime", "ONNX Runtime")
+    import_or_unavailable("onnx", "the ONNX export (pip install 'hodor-engine[export]')")
+    from hodor.engine.backends import onnxruntime_backend
+
+    export_dir = ctx.export("fp32", tensorrt=False)
+    if ctx.threads is not None:
+        return onnxruntime_backend.OnnxRuntimeBackend(export_dir, device=ctx.device.type, threads=ctx.threads)
+    return onnxruntime_backend.open_onnxruntime_backend(export_dir, ctx.device.type)
+
+
+def _build_tensorrt(ctx: BuildContext) -> Any:
+    if ctx.device.type != "cuda":
+        raise Unavailable("needs a CUDA GPU (TensorRT engines run on NVIDIA GPUs only)")
+    from hodor.engine.backends import tensorrt_backend
+
+    if not tensorrt_backend.installed_flavours():
+        raise Unavailable("no TensorRT installed: pip install hodor-engine[tensorrt]")
+    return tensorrt_backend.open_tensorrt_backend(ctx.export("fp16", tensorrt=True), "cuda")
+
+
+BACKENDS: dict[str, BackendSpec] = {
+    spec.name: spec
+    for spec in (
+        BackendSpec("torch", "PyTorch eager, fp32 (the reference)", _build_torch, cpu_prior_s=1.45),
+        BackendSpec(
+            "torch-triton-fp16",
+            "PyTorch + Triton kernels + CUDA graphs, fp16",
+            _build_torch_triton(torch.float16),
+            needs_cuda=True,
+            precision="fp16",
+        ),
+        BackendSpec(
+            "torch-triton-bf16",
+            "PyTorch + Triton kernels + CUDA graphs, bf16",
+            _build_torch_triton(torch.bfloat16),
+            needs_cuda=True,
+            precision="bf16",
+        ),
+        BackendSpec("onnxruntime", "ONNX Runtime, fp32 graphs", _build_onnxruntime, cpu_prior_s=0.92),
+        BackendSpec("tensorrt", "TensorRT engines", _build_tensorrt, needs_cuda=True, precision="fp16"),
+    )
+}
+ALL_BACKENDS = tuple(BACKENDS)
+
+NEEDS_EXPORT = ("onnxruntime", "tensorrt")

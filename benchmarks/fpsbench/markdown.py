@@ -1,0 +1,139 @@
+"""The tables of RESULTS.md, from the report (so figures are pasted, never retyped)."""
+
+from __future__ import annotations
+
+from fpsbench.formatting import md_stat, num, size
+from fpsbench.results import Report
+
+
+def _header(report: Report) -> list[str]:
+    m, st = report.machine, report.settings
+    versions = ", ".join(f"{k} {v}" for k, v in m.versions.items() if v)
+    return [
+        f"- command: `{report.command}`",
+        f"- date: {report.date}; commit {m.git_commit or 'unknown'}",
+        f"- device: {m.where}; torch {m.torch} ({m.torch_threads} threads); {versions}",
+        f"- settings: window {st.window}, warm-up {st.warmup} frames, {st.repeats} runs of "
+        f"{st.frames} frames per configuration; "
+        + (
+            f"throughput over {st.streams} streams ({st.throughput_repeats} run); "
+            if st.streams > 1
+            else "no throughput runs (--streams 0); "
+        )
+        + f"weights {report.run.weights}",
+        f"- load average (1, 5, 15 min) at the start: {m.load_average_at_start}",
+    ]
+
+
+def _engine(report: Report) -> list[str]:
+    gpu = report.machine.cuda is not None
+    lines = [
+        "",
+        "FPS: median (min-max) over runs. Stage latencies: median ms per frame. Host MiB: peak resident "
+        "set of the whole process. CPU/wall: process CPU seconds per wall second (the thread count on "
+        "an idle machine).",
+        "",
+        "| backend | min_dim | objects | history slots | FPS | frame ms | backbone | encode | decode | "
+        "runtime | host MiB | " + ("GPU MiB | " if gpu else "") + "CPU/wall | throughput FPS |",
+        "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | "
+        + ("---: | " if gpu else "")
+        + "---: | --- |",
+    ]
+    tput = {(t.backend, t.min_dim, t.objects): t for t in report.throughput}
+    for r in report.results:
+        lat, mem = r.latency_ms, r.memory
+        t = tput.get((r.backend, r.min_dim, r.objects))
+        tcell = "-" if t is None else f"{md_stat(t.fps_total)} ({t.streams} streams)"
+        slots = r.history_slots
+        slot_cell = f"{slots[0]}-{slots[-1]}" if len(slots) > 1 else str(slots[0])
+        lines.append(
+            f"| {r.backend} | {r.min_dim} | {r.objects} | {slot_cell} | {md_stat(r.fps)} | "
+            f"{num(lat.frame.median)} | {num(lat.backbone.median)} | {num(lat.encode.median)} | "
+            f"{num(lat.decode.median)} | {num(lat.runtime.median)} | {num(mem.host_peak_rss_mib, 0)} | "
+            + (f"{num(mem.gpu_device_used_peak_mib, 0)} | " if gpu else "")
+            + f"{num(r.cpu_seconds_per_wall_second.median, 2)} | {tcell} |"
+        )
+    if report.ratios:
+        lines += [
+            "",
+            "| backend / reference | min_dim | objects | FPS ratio, median (min-max) of per-run ratios |",
+            "| --- | ---: | ---: | --- |",
+        ]
+        for q in report.ratios:
+            lines.append(
+                f"| {q.backend} / {q.reference} | {q.min_dim} | {q.objects} | {md_stat(q.fps_ratio)} |"
+            )
+    return lines
+
+
+def _peers(report: Report) -> list[str]:
+    peers = report.peers
+    if peers is None:
+        return []
+    gpu = report.machine.cuda is not None
+    apis = "; ".join(sorted(set(peers.api.values())))
+    lines = [
+        "",
+        f"Peers in the same run, each through its own public API ({apis}); "
+        f"weights {peers.weights}. Frame ms: median per-frame latency; MiB: peak over session start and "
+        "warm-up"
+        + (
+            " (GPU: device-wide for the engine, PyTorch allocator for the peers)"
+            if gpu
+            else " (host: resident set of the whole process)"
+        )
+        + ".",
+        "",
+        "| system | min_dim | objects | processing size | precision | warm-up frames | FPS | frame ms | "
+        + ("GPU MiB" if gpu else "host MiB")
+        + " | CPU/wall |",
+        "| --- | ---: | ---: | --- | --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for r in report.rows():
+        mem = r.gpu_peak_mib if gpu else r.host_peak_mib
+        label = f"hodor-engine {r.system}" if r.kind == "engine" else r.system
+        lines.append(
+            f"| {label} | {r.min_dim} | {r.objects} | {size(r.processing_size)} | {r.precision} | "
+            f"{r.warmup_frames} | {md_stat(r.fps)} | {num(r.frame_ms.median)} | {num(mem, 0)} | "
+            f"{num(r.cpu_seconds_per_wall_second.median, 2)} |"
+        )
+    if peers.ratios:
+        lines += [
+            "",
+            "| engine / peer | min_dim | objects | FPS ratio, median (min-max) of per-run ratios |",
+            "| --- | ---: | ---: | --- |",
+        ]
+        for q in peers.ratios:
+            lines.append(
+                f"| {q.backend} / {q.reference} | {q.min_dim} | {q.objects} | {md_stat(q.fps_ratio)} |"
+            )
+    off = [v for v in peers.variants if v.status != "measured"]
+    if off:
+        lines += [
+            "",
+            "Peers not measured: " + "; ".join(f"`{v.name}`: {v.status}, {v.reason}" for v in off) + ".",
+        ]
+    return lines
+
+
+def _io(report: Report) -> list[str]:
+    if not report.io:
+        return []
+    lines = ["", "| input | video decode ms/frame | mask write ms/frame |", "| --- | --- | --- |"]
+    for io in report.io:
+        if io.failed or io.video_decode is None or io.mask_write is None:
+            lines.append(f"| {size(io.input_size)} | failed: {io.failed} | |")
+            continue
+        lines.append(
+            f"| {size(io.input_size)} | {md_stat(io.video_decode.ms_per_frame)} | "
+            f"{md_stat(io.mask_write.ms_per_frame)} |"
+        )
+    return lines
+
+
+def format_markdown(report: Report) -> str:
+    lines = _header(report) + _engine(report) + _peers(report) + _io(report)
+    skipped = [b for b in report.backends if b.status != "measured"]
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(f"`{b.name}`: {b.reason}" for b in skipped) + "."]
+    return "\n".join(lines) + "\n"
