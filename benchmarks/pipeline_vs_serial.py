@@ -22,13 +22,14 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from end_to_end import make_clip, run_end_to_end, run_serial  # noqa: E402  (beside this script)
+from fpsbench.end_to_end import make_clip, run_end_to_end, run_serial  # noqa: E402  (beside this script)
 from measurements import summarize  # noqa: E402
 
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hodor-pipeline-vs-serial-") as tmp:
         work = Path(tmp)
         model = args.model or _random_checkpoint(work / "model")
-        clip = make_clip(work / "clip", args.frames, *args.size, args.objects)
+        clip = make_clip(work / "clip", *args.size, args.frames, args.objects)
         backend = open_backend(
             model, "torch", args.device, ConfigOverrides(min_dim=args.min_dim), TorchOptions(kernels="torch")
         )
@@ -100,16 +101,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"run {repeat + 1} {name}: {seconds[name][-1]:.2f} s", flush=True)
 
     ratios = [s / p for s, p in zip(seconds["serial"], seconds["pipeline"], strict=True)]
+    fps = {name: summarize([args.frames / s for s in v]) for name, v in seconds.items()}
     report = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "seconds": {name: summarize(v) for name, v in seconds.items()},
-        "fps": {name: summarize([args.frames / s for s in v]) for name, v in seconds.items()},
-        "speedup_serial_over_pipeline_time": summarize(ratios),
+        "seconds": {name: asdict(summarize(v)) for name, v in seconds.items()},
+        "fps": {name: asdict(stat) for name, stat in fps.items()},
+        "pipeline_over_serial_fps": asdict(summarize(ratios)),
     }
     for name in ways:
-        fps = report["fps"][name]
-        spread = f"{fps['min']:.2f}-{fps['max']:.2f}"
-        print(f"{name}: {fps['median']:.2f} FPS median ({spread}) over {args.repeats} runs")
+        stat = fps[name]
+        spread = f"{stat.min:.2f}-{stat.max:.2f}"
+        print(f"{name}: {stat.median:.2f} FPS median ({spread}) over {args.repeats} runs")
     print(
         f"pipeline / serial FPS: {statistics.median(ratios):.3f} median "
         f"({min(ratios):.3f}-{max(ratios):.3f}, per pair of runs); masks identical"

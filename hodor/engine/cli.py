@@ -18,7 +18,8 @@ import argparse
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -322,8 +323,10 @@ def _segment(
     references: References,
     out: Path,
     overlay_wanted: bool,
+    on_progress: Callable[[int], None] | None = None,
 ) -> PipelineResult:
-    """Write ``out/masks/*.png`` (and ``out/overlay.mp4``) through the pipeline."""
+    """Write ``out/masks/*.png`` (and ``out/overlay.mp4``) through the pipeline, with a progress
+    bar unless ``on_progress`` takes the frames' progress instead."""
     (out / MASKS_DIR).mkdir()
     outputs = Outputs(
         palette=references.palette,
@@ -333,9 +336,12 @@ def _segment(
         fps=frames.fps,
         write_mask=write_mask,
     )
-    with tqdm(total=frames.frame_count, unit="frame", desc=PROG, file=sys.stderr) as bar:
+    with ExitStack() as stack:
+        if on_progress is None:
+            bar = tqdm(total=frames.frame_count, unit="frame", desc=PROG, file=sys.stderr)
+            on_progress = stack.enter_context(bar).update
         try:
-            return run_pipeline(session, frames, references.masks, outputs, on_progress=bar.update)
+            return run_pipeline(session, frames, references.masks, outputs, on_progress=on_progress)
         except PipelineInterrupted as exc:
             raise RunInterrupted(exc.masks_written, frames.frame_count) from None
 
@@ -346,12 +352,14 @@ def segment_to(
     frames: FrameSource | StreamSource,
     references: References,
     overlay: bool = True,
+    on_progress: Callable[[int], None] | None = None,
 ) -> PipelineResult:
     """What ``hodor-run`` does once its model is loaded: segment ``frames`` into a staging
     directory beside ``target`` and put it in place of ``target`` whole (the benchmark calls
-    this too). The caller holds ``target``'s lock."""
+    this too, with ``on_progress`` instead of the progress bar). The caller holds ``target``'s
+    lock."""
     with StagedDir(target) as staged:
-        result = _segment(session, frames, references, staged.path, overlay)
+        result = _segment(session, frames, references, staged.path, overlay, on_progress)
         staged.commit(incomplete=result.shortfall)
     return result
 
