@@ -102,7 +102,7 @@ class DeviceStage:
             on_device = torch.from_numpy(np.ascontiguousarray(item.array)).to(self.device)
             return on_device, on_device
         on_device = item.pinned.tensor.to(self.device, non_blocking=True)
-        uploaded = torch.cuda.Event()
+        uploaded = torch.cuda.Event(blocking=True)  # the decoder sleeps on it, rather than spin
         uploaded.record()
         item.pinned.release(busy_until=uploaded)
         return on_device, on_device
@@ -114,7 +114,8 @@ class DeviceStage:
         if self.cuda:
             mask_buffer = self._start_download(ids, "mask") if name is not None else None
             overlay_buffer = self._start_download(blended, "overlay") if blended is not None else None
-            ready = torch.cuda.Event()  # after both copies: the writers wait for it, nothing here does
+            # After both copies: the writers wait for it (asleep, not spinning), nothing here does.
+            ready = torch.cuda.Event(blocking=True)
             ready.record()
             mask_copy = HostCopy(mask_buffer.array, ready, mask_buffer) if mask_buffer is not None else None
             overlay_copy = (
