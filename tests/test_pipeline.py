@@ -68,12 +68,16 @@ def test_the_masks_are_those_of_session_run_and_the_overlay_is_in_frame_order(tm
     order: list[int] = []
     lock = threading.Lock()
 
+    written = [threading.Event() for _ in range(14)]
+
     def write_out_of_order(path: Path, ids: np.ndarray, palette: list[int]) -> None:
         t = int(path.stem)
-        time.sleep(0.03 if t % 3 == 0 else 0.001)  # every third frame takes longer
+        if t % 3 == 0 and t + 1 < 14:
+            written[t + 1].wait(timeout=10)  # every third frame finishes after the next one
         write_mask(path, ids, palette)
         with lock:
             order.append(t)
+        written[t].set()
 
     result = run_pipeline(
         session(),
