@@ -78,14 +78,14 @@ class DeviceStage:
             if self.live
             else self.session.run_device(frames(), self.references)
         )
-        try:
-            for ids in masks:
-                index, frame = pending.popleft()
-                self._hand_over(index, frame, ids)
-        finally:
-            for channel in (self.mask_jobs, self.overlay_jobs):
-                if channel is not None:
-                    channel.close()
+        for ids in masks:
+            index, frame = pending.popleft()
+            self._hand_over(index, frame, ids)
+        # Only at a normal end: after an error the writers must stop at once (the run is aborted),
+        # not drain their queues and finish the overlay first.
+        for channel in (self.mask_jobs, self.overlay_jobs):
+            if channel is not None:
+                channel.close()
 
     def _frame_by_frame(self, frames: Iterator[np.ndarray | torch.Tensor]) -> Iterator[torch.Tensor]:
         """The session stepped one frame at a time, from the first (as ``run_device`` with a chunk of 1)."""

@@ -208,7 +208,7 @@ def run_pipeline(
         if not stop.aborted:
             for channel in (mask_channel, overlay_channel):
                 if channel is not None:
-                    channel.close()  # already closed unless the device stage left early
+                    channel.close()  # already closed, unless an interrupt ended the device stage
         _join_all([t for t in started if t is not decoder_thread], ctrl_c)
         if decoder_thread in started:
             decoder_thread.join(None if not stop.intake_closed else DECODER_GRACE_S)
