@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk",
         type=_positive,
         default=DEFAULT_CHUNK,
-        help=f"frames per backbone batch (default {DEFAULT_CHUNK}); only these frames' features are held",
+        help=f"frames per backbone batch (default {DEFAULT_CHUNK}); only these frames' features are held; "
+        "a live source runs frame by frame",
     )
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay.mp4")
     torch_options = p.add_argument_group("torch backend (a .pth checkpoint)")
