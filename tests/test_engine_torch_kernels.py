@@ -22,10 +22,12 @@ from PIL import Image
 
 from hodor.config import config_beside
 from hodor.engine import cli
+from hodor.engine.backends import torch_backend
 from hodor.engine.backends.registry import open_backend
 from hodor.engine.backends.torch_backend import (
     TorchBackend,
     TorchOptions,
+    cpu_supports_bf16,
     open_torch_backend,
     resolve_dtype,
     resolve_kernels,
@@ -119,7 +121,7 @@ def test_precision_values():
     assert resolve_dtype(None, CPU) == torch.float32
     assert resolve_dtype("fp32", CPU) == torch.float32
     assert resolve_dtype(torch.float32, CPU) == torch.float32
-    for bad in ("fp16", "bf16", torch.float16):
+    for bad in ("fp16", torch.float16):
         with pytest.raises(HodorError, match="runs on CUDA GPUs only"):
             resolve_dtype(bad, CPU)
     with pytest.raises(HodorError, match="unknown precision 'fp8'"):
@@ -148,12 +150,41 @@ def test_triton_not_installed(tmp_path, clip, capsys, monkeypatch, parity_checkp
     assert_user_error(code, err, "--kernels triton", "Triton is not installed", "hodor-engine[triton]")
 
 
-@pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_half_precision_on_cpu(tmp_path, clip, capsys, parity_checkpoint, precision):
+def test_fp16_on_cpu(tmp_path, clip, capsys, parity_checkpoint):
     frames, mask = clip
     args = [frames, "--masks", mask, "--model", parity_checkpoint, "--out", tmp_path / "o", "--no-overlay"]
-    code, err = run_cli([*args, "--device", "cpu", "--precision", precision], capsys)
-    assert_user_error(code, err, f"--precision {precision}", "--device cuda", "--precision fp32")
+    code, err = run_cli([*args, "--device", "cpu", "--precision", "fp16"], capsys)
+    assert_user_error(code, err, "--precision fp16", "--device cuda", "--precision fp32")
+
+
+def test_bf16_on_a_cpu_without_it(tmp_path, clip, capsys, parity_checkpoint, monkeypatch):
+    monkeypatch.setattr(torch_backend, "cpu_supports_bf16", lambda: False)
+    frames, mask = clip
+    args = [frames, "--masks", mask, "--model", parity_checkpoint, "--out", tmp_path / "o", "--no-overlay"]
+    code, err = run_cli([*args, "--device", "cpu", "--precision", "bf16"], capsys)
+    assert_user_error(code, err, "--precision bf16", "AVX-512 BF16 or AMX", "--precision fp32")
+    with pytest.raises(HodorError, match="AVX-512 BF16 or AMX"):
+        resolve_dtype("bf16", CPU)
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has neither AVX-512 BF16 nor AMX")
+def test_bf16_on_the_cpu(tmp_path, clip, capsys, parity_checkpoint, monkeypatch):
+    """``hodor-run --device cpu --precision bf16`` runs the network in bf16 (weights included)."""
+    assert resolve_dtype("bf16", CPU) == torch.bfloat16
+    opened = []
+
+    def recording_open_backend(*args, **kwargs):
+        opened.append(open_backend(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(cli, "open_backend", recording_open_backend)
+    frames, mask = clip
+    args = [frames, "--masks", mask, "--model", parity_checkpoint, "--out", tmp_path / "o", "--no-overlay"]
+    code, err = run_cli([*args, "--device", "cpu", "--precision", "bf16", "--min-dim", "32"], capsys)
+    assert code == 0, err
+    backend = opened[0]
+    assert backend.dtype == torch.bfloat16 and next(backend.net.parameters()).dtype == torch.bfloat16
+    assert len(list((tmp_path / "o" / "masks").iterdir())) == 3
 
 
 def test_torch_options_with_an_export_directory(tmp_path, clip, capsys):
@@ -205,8 +236,15 @@ def test_hodor_run_with_triton_kernels_in_the_interpreter_matches_torch(
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_stages_on_cpu(parity_checkpoint, dtype):
     """The casts at the backend's edge and the per-stage limits, with CPU arithmetic standing in
-    for the GPU's (hodor-run refuses half precision on the CPU; the class itself does not)."""
+    for the GPU's (hodor-run refuses fp16 on the CPU; the class itself does not)."""
     check_half_precision_stages(parity_checkpoint, CPU, dtype, "torch", size=(32, 64))
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has neither AVX-512 BF16 nor AMX")
+def test_bf16_stages_on_cpu_at_a_larger_size(parity_checkpoint):
+    """``--device cpu --precision bf16`` per stage against fp32, on a frame large enough for every
+    Swin window and the deformable sampling to matter (1/8 map 16x28)."""
+    check_half_precision_stages(parity_checkpoint, CPU, torch.bfloat16, "torch", size=(128, 224))
 
 
 def check_half_precision_stages(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -33,13 +34,26 @@ def backend(exported) -> OnnxRuntimeBackend:
     return OnnxRuntimeBackend(exported.directory)
 
 
+def _sessions_from(monkeypatch) -> list:
+    """Records what each ``InferenceSession`` is created from: a path (str) or graph bytes."""
+    import onnxruntime as ort
+
+    created: list = []
+    real = ort.InferenceSession
+    monkeypatch.setattr(
+        ort, "InferenceSession", lambda src, *a, **k: created.append(src) or real(src, *a, **k)
+    )
+    return created
+
+
 def _linked_copy(src: Path, dst: Path) -> Path:
-    """A copy of an export directory whose graphs are hard links (cheap) and whose manifest is a copy."""
+    """A copy of an export directory whose graphs are hard links (cheap) and whose manifest is a copy;
+    the runtimes' cache directories are left out."""
     dst.mkdir()
     for p in src.iterdir():
         if p.name == MANIFEST_NAME:
             (dst / p.name).write_text(p.read_text())
-        else:
+        elif p.is_file():
             os.link(p, dst / p.name)
     return dst
 
@@ -76,6 +90,11 @@ def test_backend_implements_the_seam(backend, exported):
     for session in backend.sessions.values():
         assert session.get_providers() == ["CPUExecutionProvider"]
         assert session.get_session_options().intra_op_num_threads == usable_cores()
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == (
+            "1" if backend.spinning else "0"
+        )
+    assert backend.startup_s > 0
 
     f4, f8 = backend.backbone(torch.zeros(1, 3, 64, 96))
     assert f4.shape == (1, 256, 16, 24) and f8.shape == (1, 256, 8, 12) and f4.dtype == torch.float32
@@ -182,3 +201,76 @@ def test_not_an_export_directory(tmp_path):
     (tmp_path / MANIFEST_NAME).write_text("{not json")
     with pytest.raises(HodorError, match="not valid JSON"):
         OnnxRuntimeBackend(tmp_path)
+
+
+# --------------------------------------------------------------------------- optimised-graph cache
+
+
+def test_optimised_graphs_are_cached_and_reused(exported, tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    created = _sessions_from(monkeypatch)
+    first = OnnxRuntimeBackend(exported.directory, cache_dir=tmp_path / "c")
+    assert all(isinstance(src, bytes) for src in created)  # optimised from the checked graph bytes
+    cached = sorted((tmp_path / "c").iterdir())
+    assert [p.name.split(".")[0] for p in cached] == sorted(STAGES) and all(
+        p.suffix == ".onnx" for p in cached
+    )
+    created.clear()
+    second = OnnxRuntimeBackend(exported.directory, cache_dir=tmp_path / "c")
+    assert sorted(created) == sorted(str(p) for p in cached)  # loaded, not optimised again
+    for session in second.sessions.values():
+        level = session.get_session_options().graph_optimization_level
+        assert level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # The cached graphs compute exactly what the freshly optimised ones do.
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(1, 3, 64, 96, generator=g)
+    for a, b in zip(first.backbone(images), second.backbone(images), strict=True):
+        assert torch.equal(a, b)
+    f8 = first.backbone(images)[1]
+    fg, bg = torch.rand(1, 2, 8, 12, generator=g), torch.rand(1, 9, 8, 12, generator=g)
+    for a, b in zip(first.encode(f8, fg, bg), second.encode(f8, fg, bg), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_cache_key_follows_the_graph_and_the_runtime(exported, tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    OnnxRuntimeBackend(exported.directory, cache_dir=tmp_path / "c")
+    before = {p.name for p in (tmp_path / "c").iterdir()}
+    monkeypatch.setattr(ort, "__version__", ort.__version__ + "-other")
+    OnnxRuntimeBackend(exported.directory, cache_dir=tmp_path / "c")
+    after = {p.name for p in (tmp_path / "c").iterdir()}
+    assert before < after and len(after) == 2 * len(STAGES)
+
+
+def test_damaged_cache_entry_is_rebuilt(exported, tmp_path, caplog):
+    OnnxRuntimeBackend(exported.directory, cache_dir=tmp_path / "c")
+    victim = next(p for p in (tmp_path / "c").iterdir() if p.name.startswith("encoder."))
+    victim.write_bytes(b"not a graph")
+    with caplog.at_level(logging.WARNING):
+        b = OnnxRuntimeBackend(exported.directory, cache_dir=tmp_path / "c")
+    assert "damaged cached graph" in caplog.text
+    assert victim.stat().st_size > 1000  # written again
+    fg, _ = b.encode(torch.zeros(1, 256, 8, 8), torch.ones(1, 1, 8, 8), torch.ones(1, 9, 8, 8))
+    assert fg.shape == (1, 1, 256)
+
+
+def test_default_cache_inside_the_export_and_none_when_unwritable(exported, tmp_path, caplog):
+    d = _linked_copy(exported.directory, tmp_path / "m.hodor")
+    assert OnnxRuntimeBackend(d).cache_dir == d / "ort-cache"
+    assert len(list((d / "ort-cache").iterdir())) == len(STAGES)
+    assert OnnxRuntimeBackend(d, cache=False).cache_dir is None
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with caplog.at_level(logging.WARNING):
+        b = OnnxRuntimeBackend(d, cache_dir=blocker / "cache")
+    assert b.cache_dir is None and "no cache" in caplog.text
+
+
+def test_spinning_can_be_turned_off(exported):
+    b = OnnxRuntimeBackend(exported.directory, spinning=False, cache=False)
+    for session in b.sessions.values():
+        assert (
+            session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        )

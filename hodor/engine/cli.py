@@ -122,7 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="output directory (default ./<input stem>.hodor-out/), replaced whole when the run ends well; "
         "a directory holding other files is refused",
     )
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="default: auto")
+    p.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="auto",
+        help="default: auto (a checkpoint: torch; an export: tensorrt engines that run on this GPU, "
+        "else onnxruntime, else openvino; with --precision bf16 an export runs on openvino)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     p.add_argument(
         "--temporal-window",
@@ -149,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a live source runs frame by frame",
     )
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay.mp4")
-    torch_options = p.add_argument_group("torch backend (a .pth checkpoint)")
+    torch_options = p.add_argument_group("how the network runs (--precision also applies to exports)")
     torch_options.add_argument(
         "--kernels",
         choices=KERNEL_CHOICES,
@@ -160,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     torch_options.add_argument(
         "--precision",
         choices=tuple(PRECISIONS),
-        help="compute precision of the network; fp16 and bf16 need --device cuda (default: fp32)",
+        help="compute precision (default: fp32). torch backend: fp16 needs --device cuda, bf16 a GPU or "
+        "a CPU with AVX-512 BF16 or AMX. With an export: openvino takes fp32 or bf16 (bf16 backbone and "
+        "encoder), onnxruntime the export's fp32 or fp16 graphs",
     )
     torch_options.add_argument(
         "--no-cuda-graphs",

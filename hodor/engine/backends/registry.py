@@ -12,20 +12,34 @@ from pathlib import Path
 from hodor.config import config_beside
 from hodor.engine.backends.base import Backend, ConfigOverrides, ExportOpener
 from hodor.engine.backends.onnxruntime_backend import open_onnxruntime_backend
+from hodor.engine.backends.openvino_backend import PRECISIONS as OPENVINO_PRECISIONS
+from hodor.engine.backends.openvino_backend import open_openvino_backend
 from hodor.engine.backends.tensorrt_backend import open_tensorrt_backend
 from hodor.engine.backends.torch_backend import TorchOptions, open_torch_backend
 from hodor.errors import HodorError
 
-BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 
 
 EXPORT_BACKENDS: dict[str, ExportOpener] = {
-    # TensorRT first: ``--backend auto`` prefers engines that run on this GPU.
+    # TensorRT first: ``--backend auto`` prefers engines that run on this GPU. In fp32 on the CPU,
+    # ONNX Runtime (idle threads sleeping) ran whole frames faster than OpenVINO, at the same
+    # arithmetic cost per thread (benchmarks/RESULTS.md); OpenVINO is what takes --precision bf16.
     "tensorrt": open_tensorrt_backend,
     "onnxruntime": open_onnxruntime_backend,
+    "openvino": open_openvino_backend,
 }
 """Export-directory backends by name, in the order ``--backend auto`` tries them. Each opener
-imports its runtime (onnxruntime, tensorrt) only when called."""
+imports its runtime (onnxruntime, openvino, tensorrt) only when called."""
+
+RUNTIME_PRECISIONS: dict[str, tuple[str, ...]] = {
+    # OpenVINO compiles the fp32 graphs in either precision; ONNX Runtime picks the export's fp32 or
+    # fp16 graphs (fp16 only where hodor-export --precision fp16 wrote them).
+    "openvino": OPENVINO_PRECISIONS,
+    "onnxruntime": ("fp32", "fp16"),
+}
+"""Export backends that take ``--precision`` when they open an export, and the precisions each
+takes; their openers accept ``precision=``. TensorRT engines run the precision they were built in."""
 
 
 def open_backend(
@@ -46,13 +60,14 @@ def open_backend(
     if backend not in BACKEND_CHOICES:
         raise HodorError(f"unknown backend {backend!r}: choose one of {', '.join(BACKEND_CHOICES)}")
     if path.is_dir():
-        if given := torch_options.given():
+        given = torch_options.given()
+        if torch_options.kernels is not None or torch_options.cuda_graphs is False:
             raise HodorError(
                 f"{' and '.join(given)} choose how the torch backend runs a .pth checkpoint, but {path} "
                 "is an export directory, whose precision is fixed when it is built "
                 "(hodor-export --precision): leave them out, or pass the checkpoint with --model"
             )
-        return _open_export(path, backend, device, overrides)
+        return _open_export(path, backend, device, overrides, torch_options.precision)
     if not path.exists():
         raise HodorError(f"model not found: {path}")
     if backend not in ("auto", "torch"):
@@ -72,13 +87,33 @@ def open_backend(
     )
 
 
-def _open_export(path: Path, backend: str, device: str | None, overrides: ConfigOverrides) -> Backend:
+def _open_export(
+    path: Path, backend: str, device: str | None, overrides: ConfigOverrides, precision: str | None
+) -> Backend:
     if backend == "torch":
         raise HodorError(f"--backend torch needs a .pth checkpoint, but {path} is a directory (an export)")
     names = list(EXPORT_BACKENDS) if backend == "auto" else [backend]
+    if precision is not None:
+        takers = [n for n in names if precision in RUNTIME_PRECISIONS.get(n, ())]
+        if not takers:
+            choices = "; ".join(f"{n}: {', '.join(p)}" for n, p in RUNTIME_PRECISIONS.items())
+            which = (
+                "no export backend takes it"
+                if backend == "auto"
+                else f"the {backend} backend does not take it"
+            )
+            raise HodorError(
+                f"--precision {precision} with an export directory: {which} (precisions by backend: "
+                f"{choices}; TensorRT engines run the precision they were built in, "
+                "hodor-export --precision): "
+                "choose another --precision or --backend, or pass the checkpoint with --model"
+            )
+        names = takers
     available = [n for n in names if n in EXPORT_BACKENDS]
     if not available:
-        wanted = "an onnxruntime or tensorrt backend" if backend == "auto" else f"the {backend} backend"
+        wanted = (
+            "an onnxruntime, openvino or tensorrt backend" if backend == "auto" else f"the {backend} backend"
+        )
         raise HodorError(
             f"{path} is an export directory, but {wanted} is not available in this installation; "
             "pass a .pth checkpoint with --model to run on the torch backend"
@@ -86,6 +121,8 @@ def _open_export(path: Path, backend: str, device: str | None, overrides: Config
     errors = []
     for name in available:
         try:
+            if precision is not None:
+                return EXPORT_BACKENDS[name](path, device, overrides, precision=precision)  # type: ignore[call-arg]
             return EXPORT_BACKENDS[name](path, device, overrides)
         except HodorError as exc:
             if backend != "auto":

@@ -117,10 +117,17 @@ def resolve_backbone(backbone: str | None, device: torch.device, cuda_graphs: bo
     return backbone
 
 
+def cpu_supports_bf16() -> bool:
+    """Whether oneDNN computes bf16 natively on this CPU (AVX-512 BF16 or AMX); without it bf16 is
+    emulated, slower than fp32."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check is not None and torch.backends.mkldnn.is_available() and check())
+
+
 def resolve_dtype(precision: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """The compute dtype for ``precision`` (``fp32``, ``fp16``, ``bf16`` or a torch dtype; None: fp32).
 
-    Raises ``HodorError`` for half precision off CUDA, and for bf16 on a GPU without it.
+    Raises ``HodorError`` for fp16 off CUDA, and for bf16 on a GPU or CPU without it.
     """
     if precision is None:
         return torch.float32
@@ -132,10 +139,18 @@ def resolve_dtype(precision: str | torch.dtype | None, device: torch.device) -> 
     if precision not in PRECISIONS:
         raise HodorError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     dtype = PRECISIONS[precision]
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        if not cpu_supports_bf16():
+            raise HodorError(
+                "--precision bf16 on the CPU needs AVX-512 BF16 or AMX, which this CPU lacks: "
+                "use --precision fp32, or --device cuda"
+            )
+        return dtype
     if dtype != torch.float32 and device.type != "cuda":
         raise HodorError(
             f"--precision {precision} runs on CUDA GPUs only (--device cuda); "
-            f"on the {device.type} the torch backend computes in fp32: use --precision fp32"
+            f"on the {device.type} the torch backend computes in fp32 (or bf16 where the CPU has it): "
+            "use --precision fp32"
         )
     if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise HodorError(

@@ -1,0 +1,199 @@
+"""The three stages run by OpenVINO on the CPU from an export directory (``hodor-run --backend openvino``).
+
+OpenVINO reads the export's fp32 ONNX graphs itself; nothing is converted ahead of time. The
+compute precision is chosen when the graphs are compiled: ``fp32`` (the default, which matches
+the PyTorch model to float32 rounding) or ``bf16`` (``--precision bf16``, on CPUs with AVX-512
+BF16 or AMX; inputs and outputs stay float32). OpenVINO's own default on such CPUs is bf16, so
+fp32 is always asked for explicitly.
+
+With ``bf16`` the backbone and the encoder compile with OpenVINO's bf16 inference hint and the
+decoder stays fp32: the hint also rounds the decoder's deformable-convolution sampling positions
+(pixel coordinates up to the map's width) to bf16, which moves samples by a sizeable fraction of a
+pixel (relative error of the logits about 0.4 at 480p), and OpenVINO offers no supported way to
+keep that arithmetic in fp32 from Python.
+
+Compiling the three graphs takes a few seconds; the compiled models are cached in
+``openvino-cache/`` inside the export directory (OpenVINO's model cache, keyed by the graph, the
+compile options and the OpenVINO version; one subdirectory per CPU), so later runs start in a
+fraction of that. Graph bytes are checked against the manifest's sha256 as they are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hodor.config import HodorConfig
+from hodor.engine.backends.base import ConfigOverrides
+from hodor.engine.backends.export_files import cpu_flags, writable_cache_dir
+from hodor.engine.backends.manifest import STAGES, load_manifest, read_graph
+from hodor.engine.backends.onnxruntime_backend import usable_cores
+from hodor.errors import HodorError
+
+PRECISIONS = ("fp32", "bf16")
+"""Run-time precisions (``--precision``) this backend takes."""
+BF16_STAGES = ("backbone", "encoder")
+"""The stages ``bf16`` compiles in bf16; the decoder stays fp32 (see the module docstring)."""
+CACHE_DIR_NAME = "openvino-cache"
+_LOWEST = torch.finfo(torch.float32).min
+
+
+def _import_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError:
+        raise HodorError("OpenVINO is not installed: pip install hodor-engine[openvino]") from None
+    return openvino
+
+
+def cpu_supports_bf16(core: Any) -> bool:
+    """Whether OpenVINO's CPU plugin computes bf16 natively here (AVX-512 BF16 or AMX)."""
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVinoBackend:
+    """Implements ``hodor.engine.backends.base.Backend`` over the export's fp32 ONNX graphs, on the CPU."""
+
+    name = "openvino"
+
+    def __init__(
+        self,
+        export_dir: str | Path,
+        device: str | torch.device | None = None,
+        config: HodorConfig | None = None,
+        precision: str | None = None,
+        threads: int | None = None,
+        cache_dir: str | Path | None = None,
+        cache: bool = True,
+        bf16_stages: tuple[str, ...] = BF16_STAGES,
+    ) -> None:
+        """``config`` overrides the manifest's (e.g. run-time ``--min-dim``); ``precision``: ``fp32``
+        (default) or ``bf16``; ``threads``: default one per usable core; ``cache_dir``: where compiled
+        models are kept (default ``openvino-cache/`` in the export directory), ``cache=False`` keeps none;
+        ``bf16_stages``: the stages ``bf16`` applies to (the default leaves the decoder in fp32).
+        ``startup_s`` records how long reading, checking and compiling the graphs took."""
+        start = time.perf_counter()
+        ov = _import_openvino()
+        self.export_dir = Path(export_dir)
+        self.manifest = load_manifest(self.export_dir, verify=False)
+        self.device = torch.device(device if device is not None else "cpu")
+        if self.device.type != "cpu":
+            raise HodorError(
+                f"the openvino backend runs on the CPU, not on --device {device}: use --device cpu, "
+                "or --backend tensorrt / onnxruntime for a GPU"
+            )
+        self.config = config or self.manifest.hodor_config
+        self.precision = precision or "fp32"
+        if self.precision not in PRECISIONS:
+            raise HodorError(
+                f"the openvino backend computes in {' or '.join(PRECISIONS)}, not {self.precision}: "
+                "use --precision fp32 or bf16"
+            )
+        self.threads = threads or usable_cores()
+        core = ov.Core()
+        if self.precision == "bf16" and not cpu_supports_bf16(core):
+            raise HodorError(
+                "--precision bf16 needs a CPU with AVX-512 BF16 or AMX, which this one lacks: "
+                "use --precision fp32"
+            )
+        properties: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": self.threads}
+        self.cache_dir: Path | None = None
+        if cache:
+            root = Path(cache_dir) if cache_dir is not None else self.export_dir / CACHE_DIR_NAME
+            # Compiled models are specific to the CPU's instruction set: one directory per CPU kind.
+            key = hashlib.sha256(f"{ov.__version__}\n{cpu_flags()}".encode()).hexdigest()[:16]
+            self.cache_dir = writable_cache_dir(root / key)
+            if self.cache_dir is not None:
+                properties["CACHE_DIR"] = str(self.cache_dir)
+
+        self.compiled: dict[str, Any] = {}
+        self.requests: dict[str, Any] = {}
+        self.stage_precisions: dict[str, str] = {}
+        for stage in STAGES:
+            entry = self.manifest.graph(stage, "fp32")
+            graph = read_graph(self.export_dir, entry)
+            bf16 = self.precision == "bf16" and stage in bf16_stages
+            self.stage_precisions[stage] = "bf16" if bf16 else "fp32"
+            hint = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
+            try:
+                model = core.read_model(graph)
+                compiled = core.compile_model(model, "CPU", {**properties, **hint})
+            except RuntimeError as exc:  # OpenVINO reports every load or compile failure as RuntimeError
+                raise HodorError(
+                    f"OpenVINO {ov.__version__} cannot compile {entry.file} "
+                    f"({' '.join(str(exc).split())[:300]}); re-export with this version of hodor-export"
+                ) from None
+            self.compiled[stage] = compiled
+            self.requests[stage] = compiled.create_infer_request()
+        self.startup_s = time.perf_counter() - start
+
+    # ------------------------------------------------------------------ the seam
+
+    def _run(self, stage: str, **inputs: torch.Tensor) -> list[torch.Tensor]:
+        feeds = {}
+        for name, t in inputs.items():
+            t = t.detach().to("cpu")
+            t = t if t.dtype == torch.bool else t.to(torch.float32)
+            feeds[name] = np.ascontiguousarray(t.numpy())
+        # The inputs are only read during this synchronous call, so OpenVINO may use them in place;
+        # the outputs are copied out of the request's buffers, which the next call overwrites.
+        results = self.requests[stage].infer(feeds, share_inputs=True, share_outputs=False)
+        return [torch.from_numpy(results[output]) for output in self.compiled[stage].outputs]
+
+    def backbone(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``images [B,3,H,W]`` -> ``f4 [B,256,H/4,W/4]``, ``f8 [B,256,H/8,W/8]``, float32."""
+        f4, f8 = self._run("backbone", images=images)
+        return f4, f8
+
+    def encode(
+        self, f8: torch.Tensor, fg_masks: torch.Tensor, bg_masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f8 [1,256,h,w]``, ``fg_masks [1,I,h,w]``, ``bg_masks [1,Qb,h,w]``
+        -> ``fg_desc [1,I,256]``, ``bg_desc [1,Qb,256]``."""
+        fg, bg = self._run("encoder", f8=f8, fg_masks=fg_masks, bg_masks=bg_masks)
+        return fg, bg
+
+    def decode(
+        self,
+        f4: torch.Tensor,
+        f8: torch.Tensor,
+        fg_hist: torch.Tensor,
+        bg_hist: torch.Tensor,
+        fg_invalid: torch.Tensor,
+        bg_invalid: torch.Tensor,
+    ) -> torch.Tensor:
+        """-> ``logits [1,1+Qb+I,2h,2w]`` (shapes as ``hodor.engine.backends.base.Backend.decode``)."""
+        (logits,) = self._run(
+            "decoder",
+            f4=f4,
+            f8=f8,
+            fg_hist=fg_hist,
+            bg_hist=bg_hist,
+            fg_invalid=fg_invalid.to(torch.bool),
+            bg_invalid=bg_invalid.to(torch.bool),
+        )
+        # OpenVINO's max over an all -inf history (an object with no valid slot) gives the lowest finite
+        # float, where the seam promises -inf; no real logit comes near it.
+        return logits.masked_fill_(logits <= _LOWEST, float("-inf"))
+
+    def check_limits(self, num_objects: int, history: int, height: int, width: int) -> None:
+        """``height``, ``width``: the padded frame. ``HodorError`` names the limit and the re-export."""
+        self.manifest.limits.check(num_objects, history, height, width)
+
+
+def open_openvino_backend(
+    export_dir: Path,
+    device: str | None,
+    overrides: ConfigOverrides | None = None,
+    precision: str | None = None,
+) -> OpenVinoBackend:
+    """``hodor.engine.backends.base.ExportOpener`` for ``openvino``; it also takes a run-time
+    ``precision`` (``fp32`` or ``bf16``)."""
+    manifest = load_manifest(export_dir, verify=False)
+    config = overrides.apply(manifest.hodor_config) if overrides is not None else None
+    return OpenVinoBackend(export_dir, device=device, config=config, precision=precision)

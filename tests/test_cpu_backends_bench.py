@@ -1,0 +1,61 @@
+"""Smoke test of ``benchmarks/cpu_backends.py`` on the suite's shared export, at a tiny size.
+
+No timing is asserted (speed on a shared CI machine says nothing about the code); what is checked:
+it runs every requested candidate, reports each one's figures, and the fp32 candidates agree with
+the PyTorch model to fp32 accuracy on the recorded frame.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_export_shared import ExportRun, shared_export
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "cpu_backends.py"
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, parity_checkpoint) -> ExportRun:
+    return shared_export(tmp_path_factory, parity_checkpoint)
+
+
+def _load_script(monkeypatch):
+    """The script as a module (registered, as its dataclasses need), not installed anywhere."""
+    spec = importlib.util.spec_from_file_location("cpu_backends", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "cpu_backends", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_backends_smoke(exported, tmp_path, capsys, monkeypatch):
+    bench = _load_script(monkeypatch)
+    candidates = ["onnxruntime-baseline", "onnxruntime", "torch"]
+    if importlib.util.find_spec("openvino") is not None:
+        candidates.append("openvino")
+    out = tmp_path / "cpu.json"
+    argv = ["--checkpoint", str(exported.checkpoint), "--export", str(exported.directory), "--json", str(out)]
+    argv += ["--min-dim", "64", "--objects", "2", "--window", "2", "--repeats", "2", "--frames", "1"]
+    assert bench.main([*argv, "--candidates", *candidates]) == 0
+    table = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert [r["name"] for r in report["results"]] == candidates and not report["skipped"]
+    for r in report["results"]:
+        assert f"| {r['name']} |" in table
+        assert len(r["fps"]) == 2 and all(f > 0 for f in r["fps"])
+        assert all(r["stage_ms"][s]["n"] == 2 for s in ("backbone", "encode", "decode"))
+        assert set(r["startup_s"]) == {"cold", "warm"}
+        assert set(r["rel_err"]) == {"f4", "f8", "fg_desc", "bg_desc", "logits"}
+        assert max(v[0] for v in r["rel_err"].values()) <= 1e-4, (r["name"], r["rel_err"])
+    torch_row = next(r for r in report["results"] if r["name"] == "torch")
+    assert all(v[0] == 0.0 for v in torch_row["rel_err"].values())  # the reference itself
+
+
+def test_checkpoint_needs_its_export(tmp_path, capsys, monkeypatch):
+    assert _load_script(monkeypatch).main(["--checkpoint", str(tmp_path / "m.pth")]) == 2
+    assert "--checkpoint and --export go together" in capsys.readouterr().err

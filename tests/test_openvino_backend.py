@@ -1,0 +1,303 @@
+"""The OpenVINO backend over an export directory: the seam, fp32 against the torch network, bf16 per
+stage, the compiled-model cache, choosing it, and the errors a user can cause.
+
+Relative error as in :mod:`hodor.kernels.testing`: ``max |out − ref| / max |ref|`` over the
+reference's finite entries, non-finite entries required to match. fp32 stages within 1e-4 of
+the torch network (the limit of the exported ONNX graphs), on fresh random inputs at sizes the
+graphs were not traced at; ``--precision bf16`` within 5e-2 per stage (the limit of the torch
+backend's bf16), each stage given the same float32 inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("openvino", reason="the openvino backend needs the openvino package")
+
+from hodor.engine.backends import openvino_backend  # noqa: E402
+from hodor.engine.backends.base import Backend, ConfigOverrides  # noqa: E402
+from hodor.engine.backends.manifest import MANIFEST_NAME, STAGES, load_manifest  # noqa: E402
+from hodor.engine.backends.onnxruntime_backend import usable_cores  # noqa: E402
+from hodor.engine.backends.openvino_backend import (  # noqa: E402
+    OpenVinoBackend,
+    cpu_supports_bf16,
+    open_openvino_backend,
+)
+from hodor.engine.backends.registry import open_backend  # noqa: E402
+from hodor.engine.backends.torch_backend import TorchOptions  # noqa: E402
+from hodor.errors import HodorError  # noqa: E402
+from hodor.export.onnx_export import _Bounds, example_inputs, relative_error  # noqa: E402
+from tests.parity_fixture import CASE_A  # noqa: E402
+from tests.test_export_shared import ExportRun, shared_export, shared_network  # noqa: E402
+
+FP32_TOLERANCE = 1e-4
+BF16_TOLERANCE = 5e-2
+NUM_BG = 9
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, parity_checkpoint) -> ExportRun:
+    return shared_export(tmp_path_factory, parity_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def net(parity_checkpoint) -> torch.nn.Module:
+    return shared_network(parity_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def backend(exported, tmp_path_factory) -> OpenVinoBackend:
+    return OpenVinoBackend(exported.directory, cache_dir=tmp_path_factory.mktemp("ov-cache"))
+
+
+def _has_bf16() -> bool:
+    import openvino
+
+    return cpu_supports_bf16(openvino.Core())
+
+
+def _linked_copy(src: Path, dst: Path) -> Path:
+    """An export directory whose graphs are hard links and whose manifest is a copy (caches left out)."""
+    dst.mkdir()
+    for p in src.iterdir():
+        if p.name == MANIFEST_NAME:
+            (dst / p.name).write_text(p.read_text())
+        elif p.is_file():
+            (dst / p.name).hardlink_to(p)
+    return dst
+
+
+def _stage_inputs(seed: int, height: int, width: int, objects: int, history: int):
+    gen = torch.Generator().manual_seed(seed)
+    (images,) = example_inputs("backbone", NUM_BG, _Bounds(1, height, width, 1, 1), gen)
+    f8, fg, bg = example_inputs("encoder", NUM_BG, _Bounds(1, height, width, objects, 1), gen)
+    dec = example_inputs("decoder", NUM_BG, _Bounds(1, height, width, objects, history), gen)
+    return images, (f8, fg, bg), dec
+
+
+def _errors(backend, net, inputs) -> dict[str, float]:
+    images, enc, dec = inputs
+    with torch.no_grad():
+        want = {"backbone": net.backbone(images), "encoder": net.encode(*enc), "decoder": (net.decode(*dec),)}
+    got = {
+        "backbone": backend.backbone(images),
+        "encoder": backend.encode(*enc),
+        "decoder": (backend.decode(*dec),),
+    }
+    errors = {}
+    for stage in STAGES:
+        for k, (g, w) in enumerate(zip(got[stage], want[stage], strict=True)):
+            assert g.dtype == torch.float32 and g.shape == w.shape, stage
+            errors[f"{stage}[{k}]"] = relative_error(g, w)
+    return errors
+
+
+# --------------------------------------------------------------------------- the seam, fp32
+
+
+def test_backend_implements_the_seam(backend, exported):
+    assert isinstance(backend, Backend)
+    assert backend.name == "openvino" and backend.device == torch.device("cpu")
+    assert backend.precision == "fp32" and set(backend.stage_precisions.values()) == {"fp32"}
+    assert backend.config == load_manifest(exported.directory, verify=False).hodor_config
+    assert backend.threads == usable_cores()
+    for compiled in backend.compiled.values():
+        # OpenVINO's default on bf16-capable CPUs is bf16: fp32 must have been asked for.
+        assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+        assert compiled.get_property("INFERENCE_NUM_THREADS") == usable_cores()
+    assert backend.startup_s > 0
+
+    f4, f8 = backend.backbone(torch.zeros(1, 3, 64, 96))
+    assert f4.shape == (1, 256, 16, 24) and f8.shape == (1, 256, 8, 12) and f4.dtype == torch.float32
+    fg, bg = backend.encode(f8, torch.ones(1, 2, 8, 12), torch.rand(1, 9, 8, 12))
+    assert fg.shape == (1, 2, 256) and bg.shape == (1, 9, 256)
+    invalid = torch.zeros(1, 2, 1, dtype=torch.bool), torch.zeros(1, 9, 1, dtype=torch.bool)
+    logits = backend.decode(f4, f8, fg[:, :, None], bg[:, :, None], *invalid)
+    assert logits.shape == (1, 12, 16, 24) and torch.isfinite(logits).all()
+
+
+def test_outputs_do_not_alias_the_next_call(backend):
+    """Each call's outputs are copies: a later call (the next frame) must not overwrite them."""
+    f4, f8 = backend.backbone(torch.zeros(1, 3, 64, 64))
+    kept = f8.clone()
+    backend.backbone(torch.ones(1, 3, 64, 64))
+    assert torch.equal(f8, kept)
+
+
+@pytest.mark.parametrize("height,width,objects,history", [(256, 448, 3, 8), (320, 192, 1, 1)])
+def test_fp32_stages_match_torch(backend, net, height, width, objects, history):
+    inputs = _stage_inputs(height + objects, height, width, objects, history)
+    inputs[2][4][:, -1] = True  # a new object: every history slot invalid, its logits -inf
+    errors = _errors(backend, net, inputs)
+    bad = {k: f"{v:.3g}" for k, v in errors.items() if not v <= FP32_TOLERANCE}
+    assert not bad, f"fp32 relative error above {FP32_TOLERANCE:g}: {bad}"
+
+
+# --------------------------------------------------------------------------- bf16
+
+
+@pytest.mark.skipif(not _has_bf16(), reason="this CPU has neither AVX-512 BF16 nor AMX")
+def test_bf16_stages_within_their_limit(exported, net, tmp_path):
+    bf16 = OpenVinoBackend(exported.directory, precision="bf16", cache_dir=tmp_path)
+    assert bf16.stage_precisions == {"backbone": "bf16", "encoder": "bf16", "decoder": "fp32"}
+    assert str(bf16.compiled["backbone"].get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'bfloat16'>"
+    errors = _errors(bf16, net, _stage_inputs(7, 256, 448, 3, 8))
+    bad = {k: f"{v:.3g}" for k, v in errors.items() if not v <= BF16_TOLERANCE}
+    assert not bad, f"bf16 relative error above {BF16_TOLERANCE:g}: {bad} (all: {errors})"
+    # bf16 really is in use: the backbone is not computed to fp32 accuracy.
+    assert errors["backbone[0]"] > FP32_TOLERANCE, errors
+    assert errors["decoder[0]"] <= FP32_TOLERANCE, errors
+
+
+def test_bf16_needs_a_cpu_that_has_it(exported, monkeypatch):
+    monkeypatch.setattr(openvino_backend, "cpu_supports_bf16", lambda core: False)
+    with pytest.raises(HodorError, match="AVX-512 BF16 or AMX.*--precision fp32"):
+        OpenVinoBackend(exported.directory, precision="bf16", cache=False)
+
+
+def test_unsupported_precision(exported):
+    with pytest.raises(HodorError, match="fp32 or bf16"):
+        OpenVinoBackend(exported.directory, precision="fp16", cache=False)
+
+
+# --------------------------------------------------------------------------- compiled-model cache
+
+
+def test_compiled_models_are_cached_and_reused(exported, tmp_path, monkeypatch):
+    import openvino
+
+    first = OpenVinoBackend(exported.directory, cache_dir=tmp_path / "c")
+    blobs = sorted(p.name for p in first.cache_dir.iterdir())
+    assert first.cache_dir.parent == tmp_path / "c" and len(blobs) == len(STAGES)
+    seen = []
+    real = openvino.Core.compile_model
+
+    def recording(self, model, device, config):
+        seen.append(config.get("CACHE_DIR"))
+        return real(self, model, device, config)
+
+    monkeypatch.setattr(openvino.Core, "compile_model", recording)
+    second = OpenVinoBackend(exported.directory, cache_dir=tmp_path / "c")
+    assert seen == [str(first.cache_dir)] * len(STAGES)
+    assert sorted(p.name for p in second.cache_dir.iterdir()) == blobs  # read, not rewritten
+    for stage in STAGES:
+        assert second.compiled[stage].get_property("LOADED_FROM_CACHE") is True
+    image = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(3))
+    for a, b in zip(first.backbone(image), second.backbone(image), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_default_cache_is_inside_the_export(exported, tmp_path):
+    d = _linked_copy(exported.directory, tmp_path / "m.hodor")
+    b = OpenVinoBackend(d)
+    assert b.cache_dir is not None and b.cache_dir.parent == d / "openvino-cache"
+
+
+def test_unwritable_cache_only_warns(exported, tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with caplog.at_level(logging.WARNING):
+        b = OpenVinoBackend(exported.directory, cache_dir=blocker / "cache")
+    assert b.cache_dir is None and "no cache" in caplog.text
+    assert b.backbone(torch.zeros(1, 3, 64, 64))[0].shape == (1, 256, 16, 16)
+
+
+# --------------------------------------------------------------------------- errors, choosing it
+
+
+def test_gpu_device_is_refused(exported):
+    with pytest.raises(HodorError, match="runs on the CPU.*--device cpu"):
+        OpenVinoBackend(exported.directory, device="cuda", cache=False)
+
+
+def test_graph_that_no_longer_matches_its_sha256(tmp_path, exported):
+    d = _linked_copy(exported.directory, tmp_path / "bad.hodor")
+    graph = d / "decoder.onnx"
+    data = graph.read_bytes()
+    graph.unlink()
+    graph.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(HodorError, match="decoder.onnx does not match its sha256"):
+        OpenVinoBackend(d, cache=False)
+
+
+def test_not_installed_says_how_to_install(exported, monkeypatch):
+    def missing():
+        raise HodorError("OpenVINO is not installed: pip install hodor-engine[openvino]")
+
+    monkeypatch.setattr(openvino_backend, "_import_openvino", missing)
+    with pytest.raises(HodorError, match=r"hodor-engine\[openvino\]"):
+        open_backend(exported.directory, "openvino", "cpu")
+    assert open_backend(exported.directory, "auto", "cpu").name == "onnxruntime"
+    with pytest.raises(HodorError, match=r"hodor-engine\[openvino\]"):
+        open_backend(exported.directory, "auto", "cpu", torch_options=TorchOptions(precision="bf16"))
+
+
+def test_auto_on_the_cpu(exported, monkeypatch):
+    """fp32: ONNX Runtime, the faster of the two on the CPU, else OpenVINO; bf16: OpenVINO."""
+    from hodor.engine.backends import onnxruntime_backend
+
+    assert open_backend(exported.directory, "auto", "cpu").name == "onnxruntime"
+    if _has_bf16():
+        b = open_backend(exported.directory, "auto", "cpu", torch_options=TorchOptions(precision="bf16"))
+        assert b.name == "openvino" and b.precision == "bf16"
+
+    def missing():
+        raise HodorError("ONNX Runtime is not installed")
+
+    monkeypatch.setattr(onnxruntime_backend, "_import_ort", missing)
+    b = open_backend(exported.directory, "auto", "cpu", ConfigOverrides(min_dim=256))
+    assert b.name == "openvino" and b.precision == "fp32"
+    assert (b.config.input.min_dim, b.config.input.max_dim) == (256, 494)
+
+
+def test_precision_reaches_the_export_backends(exported, monkeypatch):
+    opened = []
+    monkeypatch.setattr(
+        openvino_backend,
+        "OpenVinoBackend",
+        lambda *a, **k: opened.append(k["precision"]) or "openvino-stand-in",
+    )
+    assert open_backend(exported.directory, "auto", "cpu", torch_options=TorchOptions(precision="bf16")) == (
+        "openvino-stand-in"
+    )
+    assert opened == ["bf16"]
+    # ONNX Runtime picks the export's fp16 graphs; it has no bf16.
+    b = open_backend(exported.directory, "onnxruntime", "cpu", torch_options=TorchOptions(precision="fp16"))
+    assert b.name == "onnxruntime" and b.precision == "fp16"
+    with pytest.raises(
+        HodorError, match="--precision bf16 with an export directory: the onnxruntime backend does not"
+    ):
+        open_backend(exported.directory, "onnxruntime", "cpu", torch_options=TorchOptions(precision="bf16"))
+    with pytest.raises(
+        HodorError, match="--precision bf16 with an export directory: the tensorrt backend does not"
+    ):
+        open_backend(exported.directory, "tensorrt", "cpu", torch_options=TorchOptions(precision="bf16"))
+
+
+def test_opener_applies_overrides(exported):
+    b = open_openvino_backend(exported.directory, "cpu", ConfigOverrides(min_dim=256))
+    assert (b.config.input.min_dim, b.config.input.max_dim) == (256, 494)
+
+
+def test_hodor_run_with_openvino(exported, tmp_path):
+    video = CASE_A / "video"
+    argv = [
+        *(sys.executable, "-m", "hodor.engine.cli", str(video / "JPEGImages" / "synth")),
+        *("--masks", str(video / "Annotations" / "synth" / "00000.png"), "--no-overlay"),
+        *("--model", str(exported.directory), "--out", str(tmp_path / "out"), "--min-dim", "64"),
+    ]
+    proc = subprocess.run([*argv, "--backend", "openvino", "--device", "cpu"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "backend openvino (cpu)" in proc.stdout.strip().splitlines()[-1]
+    proc = subprocess.run(
+        [*argv, "--precision", "fp16", "--backend", "openvino"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "--precision fp16 with an export directory: the openvino backend does not take it" in proc.stderr
