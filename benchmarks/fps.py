@@ -23,6 +23,11 @@ What is measured, per backend, processing size (``min_dim``) and object count:
   sessions, runs interleaved: aggregate FPS, per-video latency, peak memory, and their ratio;
 * peak host memory (resident set) and, on CUDA, peak GPU memory, per configuration;
 * video decode and mask writing, per frame, apart from the model;
+* end to end, per backend and min_dim: ``hodor-run``'s own path (the same functions) on a generated
+  ``--e2e-frames``-frame H.264 clip, writing masks and the overlay, beside the model alone
+  (``VideoSession.run_device``, chunked backbone) on the same frames; their ratio; the share of the
+  wall time spent in the network's stages; and ``hodor-run``'s start-up in fresh processes
+  (``--startup-frames``), apart from its per-frame cost;
 * with ``--peers``: other methods (Cutie, SAM 2.1) on the same frames with the same objects, each
   through its own public API, at fp32 and at its own recommended fast settings.
 
@@ -52,6 +57,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from fpsbench.backends import ALL_BACKENDS, BACKENDS, BuildContext  # noqa: E402
+from fpsbench.end_to_end import measure_all as measure_end_to_end  # noqa: E402
 from fpsbench.grid import Grid, GridOutcome  # noqa: E402
 from fpsbench.io_cost import measure_io  # noqa: E402
 from fpsbench.machine import describe_machine, usable_cpus  # noqa: E402
@@ -100,6 +106,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "0 skips (default 1 4 16 64; --quick: 1 2)",
     )
     p.add_argument("--io-frames", type=int, help="frames for the decode / mask-writing figures (default 30)")
+    p.add_argument(
+        "--e2e-frames",
+        type=int,
+        help="frames of the end-to-end clip (hodor-run's path, masks and overlay written); 0 skips "
+        "the end-to-end runs (default 300; --quick 12)",
+    )
+    p.add_argument("--e2e-repeats", type=int, help="end-to-end runs per backend and min_dim (default 3)")
+    p.add_argument(
+        "--e2e-objects",
+        type=int,
+        help="objects in the end-to-end clip (default 4, or --objects' largest if less)",
+    )
+    p.add_argument(
+        "--startup-frames",
+        type=int,
+        help="frames of the clip hodor-run starts on in fresh processes, to time its start-up; 0 skips "
+        "(default 16; --quick 4)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument(
         "--threads",
@@ -153,6 +177,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.batch_streams == [0]:
         args.batch_streams = []
     args.io_frames = args.io_frames or (8 if quick else 30)
+    args.e2e_frames = args.e2e_frames if args.e2e_frames is not None else (12 if quick else 300)
+    args.e2e_repeats = args.e2e_repeats or (1 if quick else 3)
+    args.e2e_objects = args.e2e_objects or min(4, max(args.objects))
+    args.startup_frames = args.startup_frames if args.startup_frames is not None else (4 if quick else 16)
     if args.peers is not None and not args.peers:
         args.peers = list(DEFAULT_PEERS)
     if (
@@ -162,10 +190,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         or args.frames < 1
         or (args.threads is not None and args.threads < 1)
         or any(n < 1 for n in args.batch_streams)
+        or args.e2e_frames < 0
+        or args.startup_frames < 0
+        or args.e2e_objects < 1
     ):
         p.error(
-            "objects >= 1, min-dims >= 32, window >= 0, frames >= 1, threads >= 1 and batch-streams >= 1 "
-            "(or 0 alone) are required"
+            "objects >= 1, min-dims >= 32, window >= 0, frames >= 1, threads >= 1, e2e-objects >= 1, "
+            "e2e-frames >= 0, startup-frames >= 0 and batch-streams >= 1 (or 0 alone) are required"
         )
     return args
 
@@ -239,6 +270,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         throughput_repeats=args.throughput_repeats,
         io_frames=args.io_frames,
         batch_streams=sorted(set(args.batch_streams)),
+        e2e_frames=args.e2e_frames,
+        e2e_repeats=args.e2e_repeats,
+        e2e_objects=args.e2e_objects,
+        startup_frames=args.startup_frames,
     )
 
 
@@ -332,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=device,
         store=store,
         window=args.window,
-        max_objects=max(settings.objects),
+        max_objects=max(*settings.objects, settings.e2e_objects),
         threads=args.threads,
         max_padded_side=max_padded_side(base_cfg, settings.min_dims),
         max_streams=max(settings.batch_streams, default=1),
@@ -353,6 +388,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.bar = bar
         grid = Grid(settings, device, base_cfg, built, pool, console.frame, console.log, console.describe)
         outcome = grid.run()
+        end_to_end = measure_end_to_end(
+            settings,
+            {n: b for n, b in built.items() if n not in outcome.dropped},
+            ctx,
+            base_cfg,
+            console.frame,
+            console.log,
+            console.describe,
+        )
         console.bar = None
     for name, (_, reason) in outcome.dropped.items():
         if name in status:
@@ -385,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         official=official,
         peers=peers_outcome(args, pool, peers_unavailable, outcome),
         files={},
+        end_to_end=end_to_end,
     )
     report.elapsed_s = time.perf_counter() - console.started
     write_outputs(report, args.out, console.log)

@@ -202,3 +202,46 @@ def test_official_outcome_from_the_baseline_json():
     }  # fmt: skip
     out = R.OfficialOutcome.from_json(data)
     assert out.status == "measured" and out.results[0].fps.median == 2.0 and out.device == "GPU"
+
+
+def _end_to_end(report: R.Report) -> R.EndToEndOutcome:
+    mem = R.MemoryPeak(900.0, 5.0, "VmHWM after clear_refs")
+    warm = R.StartupRun({"python": 0.05, "import torch": 1.2, "model": 0.8}, 2.1, 2.6, 16, 5.0)
+    result = R.EndToEndResult(
+        backend="torch", precision="fp32", min_dim=480, objects=1, frames=300, chunk=16,
+        input_size=[480, 854], padded_size=[480, 864], overlay=True, fps=_stat([0.66, 0.7]),
+        model_only_fps=_stat([0.7, 0.72]), ratio=_stat([0.94, 0.97]), stage_share=_stat([0.9]),
+        stage_method="perf_counter", first_mask_s=_stat([20.0]), cpu_seconds_per_wall_second=_stat([1.9]),
+        peak_frames_in_flight=40, load_average=R.LoadAverage(None, None), memory=mem,
+        startup=R.StartupResult("measured", ["clip.mp4"], first=warm, warm=warm),
+    )  # fmt: skip
+    return R.EndToEndOutcome(
+        clip="300 frames", results=[result], failures={"onnxruntime at min_dim 720": "boom"}
+    )
+
+
+def test_end_to_end_results_reach_the_json_the_tables_and_the_plot(tmp_path):
+    report = _report()
+    report.end_to_end = _end_to_end(report)
+    assert [r.system for r in report.rows()][-1] == "torch end-to-end"
+    md = format_markdown(report)
+    assert "| torch | 480 | 1 | 300 | 0.68 (0.66-0.70) | 0.71 (0.70-0.72) | 0.95 (0.94-0.97) | 0.90 |" in md
+    assert "| torch | 480 | 2.10, 2.10 | 2.60, 2.60 | python 0.05, import torch 1.20, model 0.80 |" in md
+    assert "onnxruntime at min_dim 720: boom" in md
+    table = format_table(report)
+    assert "end to end: hodor-run's path" in table and "0.95 [0.94-0.97]" in table
+    write_outputs(report, tmp_path, log=print)
+    data = json.loads((tmp_path / "fps.json").read_text())
+    e2e = data["end_to_end"]["results"][0]
+    assert e2e["ratio"]["median"] == pytest.approx(0.955) and e2e["startup"]["warm"]["startup_s"] == 2.1
+    assert (tmp_path / "fps_vs_objects.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_end_to_end_options_and_plan():
+    args = fps.parse_args(["--quick"])
+    assert (args.e2e_frames, args.e2e_repeats, args.e2e_objects, args.startup_frames) == (12, 1, 2, 4)
+    args = fps.parse_args(["--e2e-frames", "0"])
+    assert args.e2e_frames == 0 and args.e2e_objects == 4 and args.startup_frames == 16
+    plan = make_plan(["torch"], [], {}, _settings(e2e_frames=10, e2e_repeats=2, e2e_objects=2), CPU, 2, True)
+    assert plan.systems[0].frames == 2 * (8 + 3 * 3) + 2 * 2 * 10  # grid, then e2e and model-only runs
+    assert "end to end" in plan.text()

@@ -36,6 +36,7 @@ TOP_KEYS = {
     "official",
     "files",
     "elapsed_s",
+    "end_to_end",
 }
 MACHINE_KEYS = {"cpu_model", "cpu_count", "cpus_usable", "memory_total_gib", "torch", "device", "cuda"}
 RESULT_KEYS = {
@@ -119,6 +120,24 @@ def test_quick_benchmark_writes_json_and_plot(tmp_path: Path) -> None:
         assert len(ratios) == len(configs) and all(q["fps_ratio"]["median"] > 0 for q in ratios)
     for io in report["io"]:
         assert io["mask_write"]["ms_per_frame"]["median"] > 0
+
+    # End to end: hodor-run's path and the model alone, per measured backend and min_dim, and the
+    # command's start-up in a fresh process.
+    e2e = report["end_to_end"]
+    done = {(r["backend"], r["min_dim"]) for r in e2e["results"]}
+    for name in measured:
+        for d in settings["min_dims"]:
+            assert (name, d) in done or f"{name} at min_dim {d}" in e2e["failures"]
+    torch_e2e = [r for r in e2e["results"] if r["backend"] == "torch"]
+    assert torch_e2e, e2e["failures"]
+    for r in torch_e2e:
+        assert r["frames"] == settings["e2e_frames"] and r["fps"]["median"] > 0
+        assert r["model_only_fps"]["median"] > 0 and r["ratio"]["median"] > 0
+        assert 0 < r["stage_share"]["median"] <= 1.5
+        startup = r["startup"]
+        assert startup["status"] == "measured", startup
+        assert startup["first"]["startup_s"] > 0 and "import torch" in startup["first"]["phases_s"]
+    assert "end to end" in proc.stdout
 
     official = report["official"]
     assert official["status"] == "skipped" and official["reason"]

@@ -163,15 +163,15 @@ def test_youtube_vos_objects_appear_later_and_only_expected_frames_are_written(
     image.save(annotation)
 
     given: dict[str, dict[int, list[int]]] = {}
-    real_run = VideoSession.run
+    real_run = segment.run_pipeline
 
-    def spy(self, frames, masks=None):
+    def spy(session, frames, masks, *args, **kwargs):
         given[str(frames.path.name)] = {
             t: sorted(int(i) for i in np.unique(m) if i) for t, m in masks.items()
         }
-        return real_run(self, frames, masks)
+        return real_run(session, frames, masks, *args, **kwargs)
 
-    monkeypatch.setattr(VideoSession, "run", spy)
+    monkeypatch.setattr(segment, "run_pipeline", spy)
     out = tmp_path / "out"
     code, stdout, err = run([root, "--model", model["path"], "--out", out], capsys)
     assert code == 0, err
@@ -399,7 +399,7 @@ def test_a_dataset_run_and_a_one_video_run_into_one_output_refuse_each_other(
 # --------------------------------------------------------------------------- killed processes
 
 KILLED_MID_SEQUENCE = """
-import os, signal, sys
+import os, signal, sys, threading, time
 from pathlib import Path
 from hodor.engine.backends.base import ConfigOverrides
 from hodor.engine.datasets import segment, worker
@@ -410,14 +410,23 @@ def open_fake(model_path, backend, device, overrides, torch_options=None):
 
 worker.open_backend = open_fake
 real_write = segment.write_mask
-written = []
+written, done, lock = [], [], threading.Lock()
 
 def write_then_die(path, ids, palette):
-    written.append(path)
-    if len(written) == int(sys.argv[1]):  # killed outright: no clean-up of any kind
+    # Masks are written by several threads: the writes before the fatal one finish first, and
+    # none after it starts, so that exactly the masks before it are on disk.
+    with lock:
+        written.append(path)
+        number = len(written)
+    if number > int(sys.argv[1]):
+        time.sleep(600)
+    if number == int(sys.argv[1]):  # killed outright: no clean-up of any kind
+        while len(done) < number - 1:
+            time.sleep(0.01)
         print(path.parent, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     real_write(path, ids, palette)
+    done.append(path)
 
 segment.write_mask = write_then_die
 if sys.argv[2] == "hodor-run":

@@ -79,6 +79,48 @@ def test_the_python_api_snippet_runs_and_writes_palette_masks(tmp_path, monkeypa
     assert namespace["batch"].names == ("cam1",) and namespace["batch"].video("cam1").frame_index == 4
 
 
+def test_the_python_api_pipeline_snippet_runs_after_the_first(tmp_path, monkeypatch):
+    """The README's second Python API block (the pipeline) runs in the first one's namespace."""
+    monkeypatch.setattr(
+        registry,
+        "open_backend",
+        lambda *args, overrides=None, **kwargs: FakeBackend(
+            config=(overrides or ConfigOverrides()).apply(small_config(min_dim=48, max_dim=96))
+        ),
+    )
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.pth").write_bytes(b"stands in for a checkpoint")
+    with av.open("video.mp4", "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.height, stream.width, stream.pix_fmt = H, W, "yuv420p"
+        for t in range(5):
+            image = np.full((H, W, 3), 60, np.uint8)
+            image[10:30, 5 + 3 * t : 25 + 3 * t] = (230, 40, 40)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    ids = np.zeros((H, W), np.uint8)
+    ids[10:30, 5:25] = 1
+    Image.fromarray(ids, mode="L").save("first_frame.png")
+    text = (REPO / "README.md").read_text().split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 2
+    namespace: dict = {}
+    for k, block in enumerate(blocks):
+        exec(compile(block, f"README.md (Python API, block {k + 1})", "exec"), namespace)
+    assert namespace["result"].frames == 5
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == [
+        f"{t:05d}.png" for t in range(5)
+    ]
+    for t in range(5):
+        assert (tmp_path / "out" / "masks" / f"{t:05d}.png").read_bytes() == (
+            tmp_path / "masks" / f"{t:05d}.png"
+        ).read_bytes()
+    with av.open(str(tmp_path / "out" / "overlay.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 5
+
+
 def test_design_citations_name_sections_of_docs_design_md():
     headings = set(re.findall(r"^## (.+)$", (REPO / "docs" / "design.md").read_text(), re.M))
     cited = []

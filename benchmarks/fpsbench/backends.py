@@ -56,6 +56,24 @@ class BackendSpec:
     cpu_prior_s: float | None = None  # rough seconds per frame at min_dim 480 on 2 CPU cores
     needs_cuda: bool = False
     precision: str = "fp32"
+    # hodor-run's options that run the same model the same way (for its start-up, in a fresh process)
+    run_options: Callable[[BuildContext], list[str]] | None = None
+
+
+def _torch_options(kernels: str, precision: str, graphs: bool) -> Callable[[BuildContext], list[str]]:
+    def options(ctx: BuildContext) -> list[str]:
+        argv = ["--model", str(ctx.store.checkpoint()), "--backend", "torch"]
+        argv += ["--kernels", kernels, "--precision", precision]
+        return argv + ([] if graphs else ["--no-cuda-graphs"])
+
+    return options
+
+
+def _export_options(backend: str, precision: str, tensorrt: bool) -> Callable[[BuildContext], list[str]]:
+    def options(ctx: BuildContext) -> list[str]:
+        return ["--model", str(ctx.export(precision, tensorrt=tensorrt)), "--backend", backend]
+
+    return options
 
 
 def _build_torch(ctx: BuildContext) -> Any:
@@ -114,13 +132,20 @@ def _build_tensorrt(ctx: BuildContext) -> Any:
 BACKENDS: dict[str, BackendSpec] = {
     spec.name: spec
     for spec in (
-        BackendSpec("torch", "PyTorch eager, fp32 (the reference)", _build_torch, cpu_prior_s=1.45),
+        BackendSpec(
+            "torch",
+            "PyTorch eager, fp32 (the reference)",
+            _build_torch,
+            cpu_prior_s=1.45,
+            run_options=_torch_options("torch", "fp32", graphs=False),
+        ),
         BackendSpec(
             "torch-triton-fp16",
             "PyTorch + Triton kernels + CUDA graphs, fp16",
             _build_torch_triton(torch.float16),
             needs_cuda=True,
             precision="fp16",
+            run_options=_torch_options("triton", "fp16", graphs=True),
         ),
         BackendSpec(
             "torch-triton-bf16",
@@ -128,9 +153,23 @@ BACKENDS: dict[str, BackendSpec] = {
             _build_torch_triton(torch.bfloat16),
             needs_cuda=True,
             precision="bf16",
+            run_options=_torch_options("triton", "bf16", graphs=True),
         ),
-        BackendSpec("onnxruntime", "ONNX Runtime, fp32 graphs", _build_onnxruntime, cpu_prior_s=0.92),
-        BackendSpec("tensorrt", "TensorRT engines", _build_tensorrt, needs_cuda=True, precision="fp16"),
+        BackendSpec(
+            "onnxruntime",
+            "ONNX Runtime, fp32 graphs",
+            _build_onnxruntime,
+            cpu_prior_s=0.92,
+            run_options=_export_options("onnxruntime", "fp32", tensorrt=False),
+        ),
+        BackendSpec(
+            "tensorrt",
+            "TensorRT engines",
+            _build_tensorrt,
+            needs_cuda=True,
+            precision="fp16",
+            run_options=_export_options("tensorrt", "fp16", tensorrt=True),
+        ),
     )
 }
 ALL_BACKENDS = tuple(BACKENDS)

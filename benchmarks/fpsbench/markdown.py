@@ -168,8 +168,72 @@ def _io(report: Report) -> list[str]:
     return lines
 
 
+def _end_to_end(report: Report) -> list[str]:
+    e2e = report.end_to_end
+    if e2e is None:
+        return []
+    method = e2e.results[0].stage_method if e2e.results else ""
+    lines = [
+        "",
+        f"End to end: `hodor-run`'s own path on a generated clip ({e2e.clip}), the model loaded "
+        "beforehand, beside the model alone on the same frames (`VideoSession.run_device`, chunked "
+        "backbone, decoded and uploaded beforehand, masks left on the device). FPS: median (min-max) "
+        "over runs; ratio: end-to-end / model-only, run by run (the two alternate); stages / wall: "
+        f"{method}; first mask: from the pipeline's start.",
+        "",
+        "| backend | min_dim | objects | frames | end-to-end FPS | model-only FPS | ratio | stages / wall | "
+        "first mask s | frames in flight (peak) | CPU/wall |",
+        "| --- | ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in e2e.results:
+        lines.append(
+            f"| {r.backend} | {r.min_dim} | {r.objects} | {r.frames} | {md_stat(r.fps)} | "
+            f"{md_stat(r.model_only_fps)} | {md_stat(r.ratio)} | {num(r.stage_share.median, 2)} | "
+            f"{num(r.first_mask_s.median, 2)} | {r.peak_frames_in_flight} | "
+            f"{num(r.cpu_seconds_per_wall_second.median, 2)} |"
+        )
+    startups = [r for r in e2e.results if r.startup is not None]
+    if startups:
+        lines += [
+            "",
+            "`hodor-run`'s start-up, in fresh processes (`benchmarks/startup_probe.py`): seconds from the "
+            "process's start to the first frame entering the pipeline (start-up) and to the first frame "
+            "written (first mask), first run and a second with warm caches (- : one run only, as with "
+            "--quick); where the warm start-up went.",
+            "",
+            "| backend | min_dim | start-up s (first, warm) | first mask s (first, warm) | "
+            "warm start-up by phase, s |",
+            "| --- | ---: | --- | --- | --- |",
+        ]
+        for r in startups:
+            su = r.startup
+            assert su is not None
+            if su.status != "measured" or su.first is None:
+                lines.append(f"| {r.backend} | {r.min_dim} | {su.status}: {su.reason} | | |")
+                continue
+            warm = su.warm
+            phases = ", ".join(f"{k} {v:.2f}" for k, v in (warm or su.first).phases_s.items())
+            lines.append(
+                f"| {r.backend} | {r.min_dim} | {num(su.first.startup_s, 2)}, "
+                f"{num(warm.startup_s if warm else None, 2)} | {num(su.first.first_mask_s, 2)}, "
+                f"{num(warm.first_mask_s if warm else None, 2)} | {phases}"
+                + ("" if warm else " (first run)")
+                + " |"
+            )
+    if e2e.failures:
+        lines += ["", "End to end, failed: " + "; ".join(f"{k}: {v}" for k, v in e2e.failures.items()) + "."]
+    return lines
+
+
 def format_markdown(report: Report) -> str:
-    lines = _header(report) + _engine(report) + _batched(report) + _peers(report) + _io(report)
+    lines = (
+        _header(report)
+        + _engine(report)
+        + _batched(report)
+        + _peers(report)
+        + _io(report)
+        + _end_to_end(report)
+    )
     skipped = [b for b in report.backends if b.status != "measured"]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"`{b.name}`: {b.reason}" for b in skipped) + "."]

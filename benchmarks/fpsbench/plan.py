@@ -20,6 +20,7 @@ REFERENCE_PIXELS = 480 * 864  # min_dim 480 (16:9), where the per-frame priors w
 REFERENCE_CORES = 2
 FIXED_SHARE = 0.15
 EXPORT_PRIOR_S = 150.0  # the three ONNX graphs, exported once on 2 cores, then cached
+STARTUP_PRIOR_S = 6.0  # one hodor-run in a fresh process before its first frame, on 2 cores
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,17 @@ class Plan:
                 else ""
             )
         )
+        if st.e2e_frames:
+            lines.append(
+                f"  end to end: per engine system and min_dim, {st.e2e_repeats} run(s) of hodor-run's path "
+                f"on a {st.e2e_frames}-frame clip ({st.e2e_objects} objects), alternated with as many "
+                "model-only runs"
+                + (
+                    f"; hodor-run's start-up in fresh processes on a {st.startup_frames}-frame clip"
+                    if st.startup_frames
+                    else ""
+                )
+            )
         estimate = self.estimate_s
         unknown = [s.name for s in self.systems if s.estimate_s is None]
         if estimate is None:
@@ -118,6 +130,10 @@ def make_plan(
         per_config += st.streams * (st.warmup + st.throughput_repeats * st.frames)
     for n in st.batch_streams:  # batched, and as many separate sessions
         per_config += 2 * n * (max(1, st.warmup) + st.throughput_repeats * st.frames)
+    # End to end: the e2e and model-only runs, alternated, at each min_dim (the progress bar counts
+    # these); the start-up runs (their frames, and their loading, outside the bar).
+    per_dim_e2e = 2 * st.e2e_repeats * st.e2e_frames if st.e2e_frames else 0
+    startups = (1 if st.e2e_repeats <= 1 else 2) if st.e2e_frames and st.startup_frames else 0
     for name in backends:
         spec = BACKENDS[name]
         if spec.needs_cuda and device.type != "cuda":
@@ -127,9 +143,14 @@ def make_plan(
         for d in st.min_dims:
             h, w = input_size(d)
             cost = _scaled(spec.cpu_prior_s, h * w, device, cores)
-            frames += per_config * len(st.objects)
+            frames += per_config * len(st.objects) + per_dim_e2e
+            startup_s = startups * (STARTUP_PRIOR_S * REFERENCE_CORES / max(1, cores))
             estimate = (
-                None if cost is None or estimate is None else estimate + cost * per_config * len(st.objects)
+                None
+                if cost is None or estimate is None
+                else estimate
+                + cost * (per_config * len(st.objects) + per_dim_e2e + startups * st.startup_frames)
+                + startup_s
             )
         systems.append(PlannedSystem(name, "engine", frames, estimate))
     for variant in peers:

@@ -32,6 +32,12 @@ def plot(report: Report, path: Path) -> None:
                        [s.max - m for m, (_, s) in zip(med, pts, strict=True)]]  # fmt: skip
                 style = "-" if kinds[name] == "engine" else "--"
                 ax.errorbar(x, med, yerr=err, marker="o", linestyle=style, capsize=3, label=name)
+        if report.end_to_end is not None:
+            # Each end-to-end point beside the model alone on the same frames (run, chunked backbone).
+            for r in report.end_to_end.results:
+                if r.min_dim == dim and r.model_only_fps.median is not None:
+                    ax.plot([r.objects], [r.model_only_fps.median], marker="x", linestyle="none",
+                            label=f"{r.backend} model only (run)")  # fmt: skip
         if official is not None and official.status == "measured":
             pts = sorted((r.objects, r.fps) for r in official.results if r.min_dim == dim)
             if pts:
@@ -43,6 +49,7 @@ def plot(report: Report, path: Path) -> None:
                     label="official",
                 )
         ax.set_xscale("log", base=2)
+        ax.margins(x=0.08, y=0.08)
         ax.set_xticks(objects, [str(o) for o in objects])
         ax.set_xlabel("objects")
         ax.set_ylabel("frames per second")

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from measurements import Stat
+from measurements import Stat, summarize
 
 SCHEMA = "hodor-engine-bench/2"
 Status = Literal["measured", "skipped", "failed"]
@@ -169,6 +169,105 @@ class PeerResult:
     @property
     def gpu_peak_mib(self) -> float | None:
         return self.memory.gpu_torch_peak_allocated_mib
+
+
+@dataclass(frozen=True)
+class StartupRun:
+    """One ``hodor-run`` in a fresh process (``startup_probe.py``): seconds from the process's start.
+
+    ``phases_s``: where the start-up went (interpreter, imports, inputs, CUDA initialisation,
+    model); ``startup_s``: to the first frame entering the pipeline; ``first_mask_s``: to the first
+    frame written; ``fps``: its frames after the start-up."""
+
+    phases_s: dict[str, float]
+    startup_s: float
+    first_mask_s: float | None
+    frames: int
+    fps: float
+
+
+@dataclass(frozen=True)
+class StartupResult:
+    """``hodor-run``'s start-up with this backend: run twice in fresh processes, the second with
+    warm caches (page cache, compiled kernels); or why it could not be measured."""
+
+    status: Status
+    command: list[str]
+    first: StartupRun | None = None
+    warm: StartupRun | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class EndToEndResult:
+    """``hodor-run``'s own path on a generated H.264 clip (decode, model, masks and overlay written)
+    beside the model alone on the same frames, one backend at one min_dim.
+
+    ``fps``: end to end, per run (opening the clip to the output committed; the model loaded
+    before). ``model_only_fps``: ``VideoSession.run_device`` over the same frames, decoded and
+    (on CUDA) uploaded beforehand, the backbone chunked as in ``hodor-run``, results left on the
+    device. ``ratio``: end-to-end over model-only FPS, run by run (the two alternate).
+    ``stage_share``: the backend's three stages' time over the run's wall time (``stage_method``
+    says how it was timed). ``first_mask_s``: from the pipeline's start to the first frame
+    written."""
+
+    backend: str
+    precision: str
+    min_dim: int
+    objects: int
+    frames: int
+    chunk: int
+    input_size: list[int]
+    padded_size: list[int]
+    overlay: bool
+    fps: Stat
+    model_only_fps: Stat
+    ratio: Stat
+    stage_share: Stat
+    stage_method: str
+    first_mask_s: Stat
+    cpu_seconds_per_wall_second: Stat
+    peak_frames_in_flight: int
+    load_average: LoadAverage
+    memory: MemoryPeak
+    startup: StartupResult | None = None
+
+    @property
+    def system(self) -> str:
+        return f"{self.backend} end-to-end"
+
+    @property
+    def kind(self) -> str:
+        return "end-to-end"
+
+    @property
+    def processing_size(self) -> list[int]:
+        return self.padded_size
+
+    @property
+    def warmup_frames(self) -> int:
+        return 0
+
+    @property
+    def frame_ms(self) -> Stat:
+        return summarize([1e3 / v for v in self.fps.values if v > 0])
+
+    @property
+    def host_peak_mib(self) -> float | None:
+        return self.memory.host_peak_rss_mib
+
+    @property
+    def gpu_peak_mib(self) -> float | None:
+        return self.memory.gpu_device_used_peak_mib
+
+
+@dataclass(frozen=True)
+class EndToEndOutcome:
+    """The end-to-end runs (absent with ``--e2e-frames 0``) and, by backend, why one failed."""
+
+    clip: str
+    results: list[EndToEndResult]
+    failures: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -361,6 +460,10 @@ class Settings:
     throughput_repeats: int
     io_frames: int
     batch_streams: list[int] = field(default_factory=list)  # videos per BatchSession; empty: none
+    e2e_frames: int = 0  # 0: no end-to-end runs
+    e2e_repeats: int = 0
+    e2e_objects: int = 0
+    startup_frames: int = 0  # 0: no start-up runs
 
 
 @dataclass(frozen=True)
@@ -395,6 +498,7 @@ class Report:
     files: dict[str, str | None]
     batched: list[BatchThroughputResult] = field(default_factory=list)
     elapsed_s: float | None = None
+    end_to_end: EndToEndOutcome | None = None
     schema: str = SCHEMA
 
     def rows(self) -> list[SpeedRow]:
@@ -402,6 +506,8 @@ class Report:
         rows: list[SpeedRow] = list(self.results)
         if self.peers is not None:
             rows += self.peers.results
+        if self.end_to_end is not None:
+            rows += self.end_to_end.results
         return rows
 
     def to_json(self) -> dict[str, Any]:

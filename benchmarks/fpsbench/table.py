@@ -84,6 +84,7 @@ def format_table(report: Report) -> str:
                 f"{where}: video decode {spread(io.video_decode.ms_per_frame)}; "
                 f"mask write {spread(io.mask_write.ms_per_frame)}"
             )
+    lines += end_to_end_lines(report)
     off = report.official
     if off is not None:
         lines += ["", f"official InferenceModel: {off.status}"]
@@ -97,3 +98,31 @@ def format_table(report: Report) -> str:
         lines += ["", "skipped:"]
         lines += [f"  {b.name}: {b.reason}" for b in skipped]
     return "\n".join(lines)
+
+
+def end_to_end_lines(report: Report) -> list[str]:
+    e2e = report.end_to_end
+    if e2e is None:
+        return []
+    lines = [
+        "",
+        f"end to end: hodor-run's path ({e2e.clip}) beside the model alone on the same frames "
+        "(VideoSession.run_device, chunked backbone); ratio = end-to-end / model-only, run by run",
+    ]
+    head = (
+        f"{'backend':<18} {'min_dim':>7} {'obj':>3}  {'end-to-end FPS':<20} {'model-only FPS':<20} "
+        f"{'ratio':<18} {'stages/wall':>11} {'1st mask s':>10}  {'start-up s':>10} {'1st mask s':>10}"
+    )
+    lines += [f"{'':<95}{'(hodor-run, warm)':>22}", head, "-" * len(head)]
+    for r in e2e.results:
+        run = (r.startup.warm or r.startup.first) if r.startup is not None else None
+        lines.append(
+            f"{r.backend:<18} {r.min_dim:>7} {r.objects:>3}  {spread(r.fps):<20} "
+            f"{spread(r.model_only_fps):<20} "
+            f"{spread(r.ratio):<18} {num(r.stage_share.median, 2):>11} {num(r.first_mask_s.median, 2):>10}  "
+            f"{num(run.startup_s if run else None, 2):>10} {num(run.first_mask_s if run else None, 2):>10}"
+        )
+        if r.startup is not None and r.startup.status != "measured":
+            lines.append(f"  start-up not measured: {r.startup.reason}")
+    lines += [f"  {name}: failed: {why}" for name, why in e2e.failures.items()]
+    return lines

@@ -1,14 +1,15 @@
 """``hodor-run``: segment the objects of a video from reference masks.
 
-Exit status: 0 done; 2 a mistake in the input (files, masks, model, options, a busy or
-foreign output directory: one line on stderr); 3 the video ended before its declared
-frames (the frames before are written, the output marked ``INCOMPLETE.json``); 130
-interrupted (Ctrl-C: nothing written). Anything else is a bug and shows its traceback
-(status 1).
+Exit status: 0 done (a live source ended by its end or by Ctrl-C); 2 a mistake in the input
+(files, masks, model, options, a busy or foreign output directory: one line on stderr); 3
+the video ended before its declared frames or a stream broke off (the frames before are
+written, the output marked ``INCOMPLETE.json``); 130 interrupted (Ctrl-C on a file: nothing
+written). Anything else is a bug and shows its traceback (status 1).
 
-The outputs are written into a staging directory beside ``--out`` and swapped in whole at
-the end (:mod:`hodor.engine.io.staging`): ``--out`` holds either the previous run's outputs
-or this run's, never a mix and never a fragment.
+The work runs through :mod:`hodor.engine.pipeline` (decoding, the device and the writers
+overlapped). The outputs are written into a staging directory beside ``--out`` and swapped
+in whole at the end (:mod:`hodor.engine.io.staging`): ``--out`` holds either the previous
+run's outputs or this run's, never a mix and never a fragment.
 """
 
 from __future__ import annotations
@@ -16,14 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import warnings
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -43,16 +42,22 @@ from hodor.engine.io import (
     INCOMPLETE_NAME,
     FrameSource,
     Incomplete,
-    OverlayWriter,
     StagedDir,
+    StreamSource,
     claim_output,
     foreign_entries,
+    is_stream,
     open_frames,
+    open_stream,
     write_mask,
 )
 from hodor.engine.io.binding import References, load_references
 from hodor.engine.io.files import TEMPORARY_SUFFIX
+from hodor.engine.io.streams import stream_stem
 from hodor.engine.loop.session import DEFAULT_CHUNK, DEFAULT_TEMPORAL_WINDOW, TinyObjectWarning, VideoSession
+from hodor.engine.pipeline import Latency, Outputs, PipelineInterrupted, PipelineResult, run_pipeline
+from hodor.engine.pipeline.kernel_cache import use_persistent_kernel_cache
+from hodor.engine.pipeline.startup import StartupClock
 from hodor.errors import HodorError
 
 PROG = "hodor-run"
@@ -81,10 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = CommandLineParser(
         prog=PROG,
         description="Segment objects through a video with HODOR, starting from reference masks.",
-        epilog=f"Exit status: 0 done; {EXIT_USER_ERROR} a mistake in the input or options (one line on "
+        epilog=f"Exit status: 0 done (a live source: at its end, or at Ctrl-C, what was processed is "
+        f"written); {EXIT_USER_ERROR} a mistake in the input or options (one line on "
         f"stderr, nothing written); {EXIT_INCOMPLETE_INPUT} the video ended before its declared frames "
-        f"(the frames before are written, marked by {INCOMPLETE_NAME}); {EXIT_INTERRUPTED} interrupted "
-        "(nothing written). --out holds the previous run's outputs or this run's, never a mix. "
+        f"or a stream broke off (the frames before are written, marked by {INCOMPLETE_NAME}); "
+        f"{EXIT_INTERRUPTED} interrupted (Ctrl-C on a file: nothing written). --out holds the previous "
+        "run's outputs or this run's, never a mix. "
         "Dataset mode: hodor-run ROOT [options] segments every sequence of a DAVIS or YouTube-VOS "
         "root or of a .csv/.json list of videos, loading the model once (hodor-run ROOT --help). "
         "Several videos at once: hodor-run A --masks M... B --masks M... [options] segments them "
@@ -92,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT by default ./hodor-run.hodor-out/).",
     )
     p.add_argument(
-        "input", type=Path, help="video file (mp4, mkv, avi, webm, mov, ...) or directory of jpg/png frames"
+        "input",
+        help="video file (mp4, mkv, avi, webm, mov, ...), directory of jpg/png frames, or a live source: "
+        "- (a stream on standard input), a URL (rtsp://, http(s)://, ...) or a V4L2 device (/dev/video0)",
     )
     p.add_argument(
         "--masks",
@@ -145,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk",
         type=_positive,
         default=DEFAULT_CHUNK,
-        help=f"frames per backbone batch (default {DEFAULT_CHUNK}); only these frames' features are held",
+        help=f"frames per backbone batch (default {DEFAULT_CHUNK}); only these frames' features are held; "
+        "a live source runs frame by frame",
     )
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay.mp4")
     torch_options = p.add_argument_group("how the network runs (--precision also applies to exports)")
@@ -204,17 +214,21 @@ def find_model(model: Path | None, cwd: Path | None = None) -> Path:
     raise HodorError(f"several models here ({', '.join(p.name for p in exports)}): choose one with --model")
 
 
-def default_output_dir(input_path: Path) -> Path:
+def default_output_dir(input_text: str | Path) -> Path:
+    """``./<input stem>.hodor-out``: the video's stem, the directory's name, or the stream's
+    (``stdin`` for ``-``)."""
+    text = str(input_text)
+    if is_stream(text):
+        return Path.cwd() / f"{stream_stem(text)}.hodor-out"
+    input_path = Path(text)
     name = input_path.resolve().name
     stem = name if input_path.is_dir() else Path(name).stem
     return Path.cwd() / f"{stem}.hodor-out"
 
 
-def _frames_kept(frames: Iterator[np.ndarray], window: deque[np.ndarray]) -> Iterator[np.ndarray]:
-    """Yield the frames, keeping each until the overlay has used it (at most a chunk or so)."""
-    for frame in frames:
-        window.append(frame)
-        yield frame
+def open_input(text: str) -> FrameSource | StreamSource:
+    """A live source (``-``, a URL, a device) opened as a stream, else a video file or frame directory."""
+    return open_stream(text) if is_stream(text) else open_frames(Path(text))
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -259,7 +273,14 @@ def check_output_dir(out_dir: Path) -> None:
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a finished run did: ``frames`` written for ``objects`` objects into ``out_dir``."""
+    """What a finished run did: ``frames`` written for ``objects`` objects into ``out_dir``.
+
+    ``startup``: seconds from the command's start to the first frame entering the pipeline
+    (imports, inputs, device, model: ``startup_phases``); ``first_mask``: from the command's
+    start to the first frame written; ``seconds``: from the first frame entering the pipeline
+    to the last written. ``latency`` is reported for live sources; ``stopped``: a live
+    source ended by Ctrl-C.
+    """
 
     frames: int
     objects: int
@@ -267,70 +288,130 @@ class RunResult:
     backend: str
     out_dir: Path
     incomplete: Incomplete | None = None
+    startup: float | None = None
+    startup_phases: tuple[tuple[str, float], ...] = ()
+    first_mask: float | None = None
+    latency: Latency | None = None
+    stopped: bool = False
     compile_seconds: float | None = None  # --backbone compile: time spent compiling, within ``seconds``
 
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else float("inf")
+
     def summary(self) -> str:
-        fps = self.frames / self.seconds if self.seconds > 0 else float("inf")
+        line = f"{self.frames} frames, {self.objects} objects"
+        if self.startup is not None:
+            line += f"; start-up {self.startup:.1f} s"
+            if self.first_mask is not None:
+                line += f" (first mask at {self.first_mask:.1f} s)"
         compiled = ""
         if self.compile_seconds is not None:
             compiled = f" (backbone compiled in {self.compile_seconds:.1f} s)"
-        line = (
-            f"{self.frames} frames, {self.objects} objects, {self.seconds:.1f} s{compiled}, {fps:.2f} FPS, "
-            f"backend {self.backend}, output {self.out_dir}"
-        )
+        line += f"; {self.frames} frames in {self.seconds:.1f} s{compiled}, {self.fps:.2f} FPS"
+        if self.latency is not None:
+            line += f"; {self.latency.describe()}"
+        line += f"; backend {self.backend}, output {self.out_dir}"
+        if self.stopped:
+            line += " (live source stopped by Ctrl-C)"
         if (short := self.incomplete) is not None:
-            line += f" (incomplete: {short.frames_written} of {short.frames_expected} frames)"
+            line += f" (incomplete: {short.count()})"
         return line
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C after ``done`` of ``total`` frames; raised through the staging, which discards them."""
+    """Ctrl-C after ``done`` of ``total`` frames (None: a live source); raised through the staging,
+    which discards them."""
 
-    def __init__(self, done: int, total: int) -> None:
-        super().__init__(f"interrupted after {done} of {total} frames")
+    def __init__(self, done: int, total: int | None) -> None:
+        of = f" of {total}" if total is not None else ""
+        super().__init__(f"interrupted after {done}{of} frames")
         self.done, self.total = done, total
 
 
 def _segment(
-    session: VideoSession, frames: FrameSource, references: References, out: Path, overlay_wanted: bool
-) -> tuple[int, Incomplete | None]:
-    """Write ``out/masks/*.png`` (and ``out/overlay.mp4``); return the frames written and how the
-    input fell short, if it did."""
+    session: VideoSession,
+    frames: FrameSource | StreamSource,
+    references: References,
+    out: Path,
+    overlay_wanted: bool,
+    on_progress: Callable[[int], None] | None = None,
+) -> PipelineResult:
+    """Write ``out/masks/*.png`` (and ``out/overlay.mp4``) through the pipeline, with a progress
+    bar unless ``on_progress`` takes the frames' progress instead."""
     (out / MASKS_DIR).mkdir()
-    overlay = None
-    if overlay_wanted:
-        size = (frames.height, frames.width)
-        overlay = OverlayWriter(out / OVERLAY_NAME, frames.fps, *size, references.palette)
-    reader = frames.read()
-    pending: deque[np.ndarray] = deque()
-    count = 0
-    try:
-        masks = session.run(_frames_kept(reader, pending), references.masks)
-        for index, ids in enumerate(tqdm(masks, total=len(frames), unit="frame", desc=PROG, file=sys.stderr)):
-            frame = pending.popleft()
-            write_mask(out / MASKS_DIR / f"{frames.stem(index)}.png", ids, references.palette)
-            if overlay is not None:
-                overlay.write(frame, ids)
-            count += 1
-        if overlay is not None:
-            overlay.close()
-            overlay = None
-    except KeyboardInterrupt:
-        raise RunInterrupted(count, len(frames)) from None
-    finally:
-        if overlay is not None:
-            overlay.abort()
-    return count, reader.shortfall()
+    outputs = Outputs(
+        palette=references.palette,
+        masks_dir=out / MASKS_DIR,
+        mask_name=frames.stem,
+        overlay=out / OVERLAY_NAME if overlay_wanted else None,
+        fps=frames.fps,
+        write_mask=write_mask,
+    )
+    with ExitStack() as stack:
+        if on_progress is None:
+            bar = tqdm(total=frames.frame_count, unit="frame", desc=PROG, file=sys.stderr)
+            on_progress = stack.enter_context(bar).update
+        try:
+            return run_pipeline(session, frames, references.masks, outputs, on_progress=on_progress)
+        except PipelineInterrupted as exc:
+            raise RunInterrupted(exc.masks_written, frames.frame_count) from None
 
 
-def run(args: argparse.Namespace) -> RunResult:
+def segment_to(
+    target: Path,
+    session: VideoSession,
+    frames: FrameSource | StreamSource,
+    references: References,
+    overlay: bool = True,
+    on_progress: Callable[[int], None] | None = None,
+) -> PipelineResult:
+    """What ``hodor-run`` does once its model is loaded: segment ``frames`` into a staging
+    directory beside ``target`` and put it in place of ``target`` whole (the benchmark calls
+    this too, with ``on_progress`` instead of the progress bar). The caller holds ``target``'s
+    lock."""
+    with StagedDir(target) as staged:
+        result = _segment(session, frames, references, staged.path, overlay, on_progress)
+        staged.commit(incomplete=result.shortfall)
+    return result
+
+
+def _initialise_device(device: str | None) -> bool:
+    """Create the CUDA context now (when the run will use CUDA), so that start-up shows it apart
+    from the model's loading; False when the run is on the CPU."""
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available():
+        return False
+    torch.cuda.init()
+    torch.empty(0, device="cuda")
+    return True
+
+
+def run(args: argparse.Namespace, clock: StartupClock | None = None) -> RunResult:
     """Do the work: check every input, then write the outputs through a staging directory."""
-    frames = open_frames(args.input)
+    clock = clock or StartupClock()
+    clock.mark("imports")
+    frames = open_input(args.input)
+    try:
+        return _run_source(args, frames, clock)
+    finally:
+        if isinstance(frames, StreamSource):
+            frames.close()  # a stream the pipeline never read
+
+
+def _run_source(
+    args: argparse.Namespace, frames: FrameSource | StreamSource, clock: StartupClock
+) -> RunResult:
     references = load_references(args.masks, frames)
     model_path = find_model(args.model)
     out_dir = args.out or default_output_dir(args.input)
     with claim_output(out_dir, PROG) as claim:
         check_output_dir(out_dir)
+        clock.mark("inputs")
+        if _initialise_device(args.device):
+            clock.mark("CUDA initialisation")
+        use_persistent_kernel_cache()
         overrides = ConfigOverrides(config_path=args.config, min_dim=args.min_dim, max_dim=args.max_dim)
         torch_options = TorchOptions(
             kernels=args.kernels,
@@ -348,23 +429,27 @@ def run(args: argparse.Namespace) -> RunResult:
                 file=sys.stderr,
             )
         session = VideoSession(backend, temporal_window=args.temporal_window, chunk=args.chunk)
-        start = time.perf_counter()
-        with StagedDir(claim.target) as staged:
-            count, incomplete = _segment(session, frames, references, staged.path, not args.no_overlay)
-            staged.commit(incomplete=incomplete)
-        seconds = time.perf_counter() - start
+        clock.mark("model")
+        result = segment_to(claim.target, session, frames, references, not args.no_overlay)
+    first = result.first_frame_at
     return RunResult(
-        frames=count,
+        frames=result.frames,
         objects=len(session.objects),
-        seconds=seconds,
+        seconds=result.seconds,
         backend=f"{backend.name} ({backend.device})",
         out_dir=out_dir,
-        incomplete=incomplete,
+        incomplete=result.shortfall,
+        startup=clock.since_origin(result.started_at),
+        startup_phases=tuple(clock.phases),
+        first_mask=clock.since_origin(first) if first is not None else None,
+        latency=result.latency if frames.live else None,
+        stopped=result.interrupted,
         compile_seconds=backend.backbone_compile_seconds if compiling else None,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    clock = StartupClock()
     argv = sys.argv[1:] if argv is None else list(argv)
     from hodor.engine.datasets import cli as dataset_cli  # a dataset root: every sequence, one model load
 
@@ -381,16 +466,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Frames up to Pillow's hard limit are accepted deliberately (see engine/io/image_size.py).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.showwarning = _show_warning
-            result = run(args)
+            result = run(args, clock)
     except HodorError as exc:
         print_error(PROG, exc)
         return EXIT_USER_ERROR
     except RunInterrupted as exc:
         out_dir = args.out or default_output_dir(args.input)
-        print(
-            f"{PROG}: interrupted after {exc.done} of {exc.total} frames; nothing was written to {out_dir}",
-            file=sys.stderr,
-        )
+        print(f"{PROG}: {exc}; nothing was written to {out_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)

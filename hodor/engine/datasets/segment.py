@@ -4,7 +4,9 @@ The single-process runner and the Ray workers both call :func:`segment_sequence`
 their outputs are the same. The masks go into a :class:`~hodor.engine.io.staging.StagedDir`
 of ``OUT/<seq>``, written and locked by the process segmenting the sequence (a Ray worker
 writes its own), and committed with the sequence's record once the last mask is written.
-The run's lock on ``OUT`` is the caller's (the driver's), never a worker's.
+The run's lock on ``OUT`` is the caller's (the driver's), never a worker's. A sequence goes
+through the same pipeline as one video given to ``hodor-run`` (:mod:`hodor.engine.pipeline`),
+without the overlay.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from hodor.engine.datasets.sequence import SequenceSpec
 from hodor.engine.io import FrameSource, StagedDir, open_frames, write_mask
 from hodor.engine.io.binding import References, load_references
 from hodor.engine.loop.session import VideoSession
+from hodor.engine.pipeline import Outputs, run_pipeline
 from hodor.errors import HodorError
 
 
@@ -67,13 +70,14 @@ def segment_sequence(session: VideoSession, spec: SequenceSpec, out_root: Path) 
             f"sequence {spec.name}: masks are expected for frame(s) {', '.join(absent[:5])}, "
             f"which {spec.frames} does not have"
         )
+    def mask_name(index: int) -> str | None:
+        stem = frames.stem(index)
+        return stem if stem in wanted else None
+
     with StagedDir(out_root / spec.name) as staged:
-        written: list[str] = []
-        for index, ids in enumerate(session.run(frames, references.masks)):
-            stem = frames.stem(index)
-            if stem in wanted:
-                write_mask(staged.path / f"{stem}.png", ids, references.palette)
-                written.append(stem)
+        outputs = Outputs(references.palette, staged.path, mask_name, write_mask=write_mask)
+        result = run_pipeline(session, frames, references.masks, outputs)
+        written = [stem for index in range(result.frames) if (stem := mask_name(index)) is not None]
         record = SequenceRecord(
             name=spec.name,
             stems=tuple(written),

@@ -1,9 +1,10 @@
 """Sources and sinks: frames in (video files, frame directories), masks in and out, the overlay
 video, output files and directories, and which frame each reference mask annotates.
 
-A new input kind goes in :mod:`.frames`; a new output format beside :mod:`.masks` and
-:mod:`.overlay`, written through :mod:`.files` into a directory staged by :mod:`.staging`
-(under the lock of :mod:`.lock`), which is swapped in whole when the run ends well.
+A new input kind goes in :mod:`.frames` (live sources: :mod:`.streams`); a new output format
+beside :mod:`.masks` and :mod:`.overlay`, written through :mod:`.files` into a directory staged
+by :mod:`.staging` (under the lock of :mod:`.lock`), which is swapped in whole when the run
+ends well.
 """
 
 from hodor.engine.io.files import atomic_write, temporary_beside
@@ -32,6 +33,7 @@ from hodor.engine.io.staging import (
     read_incomplete,
     remove_stale,
 )
+from hodor.engine.io.streams import StreamSource, is_stream, open_stream
 
 __all__ = [
     "COMMIT_RECORD_NAME",
@@ -45,6 +47,7 @@ __all__ = [
     "OutputLock",
     "OverlayWriter",
     "StagedDir",
+    "StreamSource",
     "atomic_write",
     "blend_overlay",
     "claim_output",
@@ -53,7 +56,9 @@ __all__ = [
     "default_palette",
     "foreign_entries",
     "index_stems",
+    "is_stream",
     "open_frames",
+    "open_stream",
     "read_image_rgb",
     "read_commit_record",
     "read_incomplete",

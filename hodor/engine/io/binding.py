@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from hodor.engine.io import FrameSource, default_palette, read_mask
+from hodor.engine.io.streams import StreamSource
 from hodor.errors import HodorError
 
 _EXPLICIT_FRAME = re.compile(r"^(?P<path>.+)@(?P<frame>\d+)$")
@@ -85,10 +86,12 @@ class References:
         return sorted({int(i) for m in self.masks.values() for i in np.unique(m) if i != 0})
 
 
-def load_references(arguments: Sequence[str], frames: FrameSource) -> References:
+def load_references(arguments: Sequence[str], frames: FrameSource | StreamSource) -> References:
     """Read, bind and check every mask against ``frames``; masks bound to one frame are merged.
 
-    The output palette is that of the earliest-bound mask that has one.
+    The output palette is that of the earliest-bound mask that has one. A live stream has no
+    frame names and no declared length: its masks bind by number (``00040.png``, ``m.png@40``),
+    a mask named otherwise to frame 0.
     """
     if not arguments:
         raise HodorError("no mask given: pass --masks M [M ...] (palette PNGs of the objects to track)")
@@ -99,10 +102,10 @@ def load_references(arguments: Sequence[str], frames: FrameSource) -> References
         argument = parse_mask_argument(text)
         mask = read_mask(argument.path)
         index = bind_frame(argument, frames.stems)
-        if index >= len(frames):
+        if frames.frame_count is not None and index >= frames.frame_count:
             raise HodorError(
                 f"{argument.path} is bound to frame {index}, but {frames.path} has only "
-                f"{len(frames)} frames (0..{len(frames) - 1})"
+                f"{frames.frame_count} frames (0..{frames.frame_count - 1})"
             )
         h, w = mask.ids.shape
         if (h, w) != frames.size:

@@ -38,7 +38,13 @@ def rotate_to_display(frame: np.ndarray, rotation: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FrameSource:
-    """The frames of one input: ``len()`` frames of ``height x width``, named by ``stems``."""
+    """The frames of one input: ``len()`` frames of ``height x width``, named by ``stems``.
+
+    A file or a directory, read from its start as often as wanted (live sources are
+    :class:`hodor.engine.io.streams.StreamSource`).
+    """
+
+    live = False
 
     path: Path
     kind: str  # "video" or "directory"
@@ -49,6 +55,11 @@ class FrameSource:
     files: tuple[Path, ...] = ()  # directory inputs only
 
     def __len__(self) -> int:
+        return len(self.stems)
+
+    @property
+    def frame_count(self) -> int:
+        """The frames the input declares (a video may decode fewer, or more)."""
         return len(self.stems)
 
     @property
@@ -95,6 +106,10 @@ class FrameReader:
         self.count += 1
         return frame
 
+    def close(self) -> None:
+        """Stop reading early and close the video (reading to the end closes it too)."""
+        self._frames.close()
+
     def shortfall(self) -> Incomplete | None:
         """After the iteration: how a video fell short of its declared frames, or None.
 
@@ -130,13 +145,13 @@ class FrameReader:
         try:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            fallback = _stream_rotation(stream)
+            fallback = stream_rotation(stream)
             try:
                 for packet in container.demux(stream):
                     if packet.size:
                         self.packets += 1
                     for frame in packet.decode():
-                        yield _frame_rgb(frame, fallback)
+                        yield frame_rgb(frame, fallback)
             except av.error.FFmpegError as exc:
                 self.decode_error = getattr(exc, "strerror", None) or str(exc)
         finally:
@@ -166,14 +181,16 @@ def _open_container(path: Path) -> av.container.InputContainer:
     return container
 
 
-def _frame_rgb(frame: av.VideoFrame, stream_rotation: float) -> np.ndarray:
+def frame_rgb(frame: av.VideoFrame, fallback_rotation: float) -> np.ndarray:
+    """A decoded frame as ``[H,W,3]`` uint8 RGB, upright (its display matrix, else the stream's tag)."""
     rotation = getattr(frame, "rotation", None)
     if rotation is None:
-        rotation = stream_rotation
+        rotation = fallback_rotation
     return rotate_to_display(frame.to_ndarray(format="rgb24"), rotation)
 
 
-def _stream_rotation(stream: av.video.stream.VideoStream) -> float:
+def stream_rotation(stream: av.video.stream.VideoStream) -> float:
+    """The rotation a stream's ``rotate`` tag asks for, counter-clockwise degrees (0 without one)."""
     # Older containers carry a clockwise "rotate" tag instead of a display matrix on the frames.
     try:
         return -float(stream.metadata.get("rotate", 0))
@@ -236,7 +253,7 @@ def open_frames(path: str | Path) -> FrameSource:
         if first is None:
             raise HodorError(f"{path}: the video has no frames")
         check_pixels(path, "frame", first.width, first.height)
-        first_rgb = _frame_rgb(first, _stream_rotation(stream))
+        first_rgb = frame_rgb(first, stream_rotation(stream))
     finally:
         container.close()
     # A fresh container for counting: not every format can seek back to the start.

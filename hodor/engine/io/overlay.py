@@ -21,7 +21,11 @@ def blend_overlay(frame: np.ndarray, ids: np.ndarray, palette: list[int], alpha:
 
 
 class OverlayWriter:
-    """``overlay.mp4``: the masks over the frames at the source frame rate (H.264 where available)."""
+    """``overlay.mp4``: the masks over the frames at the source frame rate (H.264 where available).
+
+    The encoder runs on its own threads (frame threading, as many as FFmpeg picks for the
+    machine), so a caller that feeds it from one thread keeps several cores busy encoding.
+    """
 
     def __init__(self, path: str | Path, fps: Fraction, height: int, width: int, palette: list[int]) -> None:
         self.path = Path(path)
@@ -42,9 +46,15 @@ class OverlayWriter:
             self._stream.options = {"crf": "20", "preset": "veryfast"}
         else:
             self._stream.bit_rate = 4_000_000
+        self._stream.codec_context.thread_type = "FRAME"
+        self._stream.codec_context.thread_count = 0  # FFmpeg's choice for this machine
 
     def write(self, frame: np.ndarray, ids: np.ndarray) -> None:
-        image = blend_overlay(frame, ids, self.palette)
+        """Blend ``ids [H,W]`` over ``frame [H,W,3]`` uint8 and append it to the video."""
+        self.write_image(blend_overlay(frame, ids, self.palette))
+
+    def write_image(self, image: np.ndarray) -> None:
+        """Append an already blended frame ``[H,W,3]`` uint8 RGB to the video."""
         pad_h, pad_w = self._stream.height - image.shape[0], self._stream.width - image.shape[1]
         if pad_h or pad_w:
             image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")

@@ -51,14 +51,21 @@ _LEFTOVER = re.compile(r"^\.(?P<target>.+)\.(?P<kind>staging|old)-(?P<token>\d+-
 @dataclass(frozen=True)
 class Incomplete:
     """What a directory committed from an input that ended early holds: ``frames_written`` of
-    ``frames_expected`` frames, and why (one sentence)."""
+    ``frames_expected`` frames (None for a live stream, which declares no length), and why
+    (one sentence)."""
 
     frames_written: int
-    frames_expected: int
+    frames_expected: int | None
     reason: str
 
     def describe(self) -> str:
-        return f"{self.frames_written} of {self.frames_expected} frames: {self.reason}"
+        return f"{self.count()}: {self.reason}"
+
+    def count(self) -> str:
+        """``"87 of 200 frames"``, or ``"87 frames"`` when no length was declared."""
+        if self.frames_expected is None:
+            return f"{self.frames_written} frames"
+        return f"{self.frames_written} of {self.frames_expected} frames"
 
 
 def read_incomplete(directory: str | Path) -> Incomplete | None:
