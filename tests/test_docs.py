@@ -79,8 +79,9 @@ def test_the_python_api_snippet_runs_and_writes_palette_masks(tmp_path, monkeypa
     assert namespace["batch"].names == ("cam1",) and namespace["batch"].video("cam1").frame_index == 4
 
 
-def test_the_python_api_pipeline_snippet_runs_after_the_first(tmp_path, monkeypatch):
-    """The README's second Python API block (the pipeline) runs in the first one's namespace."""
+def test_the_python_api_blocks_run_one_after_another(tmp_path, monkeypatch):
+    """The README's Python API blocks after the first (the batch of sessions, the pipeline) run in
+    the namespace of those before them."""
     monkeypatch.setattr(
         registry,
         "open_backend",
@@ -105,11 +106,15 @@ def test_the_python_api_pipeline_snippet_runs_after_the_first(tmp_path, monkeypa
     Image.fromarray(ids, mode="L").save("first_frame.png")
     text = (REPO / "README.md").read_text().split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert len(blocks) == 2
+    # The session, then the batch of sessions, then the pipeline: each runs in the namespace before it.
+    assert len(blocks) == 3 and "BatchSession" in blocks[1] and "run_pipeline" in blocks[2]
     namespace: dict = {}
     for k, block in enumerate(blocks):
         exec(compile(block, f"README.md (Python API, block {k + 1})", "exec"), namespace)
     assert namespace["result"].frames == 5
+    # The batch block: both clips segmented in full, and two streams stepped through the clip.
+    assert namespace["written"] == {"a": 5, "b": 5}
+    assert sorted(p.name for p in (tmp_path / "masks" / "a").iterdir()) == [f"{t:05d}.png" for t in range(5)]
     assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == [
         f"{t:05d}.png" for t in range(5)
     ]

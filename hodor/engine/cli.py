@@ -162,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     torch_options.add_argument(
         "--kernels",
         choices=KERNEL_CHOICES,
-        help="what computes the descriptor attentions, mask logits, pooling and deformable convolutions: "
-        "the fused Triton kernels (CUDA) or plain PyTorch "
+        help="what computes the descriptor attentions, mask logits, pooling, deformable convolutions "
+        "and the work after each decode: the fused Triton kernels (CUDA) or plain PyTorch "
         "(default: triton on CUDA when Triton is installed, else torch)",
     )
     torch_options.add_argument(

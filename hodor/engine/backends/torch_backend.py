@@ -197,6 +197,9 @@ class TorchBackend:
         if dtype is not None:
             net.to(dtype)
         self.kernels: str = net.kernels
+        # The post-decode follows the kernels on CUDA (hodor.engine.loop.post_decode.post_decode_for);
+        # in Triton's CPU interpreter its kernels would cost seconds a frame, so the CPU keeps torch's.
+        self.runtime_tail: str = "triton" if self.kernels == "triton" and device.type == "cuda" else "torch"
         self.dtype: torch.dtype = next(net.parameters()).dtype
         self.graphs = graphs if graphs is not None else CudaGraphRunner(enabled=False)
         self.backbone_mode = backbone

@@ -28,7 +28,7 @@ import torch
 from hodor.config import CHANNELS
 from hodor.engine.backends.base import Backend
 from hodor.engine.loop.masks import resample
-from hodor.engine.loop.post_decode import ENCODER_STRIDE, FrameReferences, masks_from_logits
+from hodor.engine.loop.post_decode import ENCODER_STRIDE, FrameReferences, post_decode_for
 from hodor.engine.loop.video import Frame, Reference, VideoState
 from hodor.errors import HodorError
 
@@ -300,12 +300,13 @@ def _propagate(
     ids_of = [a.video.ring.ids for a in decoding]
     masks: dict[int, torch.Tensor] = {}
     fg_maps, bg_maps = [], []
+    post_decode = post_decode_for(backend)
     for b, (a, ids) in enumerate(zip(decoding, ids_of, strict=True)):
         video, geometry = a.video, a.video.geometry
         assert geometry is not None and video.grid_enc is not None
         # This video's rows and channels; padding objects' channels (-inf) are left out.
         own = logits[b : b + 1, : video.num_bg_channels + len(ids)]
-        decoded = masks_from_logits(
+        decoded = post_decode(
             own,
             video.num_bg_channels,
             video.id_lookup(ids),
