@@ -17,7 +17,10 @@ What is measured, per backend, processing size (``min_dim``) and object count:
   ratios stay fair. FPS is reported per run (median, spread); per-stage latency per frame:
   ``backbone``, ``encode``, ``decode`` (timed at the backend seam) and ``runtime`` (everything else
   in ``step``);
-* throughput over ``--streams`` concurrent videos;
+* throughput over ``--streams`` concurrent videos, each in its own session;
+* batches of sessions: for each count of ``--batch-streams``, that many videos in one
+  ``BatchSession`` (one stage call per step for all of them) against the same videos in separate
+  sessions, runs interleaved: aggregate FPS, per-video latency, peak memory, and their ratio;
 * peak host memory (resident set) and, on CUDA, peak GPU memory, per configuration;
 * video decode and mask writing, per frame, apart from the model;
 * end to end, per backend and min_dim: ``hodor-run``'s own path (the same functions) on a generated
@@ -94,6 +97,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, help="timed runs per configuration (default 5)")
     p.add_argument("--streams", type=int, help="concurrent videos for throughput; 0 skips it (default 2)")
     p.add_argument("--throughput-repeats", type=int, help="timed runs for throughput (default: --repeats)")
+    p.add_argument(
+        "--batch-streams",
+        nargs="+",
+        type=int,
+        metavar="N",
+        help="videos per BatchSession, each count measured against as many separate sessions; "
+        "0 skips (default 1 4 16 64; --quick: 1 2)",
+    )
     p.add_argument("--io-frames", type=int, help="frames for the decode / mask-writing figures (default 30)")
     p.add_argument(
         "--e2e-frames",
@@ -162,6 +173,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.repeats = args.repeats or (3 if quick else 5)
     args.streams = args.streams if args.streams is not None else 2
     args.throughput_repeats = args.throughput_repeats or (1 if quick else args.repeats)
+    args.batch_streams = args.batch_streams or ([1, 2] if quick else [1, 4, 16, 64])
+    if args.batch_streams == [0]:
+        args.batch_streams = []
     args.io_frames = args.io_frames or (8 if quick else 30)
     args.e2e_frames = args.e2e_frames if args.e2e_frames is not None else (12 if quick else 300)
     args.e2e_repeats = args.e2e_repeats or (1 if quick else 3)
@@ -175,13 +189,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         or args.window < 0
         or args.frames < 1
         or (args.threads is not None and args.threads < 1)
+        or any(n < 1 for n in args.batch_streams)
         or args.e2e_frames < 0
         or args.startup_frames < 0
         or args.e2e_objects < 1
     ):
         p.error(
             "objects >= 1, min-dims >= 32, window >= 0, frames >= 1, threads >= 1, e2e-objects >= 1, "
-            "e2e-frames >= 0 and startup-frames >= 0 are required"
+            "e2e-frames >= 0, startup-frames >= 0 and batch-streams >= 1 (or 0 alone) are required"
         )
     return args
 
@@ -254,6 +269,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         streams=args.streams,
         throughput_repeats=args.throughput_repeats,
         io_frames=args.io_frames,
+        batch_streams=sorted(set(args.batch_streams)),
         e2e_frames=args.e2e_frames,
         e2e_repeats=args.e2e_repeats,
         e2e_objects=args.e2e_objects,
@@ -354,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_objects=max(*settings.objects, settings.e2e_objects),
         threads=args.threads,
         max_padded_side=max_padded_side(base_cfg, settings.min_dims),
+        max_streams=max(settings.batch_streams, default=1),
     )
 
     def plan_for(backends: list[str]) -> Plan:
@@ -406,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_s=store.setup_s,
         results=outcome.results,
         throughput=outcome.throughput,
+        batched=outcome.batched,
         ratios=outcome.ratios,
         io=io,
         official=official,

@@ -30,6 +30,7 @@ TOP_KEYS = {
     "setup_s",
     "results",
     "throughput",
+    "batched",
     "ratios",
     "io",
     "official",
@@ -102,6 +103,18 @@ def test_quick_benchmark_writes_json_and_plot(tmp_path: Path) -> None:
             assert r["memory"]["host_peak_rss_mib"] > 0
     for t in report["throughput"]:
         assert t["streams"] == settings["streams"] and t["fps_total"]["median"] > 0
+    assert settings["batch_streams"] == [1, 2]  # --quick
+    for name in measured:
+        batched = [b for b in report["batched"] if b["backend"] == name]
+        assert {(b["min_dim"], b["objects"], b["streams"]) for b in batched} == {
+            (d, o, n) for d, o in configs for n in settings["batch_streams"]
+        }, name
+        for b in batched:
+            for key in ("fps_total", "separate_fps_total", "fps_ratio"):
+                assert b[key]["n"] == settings["throughput_repeats"] and b[key]["median"] > 0, (name, key)
+            assert b["video_latency_ms"]["n"] == settings["throughput_repeats"] * settings["frames"]
+            assert b["memory"]["host_peak_rss_mib"] > 0
+    assert "Batches of sessions" in (out / "fps.md").read_text()
     if "onnxruntime" in measured:
         ratios = [q for q in report["ratios"] if q["backend"] == "onnxruntime"]
         assert len(ratios) == len(configs) and all(q["fps_ratio"]["median"] > 0 for q in ratios)

@@ -251,7 +251,7 @@ def test_the_model_failing_mid_video_is_one_line_and_leaves_nothing(
     tmp_path, clip_dir, fake_model, capsys, monkeypatch
 ):
     class Limited(FakeBackend):
-        def check_limits(self, num_objects, history, height, width):
+        def check_limits(self, num_objects, history, height, width, streams=1):
             if num_objects > 1:
                 raise HodorError(f"this export runs at most 1 object, not {num_objects}")
 

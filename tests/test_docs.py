@@ -22,11 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 H, W = 48, 64
 
 
-def readme_block(heading: str) -> str:
-    """The first ```python block under the README's ``## heading``."""
+def readme_block(heading: str, index: int = 0) -> str:
+    """The ``index``-th ```python block under the README's ``## heading``."""
     text = (REPO / "README.md").read_text()
     section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    return re.search(r"```python\n(.*?)```", section, re.S)[1]
+    return re.findall(r"```python\n(.*?)```", section, re.S)[index]
 
 
 def test_the_python_api_snippet_runs_and_writes_palette_masks(tmp_path, monkeypatch):
@@ -58,7 +58,8 @@ def test_the_python_api_snippet_runs_and_writes_palette_masks(tmp_path, monkeypa
     first.putpalette(palette)
     first.save("first_frame.png")
 
-    exec(compile(readme_block("Python API"), "README.md (Python API)", "exec"), {})
+    namespace: dict = {}
+    exec(compile(readme_block("Python API"), "README.md (Python API)", "exec"), namespace)
 
     assert opened[0][2].min_dim is not None, "the snippet shows the size option"
     written = sorted(p.name for p in (tmp_path / "masks").iterdir())
@@ -67,9 +68,20 @@ def test_the_python_api_snippet_runs_and_writes_palette_masks(tmp_path, monkeypa
     assert mask.mode == "P" and mask.getpalette()[:768] == palette, "masks keep the reference's palette"
     assert np.array_equal(np.asarray(mask), ids)
 
+    # The batch snippet follows on from the first one.
+    exec(compile(readme_block("Python API", 1), "README.md (Python API, many videos)", "exec"), namespace)
+    for name, first_reference in (("a", 0), ("b", 2)):
+        written = sorted(p.name for p in (tmp_path / "masks" / name).iterdir())
+        assert written == [f"{t:05d}.png" for t in range(4)], name
+        shown = np.asarray(Image.open(tmp_path / "masks" / name / f"{first_reference:05d}.png"))
+        assert np.array_equal(shown, ids), name  # a reference frame shows its reference
+    assert not np.asarray(Image.open(tmp_path / "masks" / "b" / "00000.png")).any()  # before b's first one
+    assert namespace["batch"].names == ("cam1",) and namespace["batch"].video("cam1").frame_index == 4
 
-def test_the_python_api_pipeline_snippet_runs_after_the_first(tmp_path, monkeypatch):
-    """The README's second Python API block (the pipeline) runs in the first one's namespace."""
+
+def test_the_python_api_blocks_run_one_after_another(tmp_path, monkeypatch):
+    """The README's Python API blocks after the first (the batch of sessions, the pipeline) run in
+    the namespace of those before them."""
     monkeypatch.setattr(
         registry,
         "open_backend",
@@ -94,11 +106,15 @@ def test_the_python_api_pipeline_snippet_runs_after_the_first(tmp_path, monkeypa
     Image.fromarray(ids, mode="L").save("first_frame.png")
     text = (REPO / "README.md").read_text().split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert len(blocks) == 2
+    # The session, then the batch of sessions, then the pipeline: each runs in the namespace before it.
+    assert len(blocks) == 3 and "BatchSession" in blocks[1] and "run_pipeline" in blocks[2]
     namespace: dict = {}
     for k, block in enumerate(blocks):
         exec(compile(block, f"README.md (Python API, block {k + 1})", "exec"), namespace)
     assert namespace["result"].frames == 5
+    # The batch block: both clips segmented in full, and two streams stepped through the clip.
+    assert namespace["written"] == {"a": 5, "b": 5}
+    assert sorted(p.name for p in (tmp_path / "masks" / "a").iterdir()) == [f"{t:05d}.png" for t in range(5)]
     assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == [
         f"{t:05d}.png" for t in range(5)
     ]

@@ -251,6 +251,39 @@ def test_torch_backend_through_the_runner_matches_eager_over_a_video():
     assert (runner.stats.captures, runner.stats.replays) == (2, 4 + 2)
 
 
+def test_batched_stages_get_graphs_of_their_own_and_match_eager():
+    """A batch of sessions through the runner: calls over two videos are captured apart from calls
+    over one (the batch is part of the shapes), and every video's masks equal the eager batch's."""
+    from hodor.engine import BatchSession
+
+    frames, masks = clip(6)
+    second = [f[:, ::-1].copy() for f in frames]  # another video of the same size
+    flipped = masks[0][:, ::-1]
+    references = {("a", 0): masks[0], ("b", 1): np.where(flipped == 2, flipped, 0)}  # b: one object
+
+    def run(graphs: CudaGraphRunner | None) -> list[dict]:
+        batch = BatchSession(tiny_backend(graphs), temporal_window=2)
+        batch.add("a")
+        batch.add("b")
+        out = []
+        for t in range(len(frames)):
+            step_masks = {k: m for (k, at), m in references.items() if at == t}
+            out.append(batch.step({"a": frames[t], "b": second[t]}, step_masks))
+        return out
+
+    eager = run(None)
+    capture = FakeCapture()
+    runner = CudaGraphRunner(enabled=True, capture=capture)
+    graphed = run(runner)
+    for t, (a, b) in enumerate(zip(eager, graphed, strict=True)):
+        for k in ("a", "b"):
+            assert np.array_equal(a[k], b[k]), f"video {k}, frame {t}"
+    assert np.unique(graphed[-1]["b"]).tolist() == [0, 2]  # b tracks its one object
+    captured_batches = [inputs[0].shape[0] for inputs in capture.captured]
+    assert 1 in captured_batches and captured_batches.count(2) == 2  # encode and decode over both
+    assert runner.stats.replays > 0 and runner.failure is None
+
+
 # --------------------------------------------------------------------------- on a GPU
 
 

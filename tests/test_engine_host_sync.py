@@ -299,23 +299,13 @@ def test_device_api_gives_the_masks_of_step_and_run(as_tensor):
 
 
 class DeviceStandIn(FakeBackend):
-    """The CPU stand-in network with its weights on a GPU."""
+    """The CPU stand-in network with its weights on a GPU (its stages make their tensors on the
+    device of their inputs)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.w4 = self.w8 = self.w4.to(self.device)
         self.bias = self.bias.to(self.device)
-
-    def decode(self, f4, f8, fg_hist, bg_hist, fg_invalid, bg_invalid):
-        pix = F.normalize(f4[0].flatten(1), dim=0)
-
-        def logits(hist, invalid):
-            lg = torch.einsum("ntc,cp->ntp", hist[0], pix) * 8.0
-            return lg.masked_fill(invalid[0][..., None], float("-inf")).max(1).values
-
-        catch_all = torch.full((1, pix.shape[1]), 2.0, device=pix.device)
-        out = torch.cat([catch_all, logits(bg_hist, bg_invalid), logits(fg_hist, fg_invalid)], 0)
-        return out.reshape(1, -1, *f4.shape[-2:])
 
 
 def cuda_backend(network: str):

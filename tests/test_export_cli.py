@@ -108,6 +108,7 @@ def test_file_that_is_not_a_checkpoint(fake_checkpoint, capsys):
         (["--max-objects", "0"], "--max-objects"),
         (["--max-window", "-1"], "--max-window"),
         (["--max-batch", "0"], "--max-batch"),
+        (["--max-streams", "0"], "--max-streams"),
         (["--min-size", "100"], "multiple of 32"),
         (["--max-size", "64", "--min-size", "128"], "larger than --max-size"),
         (["--opset", "11"], "--opset"),
@@ -155,6 +156,7 @@ def test_tensorrt_option_defaults():
     assert parse(["m.pth", "--tensorrt", "off"]).tensorrt == "off"
     args = parse(["m.pth"])
     assert (args.precision, args.max_objects, args.max_window, args.opset) == ("fp32", 32, 16, 20)
+    assert args.max_streams == 16
 
 
 def test_the_console_entry_point_exits_2_with_one_line(tmp_path):

@@ -23,7 +23,7 @@ from hodor.config import config_beside
 from hodor.engine.backends.manifest import FORMAT_VERSION, STAGES, Manifest, load_manifest, sha256_file
 from hodor.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
 from hodor.errors import HodorError
-from hodor.export.onnx_export import TRACE_H, TRACE_W, _Bounds, example_inputs
+from hodor.export.onnx_export import STAGE_MODULES, TRACE_H, TRACE_W, _Bounds, example_inputs
 from tests.test_export_shared import ExportRun, shared_export, shared_network
 
 FP32_TOLERANCE = 1e-4
@@ -103,12 +103,27 @@ def test_backbone_graph_matches_torch(backends, net, precision, batch, height, w
 def test_encoder_graph_matches_torch(backends, net, precision, height, width, objects):
     backend = _backend(backends, precision)
     gen = torch.Generator().manual_seed(height + objects)
-    f8, fg, bg = example_inputs("encoder", NUM_BG, _Bounds(1, height, width, objects, 1), gen)
+    f8, fg, bg, fg_invalid = example_inputs("encoder", NUM_BG, _Bounds(1, height, width, objects, 1), gen)
     fg[:, 0] = 0.2  # an object with no pixel > 0.5: the arg-max fallback
     bg[:, 1] = 0.0  # an empty background cell: zeros
     with torch.no_grad():
-        want = net.encode(f8, fg, bg)
-    _compare(backend.encode(f8, fg, bg), want, _tolerance(precision), f"encoder {precision} {fg.shape}")
+        want = net.encode(f8, fg, bg, fg_invalid)
+    got = backend.encode(f8, fg, bg, fg_invalid)
+    _compare(got, want, _tolerance(precision), f"encoder {precision} {fg.shape}")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_encoder_and_decoder_graphs_take_a_batch_of_streams(backends, net, precision):
+    """Three streams with padding objects (and, in decode, padding history slots) marked invalid."""
+    backend = _backend(backends, precision)
+    bounds = _Bounds(1, 192, 320, 3, 4, streams=3)
+    for stage in ("encoder", "decoder"):
+        args = example_inputs(stage, NUM_BG, bounds, torch.Generator().manual_seed(11))
+        args[3 if stage == "encoder" else 4][1:, 2] = True  # streams 1, 2: two objects and a padding one
+        with torch.no_grad():
+            want = STAGE_MODULES[stage](net)(*args)
+        got = backend.encode(*args) if stage == "encoder" else backend.decode(*args)
+        _compare(got, want, _tolerance(precision), f"{stage} {precision}, 3 streams")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -159,6 +174,7 @@ def test_manifest_describes_the_export(exported, parity_checkpoint):
     assert m.checkpoint["sha256"] == sha256_file(parity_checkpoint)
     lim = m.limits
     assert (lim.max_objects, lim.max_history, lim.max_window, lim.max_batch) == (32, 17, 16, 16)
+    assert lim.max_streams == 16
     assert (lim.min_size, lim.max_size, lim.opt_height, lim.opt_width) == (64, 1024, 448, 800)
     for precision in m.precisions:
         for stage in STAGES:
@@ -169,10 +185,12 @@ def test_manifest_describes_the_export(exported, parity_checkpoint):
     image = m.graph("backbone").profile["images"]
     assert image == ((1, 3, 64, 64), (16, 3, 448, 800), (16, 3, 1024, 1024))
     fg_hist = m.graph("decoder", "fp16").profile["fg_hist"]
-    assert fg_hist == ((1, 1, 1, 256), (1, 4, 17, 256), (1, 32, 17, 256))
-    assert [s.shape for s in m.graph("decoder").outputs] == [(1, "10+objects", "H/4", "W/4")]
-    assert set(m.dynamic_axes) >= {"batch", "H", "W", "objects", "history"}
+    assert fg_hist == ((1, 1, 1, 256), (16, 4, 17, 256), (16, 32, 17, 256))
+    assert m.graph("encoder").profile["fg_invalid"] == ((1, 1), (16, 4), (16, 32))
+    assert [s.shape for s in m.graph("decoder").outputs] == [("streams", "10+objects", "H/4", "W/4")]
+    assert set(m.dynamic_axes) >= {"batch", "streams", "H", "W", "objects", "history"}
     assert "1..17" in m.dynamic_axes["history"] and "1..32" in m.dynamic_axes["objects"]
+    assert "1..16" in m.dynamic_axes["streams"]
 
 
 def test_export_reports_progress_and_a_summary(exported):

@@ -127,6 +127,7 @@ def test_sessions_are_created_once(exported, monkeypatch):
         ((2, 18, 256, 448), ["window of 17", "--max-window 17"]),
         ((2, 8, 256, 1056), ["1056", "--max-size 1056"]),
         ((2, 8, 32, 448), ["--min-size 32"]),
+        ((2, 8, 256, 448, 17), ["17 videos", "limit of 16", "--max-streams 17"]),
     ],
 )
 def test_limits_name_the_limit_and_the_reexport(backend, call, needles):
@@ -137,7 +138,7 @@ def test_limits_name_the_limit_and_the_reexport(backend, call, needles):
 
 
 def test_limits_allow_the_whole_range(backend):
-    backend.check_limits(32, 17, 1024, 1024)
+    backend.check_limits(32, 17, 1024, 1024, 16)
     backend.check_limits(1, 1, 64, 64)
 
 

@@ -76,9 +76,9 @@ def _linked_copy(src: Path, dst: Path) -> Path:
 def _stage_inputs(seed: int, height: int, width: int, objects: int, history: int):
     gen = torch.Generator().manual_seed(seed)
     (images,) = example_inputs("backbone", NUM_BG, _Bounds(1, height, width, 1, 1), gen)
-    f8, fg, bg = example_inputs("encoder", NUM_BG, _Bounds(1, height, width, objects, 1), gen)
+    enc = example_inputs("encoder", NUM_BG, _Bounds(1, height, width, objects, 1), gen)
     dec = example_inputs("decoder", NUM_BG, _Bounds(1, height, width, objects, history), gen)
-    return images, (f8, fg, bg), dec
+    return images, enc, dec
 
 
 def _errors(backend, net, inputs) -> dict[str, float]:

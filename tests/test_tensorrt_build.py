@@ -105,6 +105,10 @@ def test_rtx_builds_the_three_engines_with_the_manifests_profiles(tmp_path, prec
     # The profile spans the limits: objects 1..max, history 1..max_window+1, sides min..max.
     fg_hist = record.engines["decoder"].profile["fg_hist"]
     assert fg_hist[0][1:3] == [1, 1] and fg_hist[2][1:3] == [TINY_LIMITS.max_objects, TINY_LIMITS.max_history]
+    # Encode and decode take 1..max_streams videos per call.
+    for stage, name in (("encoder", "fg_invalid"), ("decoder", "f4")):
+        shapes = record.engines[stage].profile[name]
+        assert [s[0] for s in shapes] == [1, TINY_LIMITS.max_streams, TINY_LIMITS.max_streams], stage
     images = record.engines["backbone"].profile["images"]
     assert images[0] == [1, 3, TINY_LIMITS.min_size, TINY_LIMITS.min_size]
     assert images[2] == [TINY_LIMITS.max_batch, 3, TINY_LIMITS.max_size, TINY_LIMITS.max_size]

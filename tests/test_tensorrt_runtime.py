@@ -77,26 +77,37 @@ def _ort_stage(directory: Path, manifest, stage: str):
     return run
 
 
-def _inputs(stage: str, height: int, width: int, objects: int, history: int, batch: int, seed: int):
+def _inputs(
+    stage: str, height: int, width: int, objects: int, history: int, batch: int, seed: int, streams: int = 1
+):
+    """``batch`` frames for the backbone; ``streams`` videos for encode and decode (the last one's
+    objects after its first are padding, marked invalid)."""
     g = torch.Generator().manual_seed(seed)
     h8, w8, h4, w4 = height // 8, width // 8, height // 4, width // 4
+    s = streams
     if stage == "backbone":
         return {"images": torch.randn(batch, 3, height, width, generator=g)}
     if stage == "encoder":
+        fg_pad = torch.zeros(s, objects, dtype=torch.bool)
+        if s > 1:
+            fg_pad[-1, 1:] = True
         return {
-            "f8": torch.randn(1, C, h8, w8, generator=g),
-            "fg_masks": torch.rand(1, objects, h8, w8, generator=g),
-            "bg_masks": torch.rand(1, NUM_BG, h8, w8, generator=g),
+            "f8": torch.randn(s, C, h8, w8, generator=g),
+            "fg_masks": torch.rand(s, objects, h8, w8, generator=g),
+            "bg_masks": torch.rand(s, NUM_BG, h8, w8, generator=g),
+            "fg_invalid": fg_pad,
         }
-    fg_invalid = torch.rand(1, objects, history, generator=g) < 0.3
+    fg_invalid = torch.rand(s, objects, history, generator=g) < 0.3
     fg_invalid[..., -1] = False
-    bg_invalid = torch.zeros(1, NUM_BG, history, dtype=torch.bool)
+    if s > 1:
+        fg_invalid[-1, 1:] = True
+    bg_invalid = torch.zeros(s, NUM_BG, history, dtype=torch.bool)
     bg_invalid[..., -1] = True  # the current frame's background slot is never valid at decode
     return {
-        "f4": torch.randn(1, C, h4, w4, generator=g),
-        "f8": torch.randn(1, C, h8, w8, generator=g),
-        "fg_hist": torch.randn(1, objects, history, C, generator=g),
-        "bg_hist": torch.randn(1, NUM_BG, history, C, generator=g),
+        "f4": torch.randn(s, C, h4, w4, generator=g),
+        "f8": torch.randn(s, C, h8, w8, generator=g),
+        "fg_hist": torch.randn(s, objects, history, C, generator=g),
+        "bg_hist": torch.randn(s, NUM_BG, history, C, generator=g),
         "fg_invalid": fg_invalid,
         "bg_invalid": bg_invalid,
     }
@@ -127,10 +138,11 @@ def test_the_backend_needs_a_gpu(tmp_path):
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("size", [(64, 96), (128, 192)])
 @pytest.mark.parametrize("objects, history", [(1, 1), (3, TINY_LIMITS.max_history)])
-def test_each_stage_matches_onnxruntime(tiny, stage, size, objects, history):
+@pytest.mark.parametrize("streams", [1, TINY_LIMITS.max_streams])
+def test_each_stage_matches_onnxruntime(tiny, stage, size, objects, history, streams):
     directory, manifest, backend = tiny
     reference = _ort_stage(directory, manifest, stage)
-    inputs = _inputs(stage, *size, objects, history, batch=2, seed=objects * 10 + history)
+    inputs = _inputs(stage, *size, objects, history, batch=2, seed=objects * 10 + history, streams=streams)
     got = _seam_call(backend, stage, inputs)
     want = reference(**inputs)
     for g, w in zip(got, want, strict=True):
@@ -207,7 +219,11 @@ def test_limits_beyond_the_profiles_are_clear_errors(tiny):
         backend.check_limits(1, TINY_LIMITS.max_history + 1, 64, 64)
     with pytest.raises(HodorError, match="--max-size"):
         backend.check_limits(1, 1, 64, TINY_LIMITS.max_size + 32)
-    backend.check_limits(TINY_LIMITS.max_objects, TINY_LIMITS.max_history, 64, TINY_LIMITS.max_size)
+    with pytest.raises(HodorError, match="--max-streams"):
+        backend.check_limits(1, 1, 64, 64, streams=TINY_LIMITS.max_streams + 1)
+    backend.check_limits(
+        TINY_LIMITS.max_objects, TINY_LIMITS.max_history, 64, TINY_LIMITS.max_size, TINY_LIMITS.max_streams
+    )
 
 
 @pytest.mark.cuda
@@ -346,7 +362,7 @@ def test_real_engines_per_stage_against_the_network(real_exports, parity_checkpo
     worst: dict[str, float] = {}
     for h, w in ((256, 448), (320, 256)):
         for objects, history in ((1, 1), (3, 5)):
-            bounds = _Bounds(2, h, w, objects, history)
+            bounds = _Bounds(2, h, w, objects, history, streams=2)
             for stage in STAGES:
                 args = example_inputs(stage, num_bg, bounds, torch.Generator().manual_seed(h + objects))
                 names = [s.name for s in manifest.graph(stage, precision).inputs]

@@ -33,7 +33,14 @@ from hodor.export.onnx_export import save_graph, stage_signature
 
 NUM_BG = 9
 TINY_LIMITS = Limits(
-    max_objects=4, max_history=3, max_batch=2, min_size=64, max_size=256, opt_height=128, opt_width=192
+    max_objects=4,
+    max_history=3,
+    max_batch=2,
+    min_size=64,
+    max_size=256,
+    opt_height=128,
+    opt_width=192,
+    max_streams=3,
 )
 _ELEM = {"float32": TensorProto.FLOAT, "bool": TensorProto.BOOL}
 
@@ -67,16 +74,23 @@ def _stage_nodes(stage: str, dtype: np.dtype, rng: np.random.Generator):
     if stage == "encoder":
         wf, wb = w(C, C), w(C, C)
         nodes = [
-            helper.make_node("Reshape", ["x_f8", "flat"], ["f8_flat"]),  # [1,C,hw]
-            helper.make_node("Transpose", ["f8_flat"], ["pix"], perm=[0, 2, 1]),  # [1,hw,C]
+            helper.make_node("Reshape", ["x_f8", "flat"], ["f8_flat"]),  # [S,C,hw]
+            helper.make_node("Transpose", ["f8_flat"], ["pix"], perm=[0, 2, 1]),  # [S,hw,C]
         ]
         for side, weight in (("fg", wf), ("bg", wb)):
+            out = "fg_raw" if side == "fg" else "y_bg_desc"
             nodes += [
                 helper.make_node("Reshape", [f"x_{side}_masks", "flat"], [f"{side}_flat"]),
                 helper.make_node("MatMul", [f"{side}_flat", "pix"], [f"{side}_pooled"]),
-                helper.make_node("MatMul", [f"{side}_pooled", weight.name], [f"y_{side}_desc"]),
+                helper.make_node("MatMul", [f"{side}_pooled", weight.name], [out]),
             ]
-        return nodes, [flat, wf, wb]
+        # Padding objects' descriptors are zeroed (the real encoder leaves them out of its self-attention).
+        nodes += [
+            helper.make_node("Unsqueeze", ["x_fg_invalid", "last"], ["fg_pad"]),
+            helper.make_node("Where", ["fg_pad", "zero", "fg_raw"], ["y_fg_desc"]),
+        ]
+        zero = _const("zero", np.zeros((), dtype=dtype))
+        return nodes, [flat, wf, wb, zero, _const("last", np.array([-1], dtype=np.int64))]
     # decoder
     wf, wb, wc = w(C, C), w(C, C), w(1, C, 1, 1)
     scales = _const("scales", np.array([1, 1, 2, 2], dtype=np.float32))
@@ -99,7 +113,7 @@ def _stage_nodes(stage: str, dtype: np.dtype, rng: np.random.Generator):
     nodes += [
         helper.make_node("Concat", ["catch_flat", "bg_logits", "fg_logits"], ["all_flat"], axis=1),
         helper.make_node("Shape", ["x_f4"], ["hw4"], start=2),
-        helper.make_node("Concat", ["one_minus1", "hw4"], ["out_shape"], axis=0),
+        helper.make_node("Concat", ["keep_minus1", "hw4"], ["out_shape"], axis=0),
         helper.make_node("Reshape", ["all_flat", "out_shape"], ["y_logits"]),
     ]
     consts = [
@@ -111,7 +125,7 @@ def _stage_nodes(stage: str, dtype: np.dtype, rng: np.random.Generator):
         wc,
         _const("last", np.array([-1], dtype=np.int64)),
         _const("axis2", np.array([2], dtype=np.int64)),
-        _const("one_minus1", np.array([1, -1], dtype=np.int64)),
+        _const("keep_minus1", np.array([0, -1], dtype=np.int64)),  # 0: the streams axis as it is
     ]
     return nodes, consts
 
@@ -199,27 +213,28 @@ def test_tiny_graphs_run_in_onnxruntime_with_the_stage_shapes(precision):
     """The stand-in graphs are valid and produce the seam's output shapes at a non-trivial size."""
     ort = pytest.importorskip("onnxruntime")
     rng = np.random.default_rng(0)
-    H, W, I, T = 96, 160, 3, 2
+    H, W, I, T, S = 96, 160, 3, 2, 2  # S: streams (videos per encode/decode call)
     feeds = {
         "backbone": {"images": rng.standard_normal((2, 3, H, W), dtype=np.float32)},
         "encoder": {
-            "f8": rng.standard_normal((1, C, H // 8, W // 8), dtype=np.float32),
-            "fg_masks": rng.random((1, I, H // 8, W // 8), dtype=np.float32),
-            "bg_masks": rng.random((1, NUM_BG, H // 8, W // 8), dtype=np.float32),
+            "f8": rng.standard_normal((S, C, H // 8, W // 8), dtype=np.float32),
+            "fg_masks": rng.random((S, I, H // 8, W // 8), dtype=np.float32),
+            "bg_masks": rng.random((S, NUM_BG, H // 8, W // 8), dtype=np.float32),
+            "fg_invalid": np.array([[False] * I, [False] + [True] * (I - 1)]),
         },
         "decoder": {
-            "f4": rng.standard_normal((1, C, H // 4, W // 4), dtype=np.float32),
-            "f8": rng.standard_normal((1, C, H // 8, W // 8), dtype=np.float32),
-            "fg_hist": rng.standard_normal((1, I, T, C), dtype=np.float32),
-            "bg_hist": rng.standard_normal((1, NUM_BG, T, C), dtype=np.float32),
-            "fg_invalid": rng.random((1, I, T)) < 0.3,
-            "bg_invalid": rng.random((1, NUM_BG, T)) < 0.3,
+            "f4": rng.standard_normal((S, C, H // 4, W // 4), dtype=np.float32),
+            "f8": rng.standard_normal((S, C, H // 8, W // 8), dtype=np.float32),
+            "fg_hist": rng.standard_normal((S, I, T, C), dtype=np.float32),
+            "bg_hist": rng.standard_normal((S, NUM_BG, T, C), dtype=np.float32),
+            "fg_invalid": rng.random((S, I, T)) < 0.3,
+            "bg_invalid": rng.random((S, NUM_BG, T)) < 0.3,
         },
     }
     want = {
         "backbone": [(2, C, H // 4, W // 4), (2, C, H // 8, W // 8)],
-        "encoder": [(1, I, C), (1, NUM_BG, C)],
-        "decoder": [(1, 1 + NUM_BG + I, H // 4, W // 4)],
+        "encoder": [(S, I, C), (S, NUM_BG, C)],
+        "decoder": [(S, 1 + NUM_BG + I, H // 4, W // 4)],
     }
     for stage in STAGES:
         model = tiny_stage_graph(stage, precision)

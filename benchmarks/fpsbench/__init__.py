@@ -7,7 +7,8 @@
   ``peers.PEERS`` and an adapter module.
 - ``systems``: the :class:`~fpsbench.systems.FrameStepper` every measured system implements;
   ``single_stream`` (the engine's stepper, interleaved timed runs, ratios), ``grid`` (the loop
-  over (min_dim, objects)), ``throughput`` (several videos at once), ``io_cost`` (decode, mask
+  over (min_dim, objects)), ``throughput`` (several videos at once, each in its own session),
+  ``batched`` (several videos in one ``BatchSession``, against separate sessions), ``io_cost`` (decode, mask
   writing), ``official`` (the public repository, in a subprocess).
 - ``timing``, ``memory``, ``machine``, ``synthetic``: clocks, peak memory, the machine, the input.
 - ``results``: every figure as a typed record; ``table``, ``markdown``, ``plot`` and ``output``

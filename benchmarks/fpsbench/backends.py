@@ -31,6 +31,7 @@ class BuildContext:
     max_objects: int
     max_padded_side: int
     threads: int | None  # CPU threads per backend; None: each backend's own default
+    max_streams: int = 1  # the most videos batched in one call (exports must take that many)
 
     def export(self, precision: str, tensorrt: bool) -> Any:
         return self.store.export(precision, tensorrt=tensorrt, **self._limits())
@@ -39,7 +40,12 @@ class BuildContext:
         return self.store.export_cached(precision, tensorrt=tensorrt, **self._limits())
 
     def _limits(self) -> dict[str, int]:
-        return {"max_objects": self.max_objects, "window": self.window, "max_side": self.max_padded_side}
+        return {
+            "max_objects": self.max_objects,
+            "window": self.window,
+            "max_side": self.max_padded_side,
+            "max_streams": self.max_streams,
+        }
 
 
 @dataclass(frozen=True)

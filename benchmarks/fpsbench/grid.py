@@ -1,5 +1,6 @@
 """The measurement over the grid of (min_dim, objects): every engine backend and peer variant at each
-configuration, their single-stream runs interleaved, then the engine's multi-stream throughput."""
+configuration, their single-stream runs interleaved, then the engine's multi-stream throughput
+(separate sessions) and its batches of sessions."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from typing import Any
 import torch
 
 from fpsbench.backends import BACKENDS, REFERENCE_BACKEND
+from fpsbench.batched import measure_batched
 from fpsbench.machine import load_average
 from fpsbench.memory import PeakMemory
 from fpsbench.peers import PeerPool, PeerVariant
 from fpsbench.peers.base import PeerSession, PeerStepper
 from fpsbench.results import (
+    BatchThroughputResult,
     EngineResult,
     LoadAverage,
     MemoryPeak,
@@ -40,6 +43,7 @@ class GridOutcome:
     results: list[EngineResult] = field(default_factory=list)
     peer_results: list[PeerResult] = field(default_factory=list)
     throughput: list[ThroughputResult] = field(default_factory=list)
+    batched: list[BatchThroughputResult] = field(default_factory=list)
     ratios: list[Ratio] = field(default_factory=list)
     peer_ratios: list[Ratio] = field(default_factory=list)
     # name -> (status, reason) for systems that stopped being measured part-way
@@ -219,6 +223,32 @@ class Grid:
                         self.on_frame,
                     )
                 )
+        self._batched(cfg, video, min_dim, objects)
+
+    def _batched(self, cfg: HodorConfig, video: SyntheticVideo, min_dim: int, objects: int) -> None:
+        for name, backend in self.backends.items():
+            for streams in self.st.batch_streams:
+                if name in self.out.dropped:
+                    break
+                self.describe(f"min_dim {min_dim}, {objects} obj: {streams} videos batched on {name}")
+                try:
+                    self.out.batched.append(
+                        measure_batched(
+                            name,
+                            backend,
+                            cfg,
+                            self.device,
+                            video,
+                            streams,
+                            self.st.window,
+                            self.st.warmup,
+                            self.st.frames,
+                            self.st.throughput_repeats,
+                            self.on_frame,
+                        )
+                    )
+                except HodorError as exc:  # an export's --max-streams, say: reported, not faked
+                    self.say(f"  {name}: {streams} videos batched: {exc}")
 
     def _peer_result(
         self, c: Contender, video: SyntheticVideo, min_dim: int, objects: int, load: LoadAverage

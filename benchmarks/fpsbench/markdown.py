@@ -20,6 +20,12 @@ def _header(report: Report) -> list[str]:
             if st.streams > 1
             else "no throughput runs (--streams 0); "
         )
+        + (
+            f"batches of {', '.join(map(str, st.batch_streams))} videos "
+            f"({st.throughput_repeats} run(s) each); "
+            if st.batch_streams
+            else ""
+        )
         + f"weights {report.run.weights}",
         f"- load average (1, 5, 15 min) at the start: {m.load_average_at_start}",
     ]
@@ -116,6 +122,37 @@ def _peers(report: Report) -> list[str]:
     return lines
 
 
+def _batched(report: Report) -> list[str]:
+    if not report.batched:
+        return []
+    gpu = report.machine.cuda is not None
+    lines = [
+        "",
+        "Batches of sessions: N videos in one `BatchSession` (one backbone, encode and decode call per "
+        "step for all of them) against the same N videos in separate sessions, timed runs interleaved. "
+        "FPS: frames of all videos per second, median (min-max) over runs. Video ms: median time until a "
+        "step's masks are all on the host (each video's frame latency). MiB: peak over creating the "
+        "batch and its warm-up"
+        + (" (device-wide GPU memory)" if gpu else " (resident set of the whole process)")
+        + ". Ratio: batched / separate FPS, median (min-max) of per-run ratios.",
+        "",
+        "| backend | min_dim | objects | videos | batched FPS | video ms | "
+        + ("GPU MiB" if gpu else "host MiB")
+        + " | separate FPS | separate ms | batched / separate |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- | ---: | --- |",
+    ]
+    for b in report.batched:
+        mem = b.memory.gpu_device_used_peak_mib if gpu else b.memory.host_peak_rss_mib
+        lines.append(
+            f"| {b.backend} | {b.min_dim} | {b.objects} | {b.streams} | {md_stat(b.fps_total)} | "
+            f"{num(b.video_latency_ms.median)} | {num(mem, 0)} | {md_stat(b.separate_fps_total)} | "
+            f"{num(b.separate_latency_ms.median)} | {md_stat(b.fps_ratio)} |"
+        )
+    methods = sorted({b.separate_method for b in report.batched})
+    lines += ["", f"Separate sessions: {'; '.join(methods)}."]
+    return lines
+
+
 def _io(report: Report) -> list[str]:
     if not report.io:
         return []
@@ -189,7 +226,14 @@ def _end_to_end(report: Report) -> list[str]:
 
 
 def format_markdown(report: Report) -> str:
-    lines = _header(report) + _engine(report) + _peers(report) + _io(report) + _end_to_end(report)
+    lines = (
+        _header(report)
+        + _engine(report)
+        + _batched(report)
+        + _peers(report)
+        + _io(report)
+        + _end_to_end(report)
+    )
     skipped = [b for b in report.backends if b.status != "measured"]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"`{b.name}`: {b.reason}" for b in skipped) + "."]

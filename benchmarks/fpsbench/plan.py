@@ -66,6 +66,11 @@ class Plan:
             f"{', '.join(map(str, st.objects))} = {configs} configuration(s); per system and configuration "
             f"{st.warmup} warm-up frames (peers: until their memory is full), {st.repeats} timed runs of "
             f"{st.frames} frames" + (f"; throughput over {st.streams} streams" if st.streams > 1 else "")
+            + (
+                f"; batches of {', '.join(map(str, st.batch_streams))} videos against as many sessions"
+                if st.batch_streams
+                else ""
+            )
         )
         if st.e2e_frames:
             lines.append(
@@ -123,6 +128,8 @@ def make_plan(
     per_config = st.warmup + st.repeats * st.frames
     if st.streams > 1:
         per_config += st.streams * (st.warmup + st.throughput_repeats * st.frames)
+    for n in st.batch_streams:  # batched, and as many separate sessions
+        per_config += 2 * n * (max(1, st.warmup) + st.throughput_repeats * st.frames)
     # End to end: the e2e and model-only runs, alternated, at each min_dim (the progress bar counts
     # these); the start-up runs (their frames, and their loading, outside the bar).
     per_dim_e2e = 2 * st.e2e_repeats * st.e2e_frames if st.e2e_frames else 0

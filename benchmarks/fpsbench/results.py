@@ -283,6 +283,32 @@ class ThroughputResult:
 
 
 @dataclass(frozen=True)
+class BatchThroughputResult:
+    """``streams`` videos in one ``BatchSession`` (one stage call per step for all of them), against
+    the same videos in separate sessions, their timed runs interleaved.
+
+    ``fps_total``: frames of all videos per second. ``video_latency_ms``: per step, the time until
+    every video's mask of that step is on the host (a video's frame latency). ``memory``: peak over
+    creating the batch and its warm-up. ``separate_*``: the same videos, each in its own session
+    (``separate_method`` says how they share the device). ``fps_ratio``: batched over separate FPS,
+    per pair of interleaved runs.
+    """
+
+    backend: str
+    min_dim: int
+    objects: int
+    streams: int
+    warmup_steps: int
+    fps_total: Stat
+    video_latency_ms: Stat
+    memory: MemoryPeak
+    separate_method: str
+    separate_fps_total: Stat
+    separate_latency_ms: Stat
+    fps_ratio: Stat
+
+
+@dataclass(frozen=True)
 class Ratio:
     """FPS of ``backend`` over FPS of ``reference``, from the per-run ratios of interleaved runs."""
 
@@ -433,6 +459,7 @@ class Settings:
     streams: int
     throughput_repeats: int
     io_frames: int
+    batch_streams: list[int] = field(default_factory=list)  # videos per BatchSession; empty: none
     e2e_frames: int = 0  # 0: no end-to-end runs
     e2e_repeats: int = 0
     e2e_objects: int = 0
@@ -469,6 +496,7 @@ class Report:
     official: OfficialOutcome | None
     peers: PeersOutcome | None
     files: dict[str, str | None]
+    batched: list[BatchThroughputResult] = field(default_factory=list)
     elapsed_s: float | None = None
     end_to_end: EndToEndOutcome | None = None
     schema: str = SCHEMA

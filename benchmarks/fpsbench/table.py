@@ -35,6 +35,20 @@ def format_table(report: Report) -> str:
                 f"  {q.backend:<18} / {q.reference:<6} min_dim {q.min_dim:>4}, {q.objects} obj: "
                 f"{spread(q.fps_ratio)}"
             )
+    if report.batched:
+        lines += [
+            "",
+            "batches of sessions: N videos in one BatchSession vs N separate sessions, runs interleaved",
+            f"{'backend':<18} {'min_dim':>7} {'obj':>3} {'N':>3}  {'batched FPS [min-max]':<24} "
+            f"{'video ms':>8} {'MiB':>8}  {'separate FPS [min-max]':<24} {'batched/separate':<20}",
+        ]
+        for b in report.batched:
+            mem = b.memory.gpu_device_used_peak_mib if gpu else b.memory.host_peak_rss_mib
+            lines.append(
+                f"{b.backend:<18} {b.min_dim:>7} {b.objects:>3} {b.streams:>3}  {spread(b.fps_total):<24} "
+                f"{num(b.video_latency_ms.median):>8} {num(mem, 0):>8}  {spread(b.separate_fps_total):<24} "
+                f"{spread(b.fps_ratio):<20}"
+            )
     peers = report.peers
     if peers is not None:
         lines += ["", f"peers, same run (weights: {peers.weights})"]

@@ -81,9 +81,9 @@ class StageTimedBackend:
         return self._timed("backbone", self._inner.backbone, images)
 
     def encode(
-        self, f8: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor
+        self, f8: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, fg_invalid: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._timed("encode", self._inner.encode, f8, fg, bg)
+        return self._timed("encode", self._inner.encode, f8, fg, bg, fg_invalid)
 
     def decode(self, *args: torch.Tensor) -> torch.Tensor:
         return self._timed("decode", self._inner.decode, *args)

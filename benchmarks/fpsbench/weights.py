@@ -33,6 +33,7 @@ EXPORT_MAX_OBJECTS = 8
 EXPORT_MAX_WINDOW = 16
 EXPORT_MIN_SIZE = 64
 EXPORT_MAX_SIZE = 1280  # the long side of a 16:9 frame at min_dim 720
+EXPORT_MAX_STREAMS = 16  # hodor-export's default; more when --batch-streams asks for more
 
 
 @dataclass
@@ -71,7 +72,7 @@ class ModelStore:
         return self._checkpoint
 
     def _export_target(
-        self, precision: str, tensorrt: bool, max_objects: int, window: int, max_side: int
+        self, precision: str, tensorrt: bool, max_objects: int, window: int, max_side: int, max_streams: int
     ) -> tuple[list[str], Path]:
         argv = [
             "--precision",
@@ -84,6 +85,8 @@ class ModelStore:
             str(EXPORT_MIN_SIZE),
             "--max-size",
             str(max(EXPORT_MAX_SIZE, max_side)),
+            "--max-streams",
+            str(max(EXPORT_MAX_STREAMS, max_streams)),
             "--tensorrt",
             "on" if tensorrt else "off",
         ]
@@ -94,15 +97,31 @@ class ModelStore:
         return argv, self.cache_dir / f"export-{key}.hodor"
 
     def export_cached(
-        self, precision: str, *, tensorrt: bool, max_objects: int, window: int, max_side: int
+        self,
+        precision: str,
+        *,
+        tensorrt: bool,
+        max_objects: int,
+        window: int,
+        max_side: int,
+        max_streams: int,
     ) -> bool:
-        _, out = self._export_target(precision, tensorrt, max_objects, window, max_side)
+        _, out = self._export_target(precision, tensorrt, max_objects, window, max_side, max_streams)
         return (out / "manifest.json").is_file()
 
-    def export(self, precision: str, *, tensorrt: bool, max_objects: int, window: int, max_side: int) -> Path:
+    def export(
+        self,
+        precision: str,
+        *,
+        tensorrt: bool,
+        max_objects: int,
+        window: int,
+        max_side: int,
+        max_streams: int,
+    ) -> Path:
         """An export through ``hodor-export``'s own code, cached by config, weights, versions and
         export arguments (exporting takes longer than a quick run)."""
-        argv, out = self._export_target(precision, tensorrt, max_objects, window, max_side)
+        argv, out = self._export_target(precision, tensorrt, max_objects, window, max_side, max_streams)
         if (out / "manifest.json").is_file():
             self.log(f"  cached export: {out}")
             return out

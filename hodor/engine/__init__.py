@@ -1,6 +1,6 @@
 """Runtime: the per-video loop, the backends behind the three-stage seam, video and mask I/O.
 
-``from hodor.engine import VideoSession, open_backend`` is the public API. Names are
+``from hodor.engine import VideoSession, BatchSession, open_backend`` is the public API. Names are
 resolved on first use so that importing one engine module (the manifest, a backend)
 does not pull in the rest.
 """
@@ -12,6 +12,8 @@ from typing import Any
 
 _EXPORTS = {
     "VideoSession": "hodor.engine.loop.session",
+    "BatchSession": "hodor.engine.loop.batch",
+    "VideoClip": "hodor.engine.loop.batch",
     "TinyObjectWarning": "hodor.engine.loop.session",
     "open_backend": "hodor.engine.backends.registry",
     "ConfigOverrides": "hodor.engine.backends.base",

@@ -93,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         f"{EXIT_INTERRUPTED} interrupted (Ctrl-C on a file: nothing written). --out holds the previous "
         "run's outputs or this run's, never a mix. "
         "Dataset mode: hodor-run ROOT [options] segments every sequence of a DAVIS or YouTube-VOS "
-        "root or of a .csv/.json list of videos, loading the model once (hodor-run ROOT --help).",
+        "root or of a .csv/.json list of videos, loading the model once (hodor-run ROOT --help). "
+        "Several videos at once: hodor-run A --masks M... B --masks M... [options] segments them "
+        "together in one batch (each input right before its own --masks; outputs in OUT/<name>/, "
+        "OUT by default ./hodor-run.hodor-out/).",
     )
     p.add_argument(
         "input",
@@ -159,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     torch_options.add_argument(
         "--kernels",
         choices=KERNEL_CHOICES,
-        help="what computes the descriptor attentions, mask logits, pooling and deformable convolutions: "
-        "the fused Triton kernels (CUDA) or plain PyTorch "
+        help="what computes the descriptor attentions, mask logits, pooling, deformable convolutions "
+        "and the work after each decode: the fused Triton kernels (CUDA) or plain PyTorch "
         "(default: triton on CUDA when Triton is installed, else torch)",
     )
     torch_options.add_argument(
@@ -452,6 +455,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if dataset_cli.is_dataset_invocation(argv):
         return dataset_cli.main(argv)
+    from hodor.engine import batch_cli  # several INPUT --masks groups: one batch
+
+    if batch_cli.is_batch_invocation(argv):
+        return batch_cli.main(argv)
     args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():

@@ -51,6 +51,8 @@ GRAPH_CACHES = ("ort-trt-cache", "runtime-cache.*.bin")
 """What ``hodor-run`` builds from an export's graphs and keeps in its directory."""
 
 DEFAULT_OPSET = 20
+# As many videos per call as frames per backbone call: the largest activations are of a size.
+DEFAULT_MAX_STREAMS = 16
 MIN_OPSET = 18  # LayerNormalization (17) and the exporter's own floor (18)
 # Export-time self-check against the torch network, at a size the graph was not traced at.
 SELF_CHECK_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2}
@@ -81,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-batch", type=int, default=16, metavar="B", help="most frames per backbone call (default: 16)"
+    )
+    p.add_argument(
+        "--max-streams",
+        type=int,
+        default=DEFAULT_MAX_STREAMS,
+        metavar="N",
+        help="most videos segmented together, in one encode or decode call "
+        f"(hodor-run with several inputs, BatchSession; default: {DEFAULT_MAX_STREAMS})",
     )
     p.add_argument(
         "--min-size",
@@ -125,6 +135,8 @@ def limits_from_args(args: argparse.Namespace, cfg: HodorConfig) -> Limits:
         raise HodorError(f"--max-window must be 0 or more, got {args.max_window}")
     if args.max_batch < 1:
         raise HodorError(f"--max-batch must be at least 1, got {args.max_batch}")
+    if args.max_streams < 1:
+        raise HodorError(f"--max-streams must be at least 1, got {args.max_streams}")
     min_size = args.min_size
     max_size = args.max_size if args.max_size is not None else max(1024, _ceil(cfg.input.max_dim))
     for flag, v in (("--min-size", min_size), ("--max-size", max_size)):
@@ -144,6 +156,7 @@ def limits_from_args(args: argparse.Namespace, cfg: HodorConfig) -> Limits:
         max_size=max_size,
         opt_height=clamp(opt_h),
         opt_width=clamp(opt_w),
+        max_streams=args.max_streams,
     )
 
 

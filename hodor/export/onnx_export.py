@@ -34,9 +34,12 @@ from hodor.engine.backends.manifest import (
     sha256_file,
 )
 
-# Example sizes the graphs are traced at. Distinct values on purpose: torch.export unifies
-# equal sizes into one symbol ("duck sizing") and specialises sizes 0 and 1.
+# Example sizes the graphs are traced at. Distinct values within each graph on purpose:
+# torch.export unifies equal sizes into one symbol ("duck sizing") and specialises sizes 0 and 1.
 TRACE_BATCH, TRACE_H, TRACE_W, TRACE_OBJECTS, TRACE_HISTORY = 2, 256, 320, 3, 5
+# Videos per encode/decode call: above any traced object count or history length, which it meets
+# in the same graphs (the backbone's batch is another graph's axis).
+TRACE_STREAMS = 6
 
 
 class BackboneStage(nn.Module):
@@ -54,9 +57,9 @@ class EncoderStage(nn.Module):
         self.net = net
 
     def forward(
-        self, f8: torch.Tensor, fg_masks: torch.Tensor, bg_masks: torch.Tensor
+        self, f8: torch.Tensor, fg_masks: torch.Tensor, bg_masks: torch.Tensor, fg_invalid: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net.encode(f8, fg_masks, bg_masks)
+        return self.net.encode(f8, fg_masks, bg_masks, fg_invalid)
 
 
 class DecoderStage(nn.Module):
@@ -86,28 +89,29 @@ STAGE_MODULES: dict[str, type[nn.Module]] = {
 def stage_signature(stage: str, num_bg: int) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """Inputs and outputs of a stage graph with symbolic shapes (names as in
     ``hodor.engine.backends.manifest``)."""
-    f, b, c = "float32", "bool", CHANNELS
+    f, b, c, s = "float32", "bool", CHANNELS, "streams"
     h4, w4, h8, w8 = "H/4", "W/4", "H/8", "W/8"
     if stage == "backbone":
         ins = (TensorSpec("images", f, ("batch", 3, "H", "W")),)
         outs = (TensorSpec("f4", f, ("batch", c, h4, w4)), TensorSpec("f8", f, ("batch", c, h8, w8)))
     elif stage == "encoder":
         ins = (
-            TensorSpec("f8", f, (1, c, h8, w8)),
-            TensorSpec("fg_masks", f, (1, "objects", h8, w8)),
-            TensorSpec("bg_masks", f, (1, num_bg, h8, w8)),
+            TensorSpec("f8", f, (s, c, h8, w8)),
+            TensorSpec("fg_masks", f, (s, "objects", h8, w8)),
+            TensorSpec("bg_masks", f, (s, num_bg, h8, w8)),
+            TensorSpec("fg_invalid", b, (s, "objects")),
         )
-        outs = (TensorSpec("fg_desc", f, (1, "objects", c)), TensorSpec("bg_desc", f, (1, num_bg, c)))
+        outs = (TensorSpec("fg_desc", f, (s, "objects", c)), TensorSpec("bg_desc", f, (s, num_bg, c)))
     elif stage == "decoder":
         ins = (
-            TensorSpec("f4", f, (1, c, h4, w4)),
-            TensorSpec("f8", f, (1, c, h8, w8)),
-            TensorSpec("fg_hist", f, (1, "objects", "history", c)),
-            TensorSpec("bg_hist", f, (1, num_bg, "history", c)),
-            TensorSpec("fg_invalid", b, (1, "objects", "history")),
-            TensorSpec("bg_invalid", b, (1, num_bg, "history")),
+            TensorSpec("f4", f, (s, c, h4, w4)),
+            TensorSpec("f8", f, (s, c, h8, w8)),
+            TensorSpec("fg_hist", f, (s, "objects", "history", c)),
+            TensorSpec("bg_hist", f, (s, num_bg, "history", c)),
+            TensorSpec("fg_invalid", b, (s, "objects", "history")),
+            TensorSpec("bg_invalid", b, (s, num_bg, "history")),
         )
-        outs = (TensorSpec("logits", f, (1, f"{1 + num_bg}+objects", h4, w4)),)
+        outs = (TensorSpec("logits", f, (s, f"{1 + num_bg}+objects", h4, w4)),)
     else:
         raise ValueError(f"unknown stage {stage!r}")
     return ins, outs
@@ -122,12 +126,14 @@ class _Bounds:
     width: int
     objects: int
     history: int
+    streams: int = 1
 
     def resolve(self, dim: int | str) -> int:
         if isinstance(dim, int):
             return dim
         table = {
             "batch": self.batch,
+            "streams": self.streams,
             "H": self.height,
             "W": self.width,
             "H/4": self.height // 4,
@@ -143,15 +149,24 @@ class _Bounds:
 def profile_for(specs: tuple[TensorSpec, ...], limits: Limits) -> dict[str, tuple[tuple[int, ...], ...]]:
     """min / opt / max shapes of each input over the limits (TensorRT optimisation profiles)."""
     points = (
-        _Bounds(1, limits.min_size, limits.min_size, 1, 1),
+        _Bounds(1, limits.min_size, limits.min_size, 1, 1, 1),
+        # Tuned for full batches (a chunk of frames, a batch of sessions), as for throughput.
         _Bounds(
             limits.max_batch,
             limits.opt_height,
             limits.opt_width,
             min(4, limits.max_objects),
             limits.max_history,
+            limits.max_streams,
         ),
-        _Bounds(limits.max_batch, limits.max_size, limits.max_size, limits.max_objects, limits.max_history),
+        _Bounds(
+            limits.max_batch,
+            limits.max_size,
+            limits.max_size,
+            limits.max_objects,
+            limits.max_history,
+            limits.max_streams,
+        ),
     )
     return {s.name: tuple(tuple(p.resolve(d) for d in s.shape) for p in points) for s in specs}
 
@@ -159,7 +174,8 @@ def profile_for(specs: tuple[TensorSpec, ...], limits: Limits) -> dict[str, tupl
 def example_inputs(
     stage: str, num_bg: int, bounds: _Bounds, generator: torch.Generator
 ) -> tuple[torch.Tensor, ...]:
-    """Random inputs of a stage at concrete sizes: features ~N(0,1), masks in [0,1], a few invalid slots."""
+    """Random inputs of a stage at concrete sizes: features ~N(0,1), masks in [0,1], a few invalid
+    entries (history slots, padding objects), the first of each row kept valid."""
     ins, _ = stage_signature(stage, num_bg)
     out = []
     for spec in ins:
@@ -181,20 +197,28 @@ def _dynamic_shapes(stage: str, limits: Limits) -> dict[str, dict[int, object]]:
     kh, kw = dim("h32", min=lo, max=hi), dim("w32", min=lo, max=hi)
     objects = dim("objects", min=1, max=limits.max_objects)
     history = dim("history", min=1, max=limits.max_history)
-    batch = dim("batch", min=1, max=limits.max_batch)
-    hw4 = {2: 8 * kh, 3: 8 * kw}
-    hw8 = {2: 4 * kh, 3: 4 * kw}
+    # The graphs' axes span at least the traced sizes (torch.export also refuses an axis of one value,
+    # min = max = 1); the manifest's limits, which the runtime checks, may be lower.
+    batch = dim("batch", min=1, max=max(TRACE_BATCH, limits.max_batch))
+    streams = dim("streams", min=1, max=max(TRACE_STREAMS, limits.max_streams))
+    hw4 = {0: streams, 2: 8 * kh, 3: 8 * kw}
+    hw8 = {0: streams, 2: 4 * kh, 3: 4 * kw}
     if stage == "backbone":
         return {"images": {0: batch, 2: 32 * kh, 3: 32 * kw}}
     if stage == "encoder":
-        return {"f8": hw8, "fg_masks": {1: objects, **hw8}, "bg_masks": hw8}
+        return {
+            "f8": hw8,
+            "fg_masks": {1: objects, **hw8},
+            "bg_masks": hw8,
+            "fg_invalid": {0: streams, 1: objects},
+        }
     return {
         "f4": hw4,
         "f8": hw8,
-        "fg_hist": {1: objects, 2: history},
-        "bg_hist": {2: history},
-        "fg_invalid": {1: objects, 2: history},
-        "bg_invalid": {2: history},
+        "fg_hist": {0: streams, 1: objects, 2: history},
+        "bg_hist": {0: streams, 2: history},
+        "fg_invalid": {0: streams, 1: objects, 2: history},
+        "bg_invalid": {0: streams, 2: history},
     }
 
 
@@ -271,11 +295,12 @@ def export_stage(net: nn.Module, stage: str, cfg: HodorConfig, limits: Limits, o
     num_bg = cfg.model.num_bg_descriptors
     ins, outs = stage_signature(stage, num_bg)
     trace = _Bounds(
-        min(TRACE_BATCH, limits.max_batch),
+        TRACE_BATCH,  # within the traced range even for a limit of 1 (see _dynamic_shapes)
         TRACE_H,
         TRACE_W,
         min(TRACE_OBJECTS, limits.max_objects),
         min(TRACE_HISTORY, limits.max_history),
+        TRACE_STREAMS,
     )
     args = example_inputs(stage, num_bg, trace, torch.Generator().manual_seed(0))
     module = STAGE_MODULES[stage](net).eval()
@@ -339,7 +364,8 @@ def save_graph(
 def verify_against_torch(
     net: nn.Module, stage: str, model: onnx.ModelProto, cfg: HodorConfig, limits: Limits, tolerance: float
 ) -> float | None:
-    """Run the graph in ONNX Runtime at a size other than the traced one and compare with torch.
+    """Run the graph in ONNX Runtime at sizes other than the traced ones (three streams, two
+    objects, two history slots) and compare with torch.
 
     Returns the max relative error (:func:`hodor.accuracy.relative_error`), or None when ONNX
     Runtime is not installed. Raises RuntimeError above ``tolerance``: a graph
@@ -351,7 +377,14 @@ def verify_against_torch(
         return None
     num_bg = cfg.model.num_bg_descriptors
     side = max(limits.min_size, 2 * SIZE_MULTIPLE)
-    bounds = _Bounds(1, side + SIZE_MULTIPLE, side, min(2, limits.max_objects), min(2, limits.max_history))
+    bounds = _Bounds(
+        1,
+        side + SIZE_MULTIPLE,
+        side,
+        min(2, limits.max_objects),
+        min(2, limits.max_history),
+        min(3, limits.max_streams),
+    )
     args = example_inputs(stage, num_bg, bounds, torch.Generator().manual_seed(1))
     ins, outs = stage_signature(stage, num_bg)
     opts = ort.SessionOptions()

@@ -4,6 +4,11 @@ Descriptors start as masked averages of the features; then every layer runs
 self-attention among all descriptors (background first, then objects), soft-
 masked cross-attention from each descriptor to the pixels, and an FFN, with
 post-normalisation (default) or pre-normalisation plus a final LayerNorm.
+
+The self-attention is the only place where descriptors of one frame meet. A batch of videos
+pads each video's objects to the largest count; ``fg_invalid`` marks the padding, and the
+self-attention leaves those descriptors out as keys, so a padded batch item computes what
+the video alone computes. Every other step acts on each descriptor alone.
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ class DescriptorSelfAttention(nn.Module):
         self.out_proj = nn.Linear(dims, dims)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
-    def forward(self, x: Tensor, pos: Tensor) -> Tensor:
-        """``x [B, Q, C]``, ``pos [B, Q, C]`` -> ``[B, Q, C]``."""
+    def forward(self, x: Tensor, pos: Tensor, key_invalid: Tensor | None = None) -> Tensor:
+        """``x [B, Q, C]``, ``pos [B, Q, C]``, ``key_invalid [B, Q]`` bool (True: not a key; None:
+        every descriptor is one) -> ``[B, Q, C]``."""
         b, n, c = x.shape
         h = self.num_heads
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
@@ -50,7 +56,11 @@ class DescriptorSelfAttention(nn.Module):
         k = F.linear(with_pos, w_k, b_k).reshape(b, n, h, c // h).transpose(1, 2)
         v = F.linear(x, w_v, b_v).reshape(b, n, h, c // h).transpose(1, 2)
         # Scaling q by sqrt(1/D) (a multiplication) mirrors the original's rounding.
-        attn = ((q * math.sqrt(1.0 / (c // h))) @ k.transpose(-2, -1)).softmax(-1)
+        logits = (q * math.sqrt(1.0 / (c // h))) @ k.transpose(-2, -1)  # [B, h, Q, Q]
+        if key_invalid is not None:
+            # Every query keeps valid keys (the background's), so no row is left all -inf.
+            logits = logits.masked_fill(key_invalid[:, None, None, :], float("-inf"))
+        attn = logits.softmax(-1)
         return self.out_proj((attn @ v).transpose(1, 2).reshape(b, n, c))
 
 
@@ -96,7 +106,13 @@ class EncoderLayer(nn.Module):
         )
 
     def forward(
-        self, desc: Tensor, desc_pos: Tensor, pixels: Tensor, pixel_keys: Tensor, masks: Tensor
+        self,
+        desc: Tensor,
+        desc_pos: Tensor,
+        pixels: Tensor,
+        pixel_keys: Tensor,
+        masks: Tensor,
+        desc_invalid: Tensor | None = None,
     ) -> Tensor:
         """One layer.
 
@@ -106,12 +122,14 @@ class EncoderLayer(nn.Module):
             pixels: ``[B, S, C]`` features (the values).
             pixel_keys: ``[B, S, C]`` features, plus their position encoding when enabled.
             masks: ``[B, Q, S]`` soft masks.
+            desc_invalid: ``[B, Q]`` bool, True for padding descriptors (left out of the
+                self-attention's keys), or None.
         """
         if self.pre_normalize:
-            desc = desc + self.self_attn(self.norm1(desc), desc_pos)
+            desc = desc + self.self_attn(self.norm1(desc), desc_pos, desc_invalid)
             desc = desc + self.cross_attn(self.norm2(desc), pixel_keys, pixels, masks)
             return desc + self.ffn(self.norm3(desc))
-        desc = self.norm1(desc + self.self_attn(desc, desc_pos))
+        desc = self.norm1(desc + self.self_attn(desc, desc_pos, desc_invalid))
         desc = self.norm2(desc + self.cross_attn(desc, pixel_keys, pixels, masks))
         return self.norm3(desc + self.ffn(desc))
 
@@ -131,9 +149,12 @@ class Encoder(SelectsKernels, nn.Module):
         self.fg_query_embed = nn.Parameter(torch.randn(CHANNELS))
         self.bg_query_embed = nn.Parameter(torch.randn(cfg.num_bg_descriptors, CHANNELS))
 
-    def forward(self, f8: Tensor, fg_masks: Tensor, bg_masks: Tensor) -> tuple[Tensor, Tensor]:
-        """``f8 [B, C, h, w]``, ``fg_masks [B, I, h, w]``, ``bg_masks [B, Qb, h, w]`` (probabilities)
-        -> ``fg_desc [B, I, C]``, ``bg_desc [B, Qb, C]``."""
+    def forward(
+        self, f8: Tensor, fg_masks: Tensor, bg_masks: Tensor, fg_invalid: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``f8 [B, C, h, w]``, ``fg_masks [B, I, h, w]``, ``bg_masks [B, Qb, h, w]`` (probabilities),
+        ``fg_invalid [B, I]`` bool (True: a padding object, whose descriptor no other one sees;
+        None: no padding) -> ``fg_desc [B, I, C]``, ``bg_desc [B, Qb, C]``."""
         b, num_obj = fg_masks.shape[0], fg_masks.shape[1]
         fg_masks = fg_masks.to(f8.dtype)
         bg_masks = bg_masks.to(f8.dtype)
@@ -157,7 +178,11 @@ class Encoder(SelectsKernels, nn.Module):
         if self.use_pos_encodings:
             pixel_keys = pixels + sine_position_encoding(f8).flatten(2).transpose(1, 2)
 
+        desc_invalid = None
+        if fg_invalid is not None:
+            bg_valid = torch.zeros(b, self.num_bg, dtype=torch.bool, device=fg_invalid.device)
+            desc_invalid = torch.cat((bg_valid, fg_invalid.to(torch.bool)), 1)  # [B, Qb+I]
         for layer in self.attn_layers:
-            desc = layer(desc, desc_pos, pixels, pixel_keys, masks)
+            desc = layer(desc, desc_pos, pixels, pixel_keys, masks, desc_invalid)
         desc = self.norm(desc)
         return desc[:, self.num_bg :], desc[:, : self.num_bg]

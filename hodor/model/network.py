@@ -15,7 +15,8 @@ class HodorNet(nn.Module):
     """HODOR for inference; its ``state_dict`` keys are those of the official checkpoints.
 
     The stages are separate methods, not ``forward``, because the runtime calls them
-    at different rates (backbone per frame batch, encode/decode per frame).
+    at different rates (backbone per frame batch, encode/decode per frame of each video;
+    several videos' frames may form one batch).
 
     ``kernels`` chooses what computes the soft-masked attention, the pixel->descriptor
     attention, the mask logits and the masked average pooling: ``"torch"`` (default,
@@ -56,10 +57,14 @@ class HodorNet(nn.Module):
         -> ``f4 [B, 256, H/4, W/4]``, ``f8 [B, 256, H/8, W/8]``."""
         return self.feature_extractor(images)
 
-    def encode(self, f8: Tensor, fg_masks: Tensor, bg_masks: Tensor) -> tuple[Tensor, Tensor]:
-        """``f8 [1, 256, h, w]``, ``fg_masks [1, I, h, w]``, ``bg_masks [1, Qb, h, w]`` (probabilities)
-        -> ``fg_desc [1, I, 256]``, ``bg_desc [1, Qb, 256]``."""
-        return self.encoder(f8, fg_masks, bg_masks)
+    def encode(
+        self, f8: Tensor, fg_masks: Tensor, bg_masks: Tensor, fg_invalid: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``f8 [B, 256, h, w]``, ``fg_masks [B, I, h, w]``, ``bg_masks [B, Qb, h, w]`` (probabilities),
+        ``fg_invalid [B, I]`` bool (True: a padding object; None: none) -> ``fg_desc [B, I, 256]``,
+        ``bg_desc [B, Qb, 256]``. One frame of each of B videos; a video with fewer objects is
+        padded to I, and its padding changes none of its descriptors."""
+        return self.encoder(f8, fg_masks, bg_masks, fg_invalid)
 
     def decode(
         self,
@@ -70,9 +75,10 @@ class HodorNet(nn.Module):
         fg_invalid: Tensor,
         bg_invalid: Tensor,
     ) -> Tensor:
-        """``f4 [1, 256, 2h, 2w]``, ``f8 [1, 256, h, w]``, ``fg_hist [1, I, T, 256]``,
-        ``bg_hist [1, Qb, T, 256]``, ``fg_invalid [1, I, T]`` and ``bg_invalid [1, Qb, T]`` bool
-        (True = ignore) -> ``logits [1, 1 + Qb + I, 2h, 2w]`` (catch-all, background, objects)."""
+        """``f4 [B, 256, 2h, 2w]``, ``f8 [B, 256, h, w]``, ``fg_hist [B, I, T, 256]``,
+        ``bg_hist [B, Qb, T, 256]``, ``fg_invalid [B, I, T]`` and ``bg_invalid [B, Qb, T]`` bool
+        (True = ignore) -> ``logits [B, 1 + Qb + I, 2h, 2w]`` (catch-all, background, objects).
+        Padding (objects, history slots) is marked invalid; a padding object's logits are -inf."""
         return self.decoder(
             f4,
             f8,

@@ -4,6 +4,12 @@ All tensors crossing the seam are ``torch.Tensor`` on the backend's ``device``;
 a backend that computes elsewhere (ONNX Runtime on numpy) converts at its edge.
 Shapes: C = 256, ``h, w`` = the 1/8 map of the padded frame, ``I`` objects,
 ``Qb`` background descriptors, ``T`` history slots (min(t, window) + 1).
+
+``encode`` and ``decode`` take one frame of each of ``B >= 1`` videos (streams) of the same
+padded size. Videos with fewer objects than the batch's ``I`` are padded with objects marked
+invalid (``fg_invalid``), videos with a shorter history than its ``T`` with slots marked invalid;
+each batch item then computes what the video alone computes (up to rounding: see
+docs/design.md, "Stages"). A backend needs nothing else to serve many videos at once.
 """
 
 from __future__ import annotations
@@ -31,10 +37,19 @@ class Backend(Protocol):
         ...
 
     def encode(
-        self, f8: torch.Tensor, fg_masks: torch.Tensor, bg_masks: torch.Tensor
+        self,
+        f8: torch.Tensor,
+        fg_masks: torch.Tensor,
+        bg_masks: torch.Tensor,
+        fg_invalid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``f8 [1,256,h,w]``, ``fg_masks [1,I,h,w]``, ``bg_masks [1,Qb,h,w]`` (probabilities)
-        -> ``fg_desc [1,I,256]``, ``bg_desc [1,Qb,256]``."""
+        """``f8 [B,256,h,w]``, ``fg_masks [B,I,h,w]``, ``bg_masks [B,Qb,h,w]`` (probabilities),
+        ``fg_invalid [B,I]`` bool (True: a padding object; None: no padding)
+        -> ``fg_desc [B,I,256]``, ``bg_desc [B,Qb,256]`` float32.
+
+        The encoder's self-attention mixes the descriptors of a frame: a padding object must be
+        marked in ``fg_invalid`` so that no other descriptor attends to it. Its own descriptor is
+        whatever the network makes of an empty mask; the caller drops it."""
         ...
 
     def decode(
@@ -46,16 +61,20 @@ class Backend(Protocol):
         fg_invalid: torch.Tensor,
         bg_invalid: torch.Tensor,
     ) -> torch.Tensor:
-        """``f4 [1,256,2h,2w]``, ``f8 [1,256,h,w]``, ``fg_hist [1,I,T,256]``, ``bg_hist [1,Qb,T,256]``,
-        ``fg_invalid [1,I,T]`` bool, ``bg_invalid [1,Qb,T]`` bool -> ``logits [1,1+Qb+I,2h,2w]``
-        (catch-all, background, objects)."""
+        """``f4 [B,256,2h,2w]``, ``f8 [B,256,h,w]``, ``fg_hist [B,I,T,256]``, ``bg_hist [B,Qb,T,256]``,
+        ``fg_invalid [B,I,T]`` bool, ``bg_invalid [B,Qb,T]`` bool -> ``logits [B,1+Qb+I,2h,2w]``
+        float32 (catch-all, background, objects). Padding objects and slots are all invalid; a
+        padding object's logits are -inf."""
         ...
 
-    def check_limits(self, num_objects: int, history: int, height: int, width: int) -> None:
+    def check_limits(
+        self, num_objects: int, history: int, height: int, width: int, streams: int = 1
+    ) -> None:
         """Raise ``HodorError`` naming the limit (and how to lift it) if a call would exceed it.
 
-        The session calls it before every ``encode`` (``history`` = 1) and ``decode``;
-        ``height``/``width`` are the padded frame's (multiples of 32), ``num_objects`` is I.
+        The loop calls it before every ``encode`` (``history`` = 1) and ``decode``;
+        ``height``/``width`` are the padded frame's (multiples of 32), ``num_objects`` is I and
+        ``streams`` is B, the videos in the call.
         """
         ...
 

@@ -2,8 +2,9 @@
 
 A frame's encode and decode are a few hundred small kernels; at common frame sizes
 launching them costs more than running them. Once the inputs' shapes repeat (the
-object count I, history length T and map size h×w stay the same from frame to frame
-once the window is full), the stage is captured into a CUDA graph and replayed:
+number of videos B in the call, the object count I, history length T and map size h×w stay
+the same from frame to frame once the window is full), the stage is captured into a CUDA
+graph and replayed:
 
 - the first call with a shape runs eagerly: it compiles Triton kernels, picks cuBLAS
   and cuDNN algorithms and allocates what lazy initialisation needs, none of which may
@@ -138,7 +139,8 @@ class CudaGraphRunner:
     @staticmethod
     def key(stage: str, inputs: tuple[torch.Tensor, ...]) -> Hashable:
         """Stage name, the current CUDA stream (for CUDA inputs), and every input's shape, dtype
-        and device: for encode the shapes vary by (I, h, w), for decode by (I, T, h, w), the
+        and device: for encode the shapes vary by (B, I, h, w), for decode by (B, I, T, h, w),
+        B being the videos batched in the call (padded to the batch's largest I and T), the
         rest being fixed by the model."""
         device = inputs[0].device if inputs else None
         stream = None

@@ -18,9 +18,9 @@ export directory; a manifest naming anything else (a path with a directory part,
 absolute path) is refused when it is read, so a doctored manifest cannot make the runtime
 read files elsewhere.
 
-Symbolic dimensions in the recorded shapes: ``batch`` (frames per backbone call), ``H``/``W``
-(the padded frame, multiples of 32; feature maps are written ``H/4``, ``H/8``), ``objects``
-(I) and ``history`` (T).
+Symbolic dimensions in the recorded shapes: ``batch`` (frames per backbone call), ``streams``
+(videos per encode or decode call), ``H``/``W`` (the padded frame, multiples of 32; feature maps
+are written ``H/4``, ``H/8``), ``objects`` (I) and ``history`` (T).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from hodor.errors import HodorError
 MANIFEST_NAME = "manifest.json"
 FORMAT = "hodor-export"
 # Bumped whenever the graphs' signatures or this schema change meaning.
-FORMAT_VERSION = 1
+# 2: encode and decode take a batch of streams; the encoder takes fg_invalid; limits.max_streams.
+FORMAT_VERSION = 2
 STAGES = ("backbone", "encoder", "decoder")
 PRECISIONS = ("fp32", "fp16")
 # The padded frame is a multiple of this (Swin's coarsest level is 1/32).
@@ -90,6 +91,7 @@ class Limits:
     max_size: int
     opt_height: int  # the size TensorRT tunes for
     opt_width: int
+    max_streams: int = 16  # videos per encode or decode call (a batch of sessions)
 
     @property
     def max_window(self) -> int:
@@ -99,6 +101,7 @@ class Limits:
         """The symbolic dimensions of the graphs' shapes and the range each is exported for."""
         return {
             "batch": f"frames per backbone call, 1..{self.max_batch}",
+            "streams": f"videos per encode or decode call, 1..{self.max_streams}",
             "H": f"padded frame height, a multiple of {SIZE_MULTIPLE} in {self.min_size}..{self.max_size}",
             "W": f"padded frame width, a multiple of {SIZE_MULTIPLE} in {self.min_size}..{self.max_size}",
             "H/4, W/4, H/8, W/8": "feature map sizes that follow from H and W",
@@ -106,8 +109,13 @@ class Limits:
             "history": f"history slots (T = min(t, window) + 1), 1..{self.max_history}",
         }
 
-    def check(self, num_objects: int, history: int, height: int, width: int) -> None:
+    def check(self, num_objects: int, history: int, height: int, width: int, streams: int = 1) -> None:
         """Raise ``HodorError`` naming the first limit a call would exceed and the re-export lifting it."""
+        if streams > self.max_streams:
+            raise HodorError(
+                f"{streams} videos in one batch exceed this export's limit of {self.max_streams}: "
+                f"batch fewer videos at once, or re-export with hodor-export CKPT --max-streams {streams}"
+            )
         if num_objects > self.max_objects:
             raise HodorError(
                 f"{num_objects} objects exceed this export's limit of {self.max_objects}: "

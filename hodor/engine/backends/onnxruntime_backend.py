@@ -201,11 +201,19 @@ class OnnxRuntimeBackend:
         return f4, f8
 
     def encode(
-        self, f8: torch.Tensor, fg_masks: torch.Tensor, bg_masks: torch.Tensor
+        self,
+        f8: torch.Tensor,
+        fg_masks: torch.Tensor,
+        bg_masks: torch.Tensor,
+        fg_invalid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``f8 [1,256,h,w]``, ``fg_masks [1,I,h,w]``, ``bg_masks [1,Qb,h,w]``
-        -> ``fg_desc [1,I,256]``, ``bg_desc [1,Qb,256]``."""
-        fg, bg = self._run("encoder", f8=f8, fg_masks=fg_masks, bg_masks=bg_masks)
+        """``f8 [B,256,h,w]``, ``fg_masks [B,I,h,w]``, ``bg_masks [B,Qb,h,w]``, ``fg_invalid [B,I]``
+        bool (None: no padding) -> ``fg_desc [B,I,256]``, ``bg_desc [B,Qb,256]``."""
+        if fg_invalid is None:
+            fg_invalid = torch.zeros(fg_masks.shape[:2], dtype=torch.bool)
+        fg, bg = self._run(
+            "encoder", f8=f8, fg_masks=fg_masks, bg_masks=bg_masks, fg_invalid=fg_invalid.to(torch.bool)
+        )
         return fg, bg
 
     def decode(
@@ -217,7 +225,7 @@ class OnnxRuntimeBackend:
         fg_invalid: torch.Tensor,
         bg_invalid: torch.Tensor,
     ) -> torch.Tensor:
-        """-> ``logits [1,1+Qb+I,2h,2w]`` (shapes as ``hodor.engine.backends.base.Backend.decode``)."""
+        """-> ``logits [B,1+Qb+I,2h,2w]`` (shapes as ``hodor.engine.backends.base.Backend.decode``)."""
         (logits,) = self._run(
             "decoder",
             f4=f4,
@@ -229,9 +237,11 @@ class OnnxRuntimeBackend:
         )
         return logits
 
-    def check_limits(self, num_objects: int, history: int, height: int, width: int) -> None:
+    def check_limits(
+        self, num_objects: int, history: int, height: int, width: int, streams: int = 1
+    ) -> None:
         """``height``, ``width``: the padded frame. ``HodorError`` names the limit and the re-export."""
-        self.manifest.limits.check(num_objects, history, height, width)
+        self.manifest.limits.check(num_objects, history, height, width, streams)
 
 
 def open_onnxruntime_backend(

@@ -151,11 +151,19 @@ class OpenVinoBackend:
         return f4, f8
 
     def encode(
-        self, f8: torch.Tensor, fg_masks: torch.Tensor, bg_masks: torch.Tensor
+        self,
+        f8: torch.Tensor,
+        fg_masks: torch.Tensor,
+        bg_masks: torch.Tensor,
+        fg_invalid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``f8 [1,256,h,w]``, ``fg_masks [1,I,h,w]``, ``bg_masks [1,Qb,h,w]``
-        -> ``fg_desc [1,I,256]``, ``bg_desc [1,Qb,256]``."""
-        fg, bg = self._run("encoder", f8=f8, fg_masks=fg_masks, bg_masks=bg_masks)
+        """``f8 [B,256,h,w]``, ``fg_masks [B,I,h,w]``, ``bg_masks [B,Qb,h,w]``, ``fg_invalid [B,I]``
+        bool (None: no padding) -> ``fg_desc [B,I,256]``, ``bg_desc [B,Qb,256]``."""
+        if fg_invalid is None:
+            fg_invalid = torch.zeros(fg_masks.shape[:2], dtype=torch.bool)
+        fg, bg = self._run(
+            "encoder", f8=f8, fg_masks=fg_masks, bg_masks=bg_masks, fg_invalid=fg_invalid.to(torch.bool)
+        )
         return fg, bg
 
     def decode(
@@ -167,7 +175,7 @@ class OpenVinoBackend:
         fg_invalid: torch.Tensor,
         bg_invalid: torch.Tensor,
     ) -> torch.Tensor:
-        """-> ``logits [1,1+Qb+I,2h,2w]`` (shapes as ``hodor.engine.backends.base.Backend.decode``)."""
+        """-> ``logits [B,1+Qb+I,2h,2w]`` (shapes as ``hodor.engine.backends.base.Backend.decode``)."""
         (logits,) = self._run(
             "decoder",
             f4=f4,
@@ -181,9 +189,12 @@ class OpenVinoBackend:
         # float, where the seam promises -inf; no real logit comes near it.
         return logits.masked_fill_(logits <= _LOWEST, float("-inf"))
 
-    def check_limits(self, num_objects: int, history: int, height: int, width: int) -> None:
-        """``height``, ``width``: the padded frame. ``HodorError`` names the limit and the re-export."""
-        self.manifest.limits.check(num_objects, history, height, width)
+    def check_limits(
+        self, num_objects: int, history: int, height: int, width: int, streams: int = 1
+    ) -> None:
+        """``height``, ``width``: the padded frame; ``streams``: videos per encode or decode call.
+        ``HodorError`` names the limit and the re-export."""
+        self.manifest.limits.check(num_objects, history, height, width, streams)
 
 
 def open_openvino_backend(

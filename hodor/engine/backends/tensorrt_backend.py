@@ -108,9 +108,12 @@ class TensorRTBackend:
 
     # ---------------------------------------------------------------- the seam
 
-    def check_limits(self, num_objects: int, history: int, height: int, width: int) -> None:
-        """``height``, ``width``: the padded frame. The engines' profiles span the manifest's limits."""
-        self.manifest.limits.check(num_objects, history, height, width)
+    def check_limits(
+        self, num_objects: int, history: int, height: int, width: int, streams: int = 1
+    ) -> None:
+        """``height``, ``width``: the padded frame; ``streams``: videos per encode or decode call.
+        The engines' profiles span the manifest's limits."""
+        self.manifest.limits.check(num_objects, history, height, width, streams)
 
     def backbone(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``images [B,3,H,W]`` -> ``f4 [B,256,H/4,W/4]``, ``f8 [B,256,H/8,W/8]``.
@@ -129,10 +132,17 @@ class TensorRTBackend:
         return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
 
     def encode(
-        self, f8: torch.Tensor, fg_masks: torch.Tensor, bg_masks: torch.Tensor
+        self,
+        f8: torch.Tensor,
+        fg_masks: torch.Tensor,
+        bg_masks: torch.Tensor,
+        fg_invalid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One frame of each of B streams (``hodor.engine.backends.base.Backend.encode``)."""
         engine = self.stages["encoder"]
-        outputs = engine(f8=f8, fg_masks=fg_masks, bg_masks=bg_masks)
+        if fg_invalid is None:
+            fg_invalid = torch.zeros(fg_masks.shape[:2], dtype=torch.bool, device=fg_masks.device)
+        outputs = engine(f8=f8, fg_masks=fg_masks, bg_masks=bg_masks, fg_invalid=fg_invalid)
         fg_desc, bg_desc = self._named(engine, outputs, ("fg_desc", "bg_desc"))
         return fg_desc, bg_desc
 

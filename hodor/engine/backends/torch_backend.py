@@ -161,8 +161,8 @@ def resolve_dtype(precision: str | torch.dtype | None, device: torch.device) -> 
 
 
 class TorchBackend:
-    """Runs ``hodor.model.HodorNet`` eagerly, or through CUDA graphs. No limits beyond memory,
-    except the fused mask-logits kernel's history length.
+    """Runs ``hodor.model.HodorNet`` eagerly, or through CUDA graphs. No limits beyond memory
+    (any number of streams), except the fused mask-logits kernel's history length.
 
     ``net`` (a ``HodorNet``) is converted in place when ``kernels`` or ``dtype`` is given:
     its kernels set to ``kernels``, its weights cast to ``dtype``; None keeps what it has.
@@ -197,6 +197,9 @@ class TorchBackend:
         if dtype is not None:
             net.to(dtype)
         self.kernels: str = net.kernels
+        # The post-decode follows the kernels on CUDA (hodor.engine.loop.post_decode.post_decode_for);
+        # in Triton's CPU interpreter its kernels would cost seconds a frame, so the CPU keeps torch's.
+        self.runtime_tail: str = "triton" if self.kernels == "triton" and device.type == "cuda" else "torch"
         self.dtype: torch.dtype = next(net.parameters()).dtype
         self.graphs = graphs if graphs is not None else CudaGraphRunner(enabled=False)
         self.backbone_mode = backbone
@@ -234,10 +237,17 @@ class TorchBackend:
 
     @torch.inference_mode()
     def encode(
-        self, f8: torch.Tensor, fg_masks: torch.Tensor, bg_masks: torch.Tensor
+        self,
+        f8: torch.Tensor,
+        fg_masks: torch.Tensor,
+        bg_masks: torch.Tensor,
+        fg_invalid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Descriptors as float32 ``[1,I,256]``, ``[1,Qb,256]``."""
-        fg_desc, bg_desc = self.graphs("encode", self._encode, f8, fg_masks, bg_masks)
+        """Descriptors as float32 ``[B,I,256]``, ``[B,Qb,256]``; ``fg_invalid [B,I]`` marks padding."""
+        if fg_invalid is None:
+            # One graph per shape either way: "no padding" is a mask of zeros, not another graph.
+            fg_invalid = torch.zeros(fg_masks.shape[:2], dtype=torch.bool, device=fg_masks.device)
+        fg_desc, bg_desc = self.graphs("encode", self._encode, f8, fg_masks, bg_masks, fg_invalid)
         return fg_desc, bg_desc
 
     @torch.inference_mode()
@@ -250,11 +260,13 @@ class TorchBackend:
         fg_invalid: torch.Tensor,
         bg_invalid: torch.Tensor,
     ) -> torch.Tensor:
-        """Logits as float32 ``[1,1+Qb+I,2h,2w]``."""
+        """Logits as float32 ``[B,1+Qb+I,2h,2w]``."""
         (logits,) = self.graphs("decode", self._decode, f4, f8, fg_hist, bg_hist, fg_invalid, bg_invalid)
         return logits
 
-    def check_limits(self, num_objects: int, history: int, height: int, width: int) -> None:
+    def check_limits(
+        self, num_objects: int, history: int, height: int, width: int, streams: int = 1
+    ) -> None:
         if self._max_history is not None and history > self._max_history:
             raise HodorError(
                 f"the Triton kernels take at most {self._max_history - 1} past frames, but this frame "
@@ -268,9 +280,9 @@ class TorchBackend:
         return self.net.backbone(images.to(self.dtype))
 
     def _encode(
-        self, f8: torch.Tensor, fg_masks: torch.Tensor, bg_masks: torch.Tensor
+        self, f8: torch.Tensor, fg_masks: torch.Tensor, bg_masks: torch.Tensor, fg_invalid: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        fg_desc, bg_desc = self.net.encode(f8.to(self.dtype), fg_masks, bg_masks)
+        fg_desc, bg_desc = self.net.encode(f8.to(self.dtype), fg_masks, bg_masks, fg_invalid)
         return fg_desc.float(), bg_desc.float()
 
     def _decode(

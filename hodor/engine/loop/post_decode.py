@@ -14,10 +14,16 @@ the engine) can take the same signature and replace it one for one
 (``tests/test_engine_post_decode.py`` states what it must give, to the bit). A replacement may
 cover the steady state alone (``references`` None): the session then keeps this function for
 the frames that carry a reference.
+
+:func:`fused_masks_from_logits` is that replacement: both paths as two Triton kernels
+(``hodor/kernels/runtime_tail.py``), reference frames included. :func:`post_decode_for` picks
+one for a backend: the kernels where the backend says ``runtime_tail = "triton"`` (the torch
+backend on CUDA with ``kernels="triton"``), this module's torch code everywhere else.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -102,3 +108,54 @@ def masks_from_logits(
     fg = probs[nb:]
     bg = bg_grid * (1.0 - fg.sum(0, keepdim=True))
     return DecodedMasks(id_mask=id_mask, fg=fg, bg=bg)
+
+
+def fused_masks_from_logits(
+    logits: torch.Tensor,
+    num_bg_channels: int,
+    id_lookup: torch.Tensor,
+    bg_grid: torch.Tensor,
+    resized_size: tuple[int, int],
+    frame_size: tuple[int, int],
+    references: FrameReferences | None = None,
+) -> DecodedMasks:
+    """:func:`masks_from_logits` in two Triton kernels, one per path (same arguments, same result).
+
+    The id mask is the torch path's except where two channels' probabilities agree to a few
+    fp32 ulps (the arg-max may then pick the other); ``fg`` and ``bg`` agree to fp32 rounding.
+    Runs where Triton runs (CUDA, or its CPU interpreter). On a reference frame it builds the
+    kernels' label map on the device and uploads one small channel table; without references
+    nothing is uploaded and nothing waits for the device.
+    """
+    from hodor.kernels import runtime_tail as tail
+
+    nb = num_bg_channels
+    q = logits.shape[1]
+    padded = (logits.shape[-2] * DECODER_STRIDE, logits.shape[-1] * DECODER_STRIDE)
+    override = hidden = user_mask = None
+    if references is not None:
+        pairs = list(zip(references.override_slots, references.override_masks.unbind(0), strict=True))
+        override = tail.reference_override(q, nb, pairs)
+        if references.shown_slots:
+            hidden = tail.channel_flags(q, [nb + slot for slot in references.shown_slots], logits.device)
+        user_mask = references.user_mask
+    id_mask = tail.output_id_mask(
+        logits, padded, resized_size, frame_size, id_lookup, override, hidden, user_mask
+    )
+    fg, bg = tail.encoder_masks(logits, padded, nb, bg_grid, override)
+    return DecodedMasks(id_mask=id_mask, fg=fg[0], bg=bg[0])
+
+
+PostDecode = Callable[..., DecodedMasks]
+"""The signature of :func:`masks_from_logits` (and of :func:`fused_masks_from_logits`)."""
+
+RUNTIME_TAILS: dict[str, PostDecode] = {"torch": masks_from_logits, "triton": fused_masks_from_logits}
+
+
+def post_decode_for(backend: object) -> PostDecode:
+    """The post-decode a backend asks for through its optional ``runtime_tail`` attribute
+    (``"torch"``, the default, or ``"triton"``)."""
+    name = getattr(backend, "runtime_tail", "torch")
+    if name not in RUNTIME_TAILS:
+        raise ValueError(f"unknown runtime tail {name!r}: one of {', '.join(RUNTIME_TAILS)}")
+    return RUNTIME_TAILS[name]

@@ -8,12 +8,16 @@ Layout: one preallocated tensor of descriptors ``[Qb + I, S, C]`` (background ro
 then one row per object in ascending id order) and one of invalid flags ``[Qb + I, S]``,
 with ``S = window + 1`` slots; frame ``t`` lives in slot ``t % S``. Every write is an
 in-place copy or fill of a slot addressed by Python integers (``fill_``, not ``x[i] = v``, which
-builds a host tensor from ``v``), and a history is one rotation of
-each tensor along the slot axis, so that the steady state (the same objects frame after
+builds a host tensor from ``v``), and a history is the slots rotated oldest first, copied
+into tensors the caller provides, so that the steady state (the same objects frame after
 frame) neither allocates ring storage nor moves anything between host and device: which
 rows and slots hold what is bookkeeping on the host. Storage is reallocated only when the
-object rows change (an object joins, or leaves the window). A leading batch axis (several
-videos stepped together) extends this layout without changing it.
+object rows change (an object joins, or leaves the window).
+
+Several videos stepped together keep one ring each (memory per video stays bounded by its
+window) and write their histories into one padded batch (:meth:`DescriptorRing.write_history`
+into the rows and slots of their batch item): the rotation is two slice copies per tensor with
+a per-video offset, addressed by Python integers like every other access.
 """
 
 from __future__ import annotations
@@ -151,16 +155,11 @@ class DescriptorRing:
     @torch.inference_mode()
     def history(self, t: int) -> History:
         """Descriptors of frames ``max(0, t - window) … t`` for decoding frame ``t``."""
-        self._advance(t)
-        length = min(t, self.window) + 1
-        oldest_slot = (t - length + 1) % self.capacity
-        if length < self.capacity:
-            # Frames 0 … t sit in slots 0 … t, already oldest first.
-            descriptors = self._descriptors[:, :length].contiguous()
-            invalid = self._invalid[:, :length].contiguous()
-        else:
-            descriptors = self._descriptors.roll(-oldest_slot, 1)
-            invalid = self._invalid.roll(-oldest_slot, 1)
+        num_objects, length = self.history_size(t)
+        rows = self.num_bg + num_objects
+        descriptors = torch.empty(rows, length, self.channels, dtype=torch.float32, device=self.device)
+        invalid = torch.empty(rows, length, dtype=torch.bool, device=self.device)
+        self.write_history(t, descriptors, invalid)
         qb = self.num_bg
         # Row slices of a contiguous tensor are contiguous views: no further copy.
         return History(
@@ -170,6 +169,37 @@ class DescriptorRing:
             fg_invalid=invalid[None, qb:],
             bg_invalid=invalid[None, :qb],
         )
+
+    def history_size(self, t: int) -> tuple[int, int]:
+        """``(I, T)`` of the history for decoding frame ``t``: the objects with a descriptor in the
+        window (``ids`` after this call) and the frames of the window, ``min(t, window) + 1``."""
+        self._advance(t)
+        return len(self._ids), min(t, self.window) + 1
+
+    @torch.inference_mode()
+    def write_history(self, t: int, descriptors: torch.Tensor, invalid: torch.Tensor) -> None:
+        """Write the history for decoding frame ``t`` into ``descriptors [R,T',C]`` and ``invalid [R,T']``:
+        rows ``0 … Qb+I-1`` (background first, then :attr:`ids`), slots ``0 … T-1`` oldest first
+        (``I, T`` = :meth:`history_size`). Rows and slots beyond are left as they are: a batch of
+        videos pads them (zeros, invalid) before each video writes its own."""
+        num_objects, length = self.history_size(t)
+        rows = self.num_bg + num_objects
+        fits = descriptors.shape[0] >= rows and descriptors.shape[1] >= length
+        if not fits or invalid.shape[:2] != descriptors.shape[:2]:
+            raise ValueError(
+                f"a history of {rows} rows and {length} slots does not fit descriptors "
+                f"{list(descriptors.shape)} and invalid flags {list(invalid.shape)}"
+            )
+        oldest_slot = (t - length + 1) % self.capacity
+        # Frames 0 … t sit in slots 0 … t while the window fills; once full, the oldest frame is at
+        # oldest_slot and the slots are read from there round to it (a rotation in two copies).
+        first = min(self.capacity - oldest_slot, length)
+        pieces = [(0, oldest_slot, first)]
+        if first < length:
+            pieces.append((first, 0, length - first))
+        for out_start, slot, count in pieces:
+            descriptors[:rows, out_start : out_start + count].copy_(self._descriptors[:, slot : slot + count])
+            invalid[:rows, out_start : out_start + count].copy_(self._invalid[:, slot : slot + count])
 
     # ------------------------------------------------------------------ bookkeeping
 
