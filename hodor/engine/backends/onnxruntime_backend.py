@@ -28,6 +28,7 @@ import torch
 from hodor.config import HodorConfig
 from hodor.engine.backends.base import ConfigOverrides
 from hodor.engine.backends.export_files import cpu_flags, writable_cache_dir
+from hodor.engine.backends.graph_seam import HostGraphSeam
 from hodor.engine.backends.manifest import STAGES, GraphEntry, Manifest, load_manifest, read_graph
 from hodor.engine.io.files import atomic_write
 from hodor.errors import HodorError
@@ -86,7 +87,7 @@ def _providers(ort: Any, device: torch.device, export_dir: Path, entry: GraphEnt
     return providers
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(HostGraphSeam):
     """Implements ``hodor.engine.backends.base.Backend`` over the export's ONNX graphs."""
 
     name = "onnxruntime"
@@ -186,62 +187,8 @@ class OnnxRuntimeBackend:
 
     # ------------------------------------------------------------------ the seam
 
-    def _run(self, stage: str, **inputs: torch.Tensor) -> list[torch.Tensor]:
-        feeds = {}
-        for name, t in inputs.items():
-            t = t.detach().to("cpu")
-            t = t if t.dtype == torch.bool else t.to(torch.float32)
-            feeds[name] = np.ascontiguousarray(t.numpy())
-        outputs = self.sessions[stage].run(None, feeds)
-        return [torch.from_numpy(o).to(self.device) for o in outputs]
-
-    def backbone(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``images [B,3,H,W]`` -> ``f4 [B,256,H/4,W/4]``, ``f8 [B,256,H/8,W/8]``."""
-        f4, f8 = self._run("backbone", images=images)
-        return f4, f8
-
-    def encode(
-        self,
-        f8: torch.Tensor,
-        fg_masks: torch.Tensor,
-        bg_masks: torch.Tensor,
-        fg_invalid: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``f8 [B,256,h,w]``, ``fg_masks [B,I,h,w]``, ``bg_masks [B,Qb,h,w]``, ``fg_invalid [B,I]``
-        bool (None: no padding) -> ``fg_desc [B,I,256]``, ``bg_desc [B,Qb,256]``."""
-        if fg_invalid is None:
-            fg_invalid = torch.zeros(fg_masks.shape[:2], dtype=torch.bool)
-        fg, bg = self._run(
-            "encoder", f8=f8, fg_masks=fg_masks, bg_masks=bg_masks, fg_invalid=fg_invalid.to(torch.bool)
-        )
-        return fg, bg
-
-    def decode(
-        self,
-        f4: torch.Tensor,
-        f8: torch.Tensor,
-        fg_hist: torch.Tensor,
-        bg_hist: torch.Tensor,
-        fg_invalid: torch.Tensor,
-        bg_invalid: torch.Tensor,
-    ) -> torch.Tensor:
-        """-> ``logits [B,1+Qb+I,2h,2w]`` (shapes as ``hodor.engine.backends.base.Backend.decode``)."""
-        (logits,) = self._run(
-            "decoder",
-            f4=f4,
-            f8=f8,
-            fg_hist=fg_hist,
-            bg_hist=bg_hist,
-            fg_invalid=fg_invalid.to(torch.bool),
-            bg_invalid=bg_invalid.to(torch.bool),
-        )
-        return logits
-
-    def check_limits(
-        self, num_objects: int, history: int, height: int, width: int, streams: int = 1
-    ) -> None:
-        """``height``, ``width``: the padded frame. ``HodorError`` names the limit and the re-export."""
-        self.manifest.limits.check(num_objects, history, height, width, streams)
+    def _infer(self, stage: str, feeds: dict[str, np.ndarray]) -> list[torch.Tensor]:
+        return [torch.from_numpy(o) for o in self.sessions[stage].run(None, feeds)]
 
 
 def open_onnxruntime_backend(

@@ -31,6 +31,7 @@ import torch
 from hodor.config import HodorConfig
 from hodor.engine.backends.base import ConfigOverrides
 from hodor.engine.backends.export_files import cpu_flags, writable_cache_dir
+from hodor.engine.backends.graph_seam import HostGraphSeam
 from hodor.engine.backends.manifest import STAGES, load_manifest, read_graph
 from hodor.engine.backends.onnxruntime_backend import usable_cores
 from hodor.errors import HodorError
@@ -56,7 +57,7 @@ def cpu_supports_bf16(core: Any) -> bool:
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(HostGraphSeam):
     """Implements ``hodor.engine.backends.base.Backend`` over the export's fp32 ONNX graphs, on the CPU."""
 
     name = "openvino"
@@ -134,67 +135,16 @@ class OpenVinoBackend:
 
     # ------------------------------------------------------------------ the seam
 
-    def _run(self, stage: str, **inputs: torch.Tensor) -> list[torch.Tensor]:
-        feeds = {}
-        for name, t in inputs.items():
-            t = t.detach().to("cpu")
-            t = t if t.dtype == torch.bool else t.to(torch.float32)
-            feeds[name] = np.ascontiguousarray(t.numpy())
+    def _infer(self, stage: str, feeds: dict[str, np.ndarray]) -> list[torch.Tensor]:
         # The inputs are only read during this synchronous call, so OpenVINO may use them in place;
         # the outputs are copied out of the request's buffers, which the next call overwrites.
         results = self.requests[stage].infer(feeds, share_inputs=True, share_outputs=False)
         return [torch.from_numpy(results[output]) for output in self.compiled[stage].outputs]
 
-    def backbone(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``images [B,3,H,W]`` -> ``f4 [B,256,H/4,W/4]``, ``f8 [B,256,H/8,W/8]``, float32."""
-        f4, f8 = self._run("backbone", images=images)
-        return f4, f8
-
-    def encode(
-        self,
-        f8: torch.Tensor,
-        fg_masks: torch.Tensor,
-        bg_masks: torch.Tensor,
-        fg_invalid: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``f8 [B,256,h,w]``, ``fg_masks [B,I,h,w]``, ``bg_masks [B,Qb,h,w]``, ``fg_invalid [B,I]``
-        bool (None: no padding) -> ``fg_desc [B,I,256]``, ``bg_desc [B,Qb,256]``."""
-        if fg_invalid is None:
-            fg_invalid = torch.zeros(fg_masks.shape[:2], dtype=torch.bool)
-        fg, bg = self._run(
-            "encoder", f8=f8, fg_masks=fg_masks, bg_masks=bg_masks, fg_invalid=fg_invalid.to(torch.bool)
-        )
-        return fg, bg
-
-    def decode(
-        self,
-        f4: torch.Tensor,
-        f8: torch.Tensor,
-        fg_hist: torch.Tensor,
-        bg_hist: torch.Tensor,
-        fg_invalid: torch.Tensor,
-        bg_invalid: torch.Tensor,
-    ) -> torch.Tensor:
-        """-> ``logits [B,1+Qb+I,2h,2w]`` (shapes as ``hodor.engine.backends.base.Backend.decode``)."""
-        (logits,) = self._run(
-            "decoder",
-            f4=f4,
-            f8=f8,
-            fg_hist=fg_hist,
-            bg_hist=bg_hist,
-            fg_invalid=fg_invalid.to(torch.bool),
-            bg_invalid=bg_invalid.to(torch.bool),
-        )
+    def _logits(self, logits: torch.Tensor) -> torch.Tensor:
         # OpenVINO's max over an all -inf history (an object with no valid slot) gives the lowest finite
         # float, where the seam promises -inf; no real logit comes near it.
         return logits.masked_fill_(logits <= _LOWEST, float("-inf"))
-
-    def check_limits(
-        self, num_objects: int, history: int, height: int, width: int, streams: int = 1
-    ) -> None:
-        """``height``, ``width``: the padded frame; ``streams``: videos per encode or decode call.
-        ``HodorError`` names the limit and the re-export."""
-        self.manifest.limits.check(num_objects, history, height, width, streams)
 
 
 def open_openvino_backend(
