@@ -126,3 +126,23 @@ def parity_check(case: Path, out: Path) -> tuple[list[str], list[str]]:
         if not ok:
             failures.append(f"{stem} ({agree:.5%})")
     return report, failures
+
+
+def assert_cli_parity(model: Path, backend: str, case: Path, out: Path) -> None:
+    """``hodor-run --backend BACKEND`` on the CPU, in a fresh process, then the parity rule."""
+    import subprocess
+    import sys
+
+    argv = [
+        *(sys.executable, "-m", "hodor.engine.cli"),
+        *parity_run_args(case, out),
+        *("--model", str(model), "--backend", backend, "--device", "cpu"),
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert f"backend {backend}" in summary, summary
+
+    report, failures = parity_check(case, out)
+    print(f"{backend} vs official:\n" + "\n".join(report))
+    assert not failures, f"frames below the parity rule: {failures}"
