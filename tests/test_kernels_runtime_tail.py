@@ -245,9 +245,9 @@ def test_same_masks_as_the_video_session(kernels_runnable):
         decoded.append(out := decode(*args))
         return out
 
-    def recording_encode(f8, fg, bg):
+    def recording_encode(f8, fg, bg, fg_invalid=None):
         encoded.append((fg.clone(), bg.clone()))
-        return encode(f8, fg, bg)
+        return encode(f8, fg, bg, fg_invalid)
 
     backend.decode, backend.encode = recording_decode, recording_encode
     session = VideoSession(backend, temporal_window=3)
