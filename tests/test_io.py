@@ -202,8 +202,12 @@ def test_load_references_binds_merges_and_takes_the_first_palette(tmp_path):
         load_references([str(tmp_path / "first.png"), str(tmp_path / "clash.png")], src)
 
 
-def test_overlay_is_a_video_at_the_source_rate(tmp_path):
-    writer = OverlayWriter(tmp_path / "overlay.mp4", Fraction(30000, 1001), 31, 45, default_palette())
+@pytest.mark.parametrize("threads", [0, 1])
+def test_overlay_is_a_video_at_the_source_rate(tmp_path, threads):
+    writer = OverlayWriter(
+        tmp_path / "overlay.mp4", Fraction(30000, 1001), 31, 45, default_palette(), threads=threads
+    )
+    assert writer._stream.codec_context.thread_count == threads  # 0: FFmpeg's choice
     ids = np.zeros((31, 45), np.uint8)
     ids[5:20, 5:20] = 1
     for _ in range(5):

@@ -448,3 +448,10 @@ def test_random_sleeps_in_every_stage_keep_the_output_exact(tmp_path):
     assert result.frames == 16
     for t, (got, want) in enumerate(zip(read_masks(tmp_path, 16), expected, strict=True)):
         assert np.array_equal(got, want), f"frame {t}"
+
+
+def test_the_overlay_encoder_takes_one_thread_beside_the_network_on_the_cpu():
+    from hodor.engine.pipeline.run import overlay_threads
+
+    assert overlay_threads(torch.device("cpu")) == 1
+    assert overlay_threads(torch.device("cuda")) == 0  # FFmpeg's choice: the cores are free there

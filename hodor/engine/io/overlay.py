@@ -24,10 +24,19 @@ class OverlayWriter:
     """``overlay.mp4``: the masks over the frames at the source frame rate (H.264 where available).
 
     The encoder runs on its own threads (frame threading, as many as FFmpeg picks for the
-    machine), so a caller that feeds it from one thread keeps several cores busy encoding.
+    machine, or ``threads``), so a caller that feeds it from one thread keeps several cores busy
+    encoding.
     """
 
-    def __init__(self, path: str | Path, fps: Fraction, height: int, width: int, palette: list[int]) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        fps: Fraction,
+        height: int,
+        width: int,
+        palette: list[int],
+        threads: int = 0,
+    ) -> None:
         self.path = Path(path)
         self.palette = palette
         self._tmp = temporary_beside(self.path)
@@ -47,7 +56,7 @@ class OverlayWriter:
         else:
             self._stream.bit_rate = 4_000_000
         self._stream.codec_context.thread_type = "FRAME"
-        self._stream.codec_context.thread_count = 0  # FFmpeg's choice for this machine
+        self._stream.codec_context.thread_count = threads  # 0: FFmpeg's choice for this machine
 
     def write(self, frame: np.ndarray, ids: np.ndarray) -> None:
         """Blend ``ids [H,W]`` over ``frame [H,W,3]`` uint8 and append it to the video."""

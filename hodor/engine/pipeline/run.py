@@ -185,7 +185,12 @@ def run_pipeline(
         ]
     if overlay_channel is not None:
         writers.append(
-            _thread("hodor-overlay", OverlayEncoder(outputs, completion).run, stop, overlay_channel)
+            _thread(
+                "hodor-overlay",
+                OverlayEncoder(outputs, completion, threads=overlay_threads(session.device)).run,
+                stop,
+                overlay_channel,
+            )
         )
     decoder_thread = _thread("hodor-decoder", decoder.run, stop)
 
@@ -229,6 +234,13 @@ def run_pipeline(
         layout=layout,
         interrupted=ctrl_c.interrupted,
     )
+
+
+def overlay_threads(device: torch.device) -> int:
+    """The overlay encoder's threads: FFmpeg's choice beside a GPU; one on the CPU, where the network
+    keeps every core busy and the encoder's frame threads would pre-empt torch's workers (480p,
+    4 objects, 2 cores: the pipeline ran at 0.94x a single thread with them, 1.0x without an overlay)."""
+    return 1 if device.type == "cpu" else 0
 
 
 def _thread(name: str, target: Callable[..., None], stop: Stop, *args: object) -> threading.Thread:

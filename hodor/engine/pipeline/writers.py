@@ -57,10 +57,11 @@ class OverlayEncoder:
     before the end removes the unfinished file.
     """
 
-    def __init__(self, outputs: Outputs, completion: Completion) -> None:
+    def __init__(self, outputs: Outputs, completion: Completion, threads: int = 0) -> None:
         assert outputs.overlay is not None
         self.outputs = outputs
         self.completion = completion
+        self.threads = threads  # the encoder's threads; 0: FFmpeg's choice
         self._writer: OverlayWriter | None = None
 
     def run(self, jobs: Channel[OverlayJob]) -> None:
@@ -83,7 +84,9 @@ class OverlayEncoder:
         if self._writer is None:
             out = self.outputs
             assert out.overlay is not None
-            self._writer = OverlayWriter(out.overlay, out.fps, image.shape[0], image.shape[1], out.palette)
+            self._writer = OverlayWriter(
+                out.overlay, out.fps, image.shape[0], image.shape[1], out.palette, threads=self.threads
+            )
         self._guarded(lambda: self._writer.write_image(image))
 
     def _guarded(self, action) -> None:
