@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -130,9 +132,6 @@ def parity_check(case: Path, out: Path) -> tuple[list[str], list[str]]:
 
 def assert_cli_parity(model: Path, backend: str, case: Path, out: Path) -> None:
     """``hodor-run --backend BACKEND`` on the CPU, in a fresh process, then the parity rule."""
-    import subprocess
-    import sys
-
     argv = [
         *(sys.executable, "-m", "hodor.engine.cli"),
         *parity_run_args(case, out),

@@ -451,7 +451,7 @@ def test_random_sleeps_in_every_stage_keep_the_output_exact(tmp_path):
 
 
 def test_the_overlay_encoder_takes_one_thread_beside_the_network_on_the_cpu():
-    from hodor.engine.pipeline.run import overlay_threads
+    from hodor.engine.io.overlay import overlay_encoder_threads
 
-    assert overlay_threads(torch.device("cpu")) == 1
-    assert overlay_threads(torch.device("cuda")) == 0  # FFmpeg's choice: the cores are free there
+    assert overlay_encoder_threads(torch.device("cpu")) == 1
+    assert overlay_encoder_threads(torch.device("cuda")) == 0  # FFmpeg's choice: the cores are free there

@@ -45,6 +45,7 @@ from hodor.engine.io import (
 )
 from hodor.engine.io.binding import References, load_references
 from hodor.engine.io.files import TEMPORARY_SUFFIX, atomic_write
+from hodor.engine.io.overlay import overlay_encoder_threads
 from hodor.engine.loop.batch import BatchSession, VideoClip
 from hodor.engine.loop.preprocess import frame_geometry
 from hodor.engine.loop.session import TinyObjectWarning
@@ -208,7 +209,12 @@ def _segment(batch: BatchSession, videos: Sequence[_Video], out: Path, overlay_w
         (v.out / "masks").mkdir(parents=True)
         if overlay_wanted:
             v.overlay = OverlayWriter(
-                v.out / "overlay.mp4", v.frames.fps, v.frames.height, v.frames.width, v.references.palette
+                v.out / "overlay.mp4",
+                v.frames.fps,
+                v.frames.height,
+                v.frames.width,
+                v.references.palette,
+                threads=overlay_encoder_threads(batch.device),
             )
         v.reader = v.frames.read()
         kept[v.name] = deque()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hodor.engine.io.overlay import overlay_encoder_threads
 from hodor.engine.io.staging import Incomplete
 from hodor.engine.loop.session import VideoSession
 from hodor.engine.pipeline.completion import Completion, Latency
@@ -187,7 +188,7 @@ def run_pipeline(
         writers.append(
             _thread(
                 "hodor-overlay",
-                OverlayEncoder(outputs, completion, threads=overlay_threads(session.device)).run,
+                OverlayEncoder(outputs, completion, threads=overlay_encoder_threads(session.device)).run,
                 stop,
                 overlay_channel,
             )
@@ -234,13 +235,6 @@ def run_pipeline(
         layout=layout,
         interrupted=ctrl_c.interrupted,
     )
-
-
-def overlay_threads(device: torch.device) -> int:
-    """The overlay encoder's threads: FFmpeg's choice beside a GPU; one on the CPU, where the network
-    keeps every core busy and the encoder's frame threads would pre-empt torch's workers (480p,
-    4 objects, 2 cores: the pipeline ran at 0.94x a single thread with them, 1.0x without an overlay)."""
-    return 1 if device.type == "cpu" else 0
 
 
 def _thread(name: str, target: Callable[..., None], stop: Stop, *args: object) -> threading.Thread:
