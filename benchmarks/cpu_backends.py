@@ -304,6 +304,8 @@ class Recorder:
     def backbone(self, images: torch.Tensor) -> Any:
         return self._record("backbone", self.inner.backbone, images)
 
+    backbone_transient = backbone  # recorded alike (the recording is a clone)
+
     def encode(self, *args: torch.Tensor) -> Any:
         return self._record("encode", self.inner.encode, *args)
 

@@ -162,7 +162,7 @@ class Unwatched:
 
     def __getattr__(self, name):
         attr = getattr(self.inner, name)
-        if name not in ("backbone", "encode", "decode", "check_limits"):
+        if name not in ("backbone", "backbone_transient", "encode", "decode", "check_limits"):
             return attr
 
         def call(*args, **kwargs):

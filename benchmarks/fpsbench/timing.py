@@ -80,6 +80,11 @@ class StageTimedBackend:
     def backbone(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._timed("backbone", self._inner.backbone, images)
 
+    def backbone_transient(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Timed as the backbone: the loop's features valid until the next backbone call.
+        inner = getattr(self._inner, "backbone_transient", self._inner.backbone)
+        return self._timed("backbone", inner, images)
+
     def encode(
         self, f8: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, fg_invalid: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

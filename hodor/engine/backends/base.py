@@ -36,6 +36,11 @@ class Backend(Protocol):
         -> ``f4 [B,256,H/4,W/4]``, ``f8 [B,256,H/8,W/8]``."""
         ...
 
+    # Optional: ``backbone_transient(images)``, as ``backbone`` but its features may be the
+    # backend's own buffers, valid until its next ``backbone`` or ``backbone_transient`` call.
+    # The loop takes it (``hodor.engine.loop.frame_step.transient_features``) where it uses the
+    # features within one step; a backend without it is called through ``backbone``.
+
     def encode(
         self,
         f8: torch.Tensor,

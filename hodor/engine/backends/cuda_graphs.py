@@ -25,6 +25,16 @@ static inputs of the graph its next call will replay, and an input that *is* its
 buffer is not copied. Callers that keep or reuse their own tensors need do nothing: their
 values are copied in.
 
+Stages that feed each other can skip the copy altogether: a runner whose ``feeds_from`` is
+another runner (the per-frame stages' runner, fed by the backbone's) captures an input that
+*is* one of that runner's static outputs, on the same stream, as it is instead of copying it
+into a buffer of its own. From then on the producing graph's replay writes straight into the
+consuming graph's input, and a replay whose input is that tensor copies nothing. The producer's
+outputs must have been handed out as they are (``clone_outputs=False``) for this to happen.
+An input from elsewhere is still copied in, into that shared buffer: the producer's last
+outputs are then overwritten, which is why only a caller that is done with them by its next
+call of the consumer may take the producer's outputs uncloned.
+
 One backend may serve several videos from several threads, each on its own CUDA stream
 (as the throughput benchmark does): graphs are kept per stream, and copying into a
 graph's inputs, replaying it and cloning its outputs happen under a lock, so no two
@@ -103,6 +113,7 @@ class GraphStats:
     declined: int = 0
     input_copies: int = 0
     inputs_in_place: int = 0
+    inputs_adopted: int = 0
 
 
 class CudaGraphRunner:
@@ -110,7 +121,8 @@ class CudaGraphRunner:
 
     ``enabled=False`` runs everything eagerly (the CPU, or graphs switched off). At most
     ``max_graphs`` graphs are kept, least recently used first out, so that a video whose
-    object count keeps changing cannot pile up graph memory.
+    object count keeps changing cannot pile up graph memory. ``feeds_from``: the runner whose
+    graphs produce this one's inputs (see the module docstring); it may be set later.
     """
 
     def __init__(
@@ -118,6 +130,7 @@ class CudaGraphRunner:
         enabled: bool,
         capture: Capture = capture_cuda_graph,
         max_graphs: int = DEFAULT_MAX_GRAPHS,
+        feeds_from: CudaGraphRunner | None = None,
     ) -> None:
         if max_graphs < 1:
             raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
@@ -130,6 +143,7 @@ class CudaGraphRunner:
         self._declined: set[Hashable] = set()  # keys the capture function turned down
         self._failure: str | None = None
         self._lock = threading.Lock()
+        self.feeds_from = feeds_from
 
     @property
     def failure(self) -> str | None:
@@ -142,10 +156,7 @@ class CudaGraphRunner:
         and device: for encode the shapes vary by (B, I, h, w), for decode by (B, I, T, h, w),
         B being the videos batched in the call (padded to the batch's largest I and T), the
         rest being fixed by the model."""
-        device = inputs[0].device if inputs else None
-        stream = None
-        if device is not None and device.type == "cuda":
-            stream = torch.cuda.current_stream(device).cuda_stream
+        stream = _stream_of(inputs[0]) if inputs else None
         return (stage, stream, *((tuple(t.shape), t.dtype, t.device) for t in inputs))
 
     def __call__(
@@ -180,6 +191,16 @@ class CudaGraphRunner:
             graph = self._graphs.get(self.key(stage, like))
             return graph.inputs if graph is not None else None
 
+    def static_output(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` is a static output of one of this runner's graphs on the current
+        stream (so that its replays rewrite it in place)."""
+        stream = _stream_of(tensor)
+        with self._lock:
+            return any(
+                key[1] == stream and any(_same_memory(out, tensor) for out in graph.outputs)
+                for key, graph in self._graphs.items()
+            )
+
     def clear(self) -> None:
         """Drop every graph (and its memory) and forget which shapes were seen."""
         with self._lock:
@@ -210,7 +231,7 @@ class CudaGraphRunner:
         return tuple(fn(*inputs))
 
     def _capture_graph(self, key: Hashable, fn: StageFn, inputs: tuple[torch.Tensor, ...]) -> _Graph | None:
-        static_inputs = tuple(t.clone() for t in inputs)
+        static_inputs = tuple(t if self._adoptable(t) else t.clone() for t in inputs)
         try:
             captured = self._capture(fn, static_inputs)
         except Exception as exc:  # whatever went wrong, eager execution gives the same results
@@ -229,6 +250,7 @@ class CudaGraphRunner:
             self.stats.declined += 1
             return None
         replay, static_outputs = captured
+        self.stats.inputs_adopted += sum(s is t for s, t in zip(static_inputs, inputs, strict=True))
         graph = _Graph(replay, static_inputs, tuple(static_outputs))
         self._graphs[key] = graph
         self.stats.captures += 1
@@ -236,6 +258,18 @@ class CudaGraphRunner:
             self._graphs.popitem(last=False)
             self.stats.evictions += 1
         return graph
+
+
+    def _adoptable(self, tensor: torch.Tensor) -> bool:
+        feeder = self.feeds_from
+        return feeder is not None and feeder is not self and feeder.static_output(tensor)
+
+
+def _stream_of(tensor: torch.Tensor) -> int | None:
+    """The current stream of the tensor's CUDA device (as :meth:`CudaGraphRunner.key` records it)."""
+    if tensor.device.type != "cuda":
+        return None
+    return torch.cuda.current_stream(tensor.device).cuda_stream
 
 
 def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -206,6 +206,9 @@ class TorchBackend:
         self.backbone_graphs = backbone_graphs or CudaGraphRunner(
             enabled=backbone == "graphs", max_graphs=BACKBONE_GRAPHS
         )
+        if backbone == "graphs" and self.graphs.feeds_from is None:
+            # encode and decode read the backbone graph's outputs in place (backbone_transient).
+            self.graphs.feeds_from = self.backbone_graphs
         self.compiled_backbone: CompiledStage | None = None
         if backbone == "compile":
             self.compiled_backbone = CompiledStage("backbone", self._backbone, compiler or inductor_compiler)
@@ -225,6 +228,16 @@ class TorchBackend:
         else:
             f4, f8 = self._backbone(images)
         return f4, f8
+
+    @torch.inference_mode()
+    def backbone_transient(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`backbone`, with features valid only until this backend's next backbone call
+        (``hodor.engine.backends.base.Backend``): with the backbone in CUDA graphs, the graph's own
+        output buffers, which the encode and decode graphs then read without a copy."""
+        if self.compiled_backbone is None and self.backbone_mode == "graphs":
+            f4, f8 = self.backbone_graphs("backbone", self._backbone, images, clone_outputs=False)
+            return f4, f8
+        return self.backbone(images)
 
     @property
     def backbone_compile_seconds(self) -> float | None:

@@ -159,6 +159,14 @@ def _stack_padded(maps: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+def transient_features(backend: Backend, images: torch.Tensor) -> Features:
+    """The backbone's features of ``images``, to be used before the backend's next backbone call:
+    its ``backbone_transient`` where it has one (a CUDA-graph backbone's own output buffers, which
+    its encode and decode graphs read in place), else its ``backbone``."""
+    transient = getattr(backend, "backbone_transient", None)
+    return transient(images) if transient is not None else backend.backbone(images)
+
+
 def _features(backend: Backend, tasks: Sequence[FrameTask]) -> Features:
     """Backbone features of the tasks' frames, one row per task: one backbone call over the frames
     whose features the caller did not give."""
@@ -166,7 +174,7 @@ def _features(backend: Backend, tasks: Sequence[FrameTask]) -> Features:
     computed: Features | None = None
     if missing:
         images = [task.video.network_input([task.frame], task.video.frame_index) for task in missing]
-        computed = backend.backbone(images[0] if len(images) == 1 else torch.cat(images, 0))
+        computed = transient_features(backend, images[0] if len(images) == 1 else torch.cat(images, 0))
         if len(missing) == len(tasks):
             return computed
     if not missing and len(tasks) == 1:
