@@ -17,6 +17,8 @@ Stages, each "before" against "after", medians over ``--repeats`` timed calls af
 - ``decode``: the whole decode stage (5 layers, 4 objects, 8 history slots), plain torch,
   Triton kernels with the torch deformable convolution, and all Triton kernels; eager and as
   a CUDA graph; fp16 and fp32.
+- ``handoff``: one frame's backbone and decode, both as CUDA graphs (fp16, batch 1), with the
+  features copied between them (before) and handed over in place (after), with the copy counts.
 - ``backbone``: Swin-T + FPN at batch 1 and 16, fp16: eager, CUDA graphs, ``torch.compile``
   (with its compile time, from an empty cache); last, as compiling takes longest.
 
@@ -433,6 +435,63 @@ def check_decode(report: Report, timer: Timer, sizes: Sizes, device: torch.devic
                     torch.cuda.empty_cache()
 
 
+def check_handoff(report: Report, timer: Timer, sizes: Sizes, device: torch.device) -> None:
+    """One frame's backbone and decode with both in CUDA graphs, fp16, batch 1: the features
+    copied between them (the backbone graph's outputs cloned, then copied into decode's inputs:
+    before) against handed over in place (``backbone_transient``, decode's graph reading the
+    backbone graph's outputs: after). On the CPU (smoke) the same calls run eagerly."""
+    from hodor.engine.backends.cuda_graphs import CudaGraphRunner
+    from hodor.engine.backends.torch_backend import TorchBackend
+
+    base, cfg = small_network(report.data["smoke"])
+    geometry = geometry_for(sizes)
+    h, w = geometry.at_stride(8)
+    g = torch.Generator().manual_seed(2)
+    images = torch.randn(1, 3, *geometry.padded, generator=g).to(device)
+    objects, t = sizes.objects[0], sizes.history
+    qb = cfg.model.num_bg_descriptors
+    fg_hist = torch.randn(1, objects, t, 256, generator=g).to(device)
+    bg_hist = torch.randn(1, qb, t, 256, generator=g).to(device)
+    fg_invalid = torch.zeros(1, objects, t, dtype=torch.bool, device=device)
+    bg_invalid = torch.zeros(1, qb, t, dtype=torch.bool, device=device)
+    rest = (fg_hist, bg_hist, fg_invalid, bg_invalid)
+    cuda = device.type == "cuda"
+    rows = report.stage("handoff")
+    reference = None
+    for variant in ("features copied (before)", "features in place (after)"):
+        net = copy.deepcopy(base).to(device)
+        stages = CudaGraphRunner(enabled=cuda)
+        backbone = CudaGraphRunner(enabled=cuda, max_graphs=2)
+        backend = TorchBackend(
+            net, cfg, device, kernels="torch", dtype=torch.float16 if cuda else torch.float32,
+            graphs=stages, backbone="graphs" if cuda else "eager", backbone_graphs=backbone,
+        )  # fmt: skip
+        if variant.startswith("features copied"):
+            stages.feeds_from = None
+
+            def frame(b=backend) -> torch.Tensor:
+                return b.decode(*b.backbone(images), *rest)
+        else:
+
+            def frame(b=backend) -> torch.Tensor:
+                return b.decode(*b.backbone_transient(images), *rest)
+
+        out = frame()
+        reference = out if reference is None else reference
+        timing = timer(frame)
+        rows.append({
+            "variant": variant, "wall ms": timing["wall_ms"], "gpu ms": timing["gpu_ms"],
+            "rel diff vs before": float((frame() - reference).abs().max() / reference.abs().max()),
+            "decode inputs copied": stages.stats.input_copies,
+            "decode inputs in place": stages.stats.inputs_in_place,
+            "inputs adopted": stages.stats.inputs_adopted,
+        })  # fmt: skip
+        report.write()
+        del backend, net
+        if cuda:
+            torch.cuda.empty_cache()
+
+
 def check_backbone(report: Report, timer: Timer, sizes: Sizes, device: torch.device, deadline: float) -> None:
     from hodor.engine.backends.torch_backend import TorchBackend
 
@@ -476,7 +535,7 @@ def check_backbone(report: Report, timer: Timer, sizes: Sizes, device: torch.dev
                 torch.cuda.empty_cache()
 
 
-STAGES = ("tail", "deform_conv", "decode", "backbone")
+STAGES = ("tail", "deform_conv", "decode", "handoff", "backbone")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -517,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         "tail": lambda: check_tail(report, timer, sizes, device),
         "deform_conv": lambda: check_deform_conv(report, timer, sizes, device),
         "decode": lambda: check_decode(report, timer, sizes, device),
+        "handoff": lambda: check_handoff(report, timer, sizes, device),
         "backbone": lambda: check_backbone(report, timer, sizes, device, deadline),
     }
     with torch.inference_mode():

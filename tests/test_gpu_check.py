@@ -1,7 +1,7 @@
 """benchmarks/gpu_check.py without a GPU: it refuses to time on the CPU, and its --smoke mode runs
-the tail and deformable-convolution stages at tiny sizes in Triton's interpreter and writes its
-report. (The decode and backbone stages, and every timing, need a GPU; they were run in --smoke
-mode when written.)"""
+the tail and deformable-convolution stages at tiny sizes in Triton's interpreter, and the
+backbone-to-decode hand-over eagerly, and writes its report. (The decode and backbone stages, and
+every timing, need a GPU; they were run in --smoke mode when written.)"""
 
 import importlib.util
 import json
@@ -40,7 +40,7 @@ def test_arguments(gpu_check, tmp_path):
 def test_smoke_run_writes_its_report(gpu_check, tmp_path, monkeypatch):
     pytest.importorskip("triton", reason="the Triton kernels need the triton package")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    argv = ["--out", str(tmp_path), "--smoke", "--stages", "tail", "deform_conv"]
+    argv = ["--out", str(tmp_path), "--smoke", "--stages", "tail", "deform_conv", "handoff"]
     argv += ["--repeats", "1", "--warmup", "0"]
     assert gpu_check.main(argv) == 0
     data = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -50,4 +50,7 @@ def test_smoke_run_writes_its_report(gpu_check, tmp_path, monkeypatch):
     assert all(r["max soft diff"] <= 1e-6 for r in tail if r["path"] == "internal")
     deform = {r["dtype"]: r for r in data["stages"]["deform_conv"]}
     assert deform["fp32"]["rel err vs fp64"] <= 1e-5 and deform["fp16"]["rel err vs fp64"] <= 5e-3
+    handoff = data["stages"]["handoff"]
+    assert [r["variant"].split()[1] for r in handoff] == ["copied", "in"]
+    assert all(r["rel diff vs before"] == 0.0 for r in handoff)  # eager on the CPU: the same calls
     assert "## tail" in (tmp_path / "gpu_check.md").read_text()
