@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -558,6 +558,19 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+def _floor_module() -> Any:
+    """``benchmarks/cpu_floor.py`` beside this script, however this script was loaded."""
+    if "cpu_floor" not in sys.modules:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("cpu_floor", Path(__file__).with_name("cpu_floor.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["cpu_floor"] = module  # its dataclasses look themselves up there
+        spec.loader.exec_module(module)
+    return sys.modules["cpu_floor"]
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -596,6 +609,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="measure this checkpoint (config.yaml beside it) instead of random weights; needs --export",
     )
     p.add_argument("--export", type=Path, help="its export directory (hodor-export CHECKPOINT)")
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also count each stage's arithmetic and time this machine's products (benchmarks/cpu_floor.py): "
+        "the floor under every backend, and the bound it sets on their speed-up over the baseline",
+    )
     p.add_argument("--json", type=Path, help="also write every figure here")
     return p.parse_args(argv)
 
@@ -639,6 +658,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     for t in range(args.window + 2):
         session.step(clip.frame(t), clip.reference if t == 0 else None)
     calls = recorder.calls
+    floor: dict[str, Any] | None = None
+    if args.floor:
+        measure_probes, stage_flops = _floor_module().measure_probes, _floor_module().stage_flops
+
+        flops = stage_flops(recorder.inner, calls)
+        log(
+            "counted arithmetic per frame: "
+            + ", ".join(f"{s} {flops[s] / 1e9:.1f} GFLOP" for s in STAGES)
+            + "; attained rates:"
+        )
+        padded = tuple(calls["backbone"].args[0].shape[-2:])
+        probes, probe_skipped = measure_probes(padded, args.repeats, args.threads, log=log)
+        floor = {"flops": flops, "probes": probes, "skipped": probe_skipped}
     del recorder, session
 
     backends, results, skipped = open_candidates(args.candidates, model, calls, log)
@@ -687,7 +719,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         ],
         "skipped": skipped,
     }
+    if floor is not None:
+        report["floor"] = {
+            "flops": floor["flops"],
+            "probes": [asdict(p) for p in floor["probes"]],
+            "skipped": floor["skipped"],
+        }
     print(format_report(report))
+    if floor is not None:
+        floor_section = _floor_module().floor_section
+        base = next((r for r in report["results"] if r["name"] == args.baseline), None)
+        stage_ms = {st: base["stage_ms"][st]["median"] for st in STAGES} if base else None
+        frame_ms = 1e3 / statistics.median(base["fps"]) if base and base["fps"] else None
+        print()
+        print(
+            floor_section(
+                floor["flops"], floor["probes"], floor["skipped"], args.baseline, stage_ms, frame_ms
+            )
+        )
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     log("done")

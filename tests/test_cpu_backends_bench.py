@@ -41,9 +41,14 @@ def test_cpu_backends_smoke(exported, tmp_path, capsys, monkeypatch):
     out = tmp_path / "cpu.json"
     argv = ["--checkpoint", str(exported.checkpoint), "--export", str(exported.directory), "--json", str(out)]
     argv += ["--min-dim", "64", "--objects", "2", "--window", "2", "--repeats", "2", "--frames", "1"]
-    assert bench.main([*argv, "--candidates", *candidates]) == 0
+    assert bench.main([*argv, "--candidates", *candidates, "--floor"]) == 0
     table = capsys.readouterr().out
     report = json.loads(out.read_text())
+    # --floor: each stage's arithmetic counted, the machine's products timed, the bound drawn
+    assert set(report["floor"]["flops"]) == {"backbone", "encode", "decode"}
+    assert all(v > 0 for v in report["floor"]["flops"].values())
+    assert {p["precision"] for p in report["floor"]["probes"]} >= {"fp32"}
+    assert "- fp32: at most " in table and "| frame (three stages) |" in table
     assert [r["name"] for r in report["results"]] == candidates and not report["skipped"]
     for r in report["results"]:
         assert f"| {r['name']} |" in table
@@ -59,3 +64,26 @@ def test_cpu_backends_smoke(exported, tmp_path, capsys, monkeypatch):
 def test_checkpoint_needs_its_export(tmp_path, capsys, monkeypatch):
     assert _load_script(monkeypatch).main(["--checkpoint", str(tmp_path / "m.pth")]) == 2
     assert "--checkpoint and --export go together" in capsys.readouterr().err
+
+
+def test_int8_trial_runs_and_reports(exported, tmp_path, capsys, monkeypatch):
+    """``benchmarks/cpu_int8.py`` at a tiny size on the suite's shared export: it quantizes,
+    compiles and times both stages, and its fp32 rows match PyTorch to fp32 accuracy."""
+    pytest.importorskip("openvino", reason="the int8 trial runs on OpenVINO")
+    script = SCRIPT.with_name("cpu_int8.py")
+    spec = importlib.util.spec_from_file_location("cpu_int8", script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "cpu_int8", module)
+    spec.loader.exec_module(module)
+    out = tmp_path / "int8.json"
+    argv = ["--min-dim", "64", "--objects", "2", "--window", "2", "--calibration-frames", "1"]
+    argv += ["--repeats", "1", "--json", str(out)]
+    argv += ["--checkpoint", str(exported.checkpoint), "--export", str(exported.directory)]
+    assert module.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["quantized_nodes"]["backbone"] > 0 and report["quantized_nodes"]["decoder"] > 0
+    for stage in ("backbone", "decoder"):
+        assert report["rel_err"][stage]["fp32"] <= 1e-4
+        assert 0 < report["rel_err"][stage]["int8"] < 1.0  # quantized: not exact, not garbage
+        assert all(len(v) == 1 for v in report["ms"][stage].values())
+    assert "| backbone |" in capsys.readouterr().out
