@@ -101,9 +101,9 @@ def prepare_model(cache_dir: Path, min_dim: int, log: Callable[[str], None]) -> 
     from hodor.model import HodorNet
 
     base = parse_config({})
-    key_text = json.dumps(
-        [hodor.__version__, torch.__version__, WEIGHT_SEED, _digest("hodor.model", "hodor.export")]
-    )
+    # The export traces hodor.kernels' references too: any of the three changing makes a new one.
+    sources = _digest("hodor.model", "hodor.kernels", "hodor.export")
+    key_text = json.dumps([hodor.__version__, torch.__version__, WEIGHT_SEED, sources])
     root = cache_dir / f"cpu-{hashlib.sha256(key_text.encode()).hexdigest()[:16]}"
     checkpoint, export_dir = root / "model.pth", root / "model.hodor"
     if not checkpoint.is_file():
@@ -558,6 +558,28 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+READS_EXPORT = ("onnxruntime", "openvino")
+
+
+def add_twins(names: Sequence[str], export_dir: Path) -> list[str]:
+    """For each candidate that reads an export, a twin reading ``export_dir`` instead (named
+    ``NAME@other``), registered in :data:`CANDIDATES`: two exports of the same weights (say, before
+    and after a change to the exported graphs) side by side in one run. Returns the twins' names."""
+    twins = []
+    for name in names:
+        if not name.startswith(READS_EXPORT):
+            continue
+        cand = CANDIDATES[name]
+        twin = f"{name}@other"
+
+        def open_(model: Model, cache_dir: Path | None, cand: Candidate = cand) -> Any:
+            return cand.open(Model(model.config, model.checkpoint, export_dir), cache_dir)
+
+        CANDIDATES[twin] = Candidate(twin, f"{cand.description}; export {export_dir}", open_)
+        twins.append(twin)
+    return twins
+
+
 def _floor_module() -> Any:
     """``benchmarks/cpu_floor.py`` beside this script, however this script was loaded."""
     if "cpu_floor" not in sys.modules:
@@ -609,6 +631,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="measure this checkpoint (config.yaml beside it) instead of random weights; needs --export",
     )
     p.add_argument("--export", type=Path, help="its export directory (hodor-export CHECKPOINT)")
+    p.add_argument(
+        "--also-export",
+        type=Path,
+        metavar="DIR",
+        help="another export of the same weights: each candidate that reads an export also runs on it, "
+        "as NAME@other (e.g. the graphs before and after a change, side by side in one run)",
+    )
     p.add_argument(
         "--floor",
         action="store_true",
@@ -673,7 +702,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         floor = {"flops": flops, "probes": probes, "skipped": probe_skipped}
     del recorder, session
 
-    backends, results, skipped = open_candidates(args.candidates, model, calls, log)
+    names = list(args.candidates)
+    if args.also_export is not None:
+        names += add_twins(args.candidates, args.also_export)
+    backends, results, skipped = open_candidates(names, model, calls, log)
     log(f"stages: {args.repeats} interleaved rounds")
     measure_stages(backends, results, calls, args.repeats, args.baseline)
     if args.frames > 0:

@@ -87,3 +87,19 @@ def test_int8_trial_runs_and_reports(exported, tmp_path, capsys, monkeypatch):
         assert 0 < report["rel_err"][stage]["int8"] < 1.0  # quantized: not exact, not garbage
         assert all(len(v) == 1 for v in report["ms"][stage].values())
     assert "| backbone |" in capsys.readouterr().out
+
+
+def test_twins_read_the_other_export(monkeypatch, tmp_path):
+    """``--also-export``: every candidate that reads an export gets a twin on the other directory."""
+    bench = _load_script(monkeypatch)
+    seen = []
+    monkeypatch.setitem(
+        bench.CANDIDATES,
+        "onnxruntime",
+        bench.Candidate("onnxruntime", "d", lambda model, cache: seen.append(model.export_dir)),
+    )
+    other = tmp_path / "other.hodor"
+    assert bench.add_twins(["onnxruntime", "torch"], other) == ["onnxruntime@other"]
+    model = bench.Model(config=None, checkpoint=tmp_path / "m.pth", export_dir=tmp_path / "m.hodor")
+    bench.CANDIDATES["onnxruntime@other"].open(model, None)
+    assert seen == [other] and "torch@other" not in bench.CANDIDATES

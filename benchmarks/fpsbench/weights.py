@@ -93,7 +93,9 @@ class ModelStore:
         versions = [distribution_version(d) for d in ("onnx", "onnxscript", "onnxruntime", "tensorrt")]
         if tensorrt:
             versions.append(torch.cuda.get_device_name())
-        key = self.cache_key("export", argv, versions, source_digest("hodor.model", "hodor.export"))
+        # The export traces hodor.kernels' references too.
+        sources = source_digest("hodor.model", "hodor.kernels", "hodor.export")
+        key = self.cache_key("export", argv, versions, sources)
         return argv, self.cache_dir / f"export-{key}.hodor"
 
     def export_cached(

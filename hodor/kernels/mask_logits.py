@@ -51,7 +51,9 @@ def mask_logits_reference(
     # One [Qd·T, C] × [C, HW] product per batch item: broadcasting the map over Qd would copy it.
     prod = torch.matmul(descriptors.to(features.dtype).flatten(1, 2), features.flatten(2)) / math.sqrt(c)
     prod = prod.unflatten(1, (q, t))  # [B, Qd, T, HW]
-    prod = torch.where(invalid.unsqueeze(-1), torch.full_like(prod, float("-inf")), prod)
+    # Invalid entries to −∞ by a [B, Qd, T, 1] bias of 0 / −∞ (as in the pixel attention's reference).
+    bias = torch.zeros_like(invalid, dtype=prod.dtype).masked_fill(invalid, float("-inf"))
+    prod = prod + bias.unsqueeze(-1)
     logits = prod.amax(2).unflatten(-1, (h, w))
     if catch_all is None:
         return logits

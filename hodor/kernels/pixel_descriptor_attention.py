@@ -56,7 +56,11 @@ def pixel_descriptor_attention_reference(
     kh = k.reshape(b, nk, num_heads, d).transpose(1, 2)  # [B,H,K,D]
     vh = v.reshape(b, nk, num_heads, d).transpose(1, 2)
     logits = torch.matmul(qh / math.sqrt(d), kh.transpose(-1, -2))  # [B,H,N,K]
-    logits = torch.where(key_invalid[:, None, None, :], torch.full_like(logits, float("-inf")), logits)
+    # Invalid keys to −∞ by adding a [B,1,1,K] bias of 0 / −∞: the same values as selecting −∞
+    # over the [B,H,N,K] logits (x + 0 = x), without materialising a tensor of −∞ that size
+    # (in the exported graphs a broadcast Add, where a Where over an expanded constant cost more).
+    bias = torch.zeros_like(key_invalid, dtype=logits.dtype).masked_fill(key_invalid, float("-inf"))
+    logits = logits + bias[:, None, None, :]
     out = torch.matmul(logits.softmax(-1), vh).transpose(1, 2).reshape(b, n, c)
     # Softmax over nothing but −∞ is NaN; an empty history contributes nothing instead. Chosen on
     # the [B,N,C] output rather than the [B,H,N,K] weights: the same result, a smaller select.
