@@ -108,3 +108,14 @@ def test_probes_run_and_report_what_they_skip(floor):
     assert all(why for why in skipped.values())
     assert torch.get_num_threads() == threads  # the caller's setting is given back
 
+
+
+def test_cpu_tail_benchmark_runs(capsys, monkeypatch):
+    """``benchmarks/cpu_tail.py`` at a tiny size: it checks its arg-max against PyTorch's and reports."""
+    spec = importlib.util.spec_from_file_location("cpu_tail", SCRIPT.with_name("cpu_tail.py"))
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "cpu_tail", module)
+    spec.loader.exec_module(module)
+    assert module.main(["--min-dim", "64", "--objects", "3", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| post-decode (masks_from_logits) |" in out and "| arg-max: channel_argmax |" in out

@@ -128,3 +128,20 @@ def test_id_mask_maps_background_channels_to_zero():
     maps[4, 0, 3] = 1  # object slot 1
     assert id_mask_from_maps(maps, 3, [5, 9])[0].tolist() == [0, 0, 5, 9]
     assert id_mask_from_maps(maps, 3, [5, 9]).dtype == torch.uint8
+
+
+@pytest.mark.parametrize("channels", [1, 2, 14])
+def test_channel_argmax_is_argmax_ties_included(channels):
+    """The CPU's per-channel pass gives ``argmax(0)``'s indices, the first channel on ties."""
+    from hodor.engine.loop.masks import channel_argmax
+
+    g = torch.Generator().manual_seed(channels)
+    coarse = torch.randint(0, 4, (channels, 37, 53), generator=g).float() / 4  # many exact ties
+    fine = torch.rand(channels, 37, 53, generator=g)
+    hidden = fine.clone()
+    hidden[channels // 2] = -1.0  # a channel taken out, as the output path does for annotated objects
+    zeros = torch.zeros(channels, 5, 7)
+    zeros[-1] = -0.0
+    for maps in (coarse, fine, hidden, zeros):
+        got = channel_argmax(maps)
+        assert got.dtype == torch.int64 and torch.equal(got, maps.argmax(0))

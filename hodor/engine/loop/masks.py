@@ -76,7 +76,26 @@ def ids_from_maps(maps: torch.Tensor, lookup: torch.Tensor) -> torch.Tensor:
 
     Ties go to the lower channel.
     """
-    return lookup[maps.argmax(0)]
+    return lookup[channel_argmax(maps)]
+
+
+def channel_argmax(maps: torch.Tensor) -> torch.Tensor:
+    """``maps.argmax(0)`` for ``maps [C, H, W]`` (int64 ``[H,W]``; ties to the lower channel).
+
+    On the CPU, PyTorch reduces over the outer axis slowly (38 ms at 14×480×854 on two cores);
+    one pass per channel keeping the running best and its channel takes 7 ms and gives the same
+    indices: a channel wins only where it is strictly greater, as ``argmax`` keeps the first
+    maximum. (NaN, which ``argmax`` ranks highest, never occurs: the maps are probabilities.)
+    Elsewhere ``argmax`` itself, in one kernel.
+    """
+    if maps.device.type != "cpu" or maps.shape[0] < 2:
+        return maps.argmax(0)
+    best = maps[0].clone()
+    index = torch.zeros(maps.shape[1:], dtype=torch.int64)
+    for channel in range(1, maps.shape[0]):
+        index.masked_fill_(maps[channel] > best, channel)
+        torch.maximum(best, maps[channel], out=best)
+    return index
 
 
 def id_mask_from_maps(maps: torch.Tensor, num_bg_channels: int, object_ids: Sequence[int]) -> torch.Tensor:
