@@ -248,16 +248,23 @@ CANDIDATES: dict[str, Candidate] = {
             "ONNX Runtime, idle threads sleep instead of spinning (no cached graphs)",
             _onnxruntime(cache=False, spinning=False),
         ),
-        Candidate("openvino", "OpenVINO, fp32", _openvino("fp32")),
+        Candidate(
+            "openvino", "OpenVINO, fp32 (deformable convolutions as OpenVINO's own)", _openvino("fp32")
+        ),
         Candidate(
             "openvino-bf16",
-            "OpenVINO, bf16 backbone and encoder, fp32 decoder (--precision bf16)",
+            "OpenVINO, bf16 on all three stages (--precision bf16)",
             _openvino("bf16"),
         ),
         Candidate(
-            "openvino-bf16-all",
-            "OpenVINO, bf16 hint on all three stages (not offered: decoder error)",
-            _openvino("bf16", bf16_stages=("backbone", "encoder", "decoder")),
+            "openvino-gridsample",
+            "OpenVINO, fp32, the decoder graph as exported (GridSample and MatMul): as before",
+            _openvino("fp32", native_deform_conv=False),
+        ),
+        Candidate(
+            "openvino-bf16-gridsample",
+            "OpenVINO, bf16 backbone and encoder, the exported decoder in fp32: --precision bf16 before",
+            _openvino("bf16", native_deform_conv=False),
         ),
         Candidate("torch", "PyTorch eager, fp32 (the reference)", _torch("fp32")),
         Candidate("torch-bf16", "PyTorch eager, bf16 weights and activations", _torch("bf16")),
