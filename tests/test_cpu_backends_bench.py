@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.bench_scripts import load_bench_script
 from tests.test_export_shared import ExportRun, shared_export
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "cpu_backends.py"
 
 
 @pytest.fixture(scope="session")
@@ -25,12 +22,7 @@ def exported(tmp_path_factory, parity_checkpoint) -> ExportRun:
 
 
 def _load_script(monkeypatch):
-    """The script as a module (registered, as its dataclasses need), not installed anywhere."""
-    spec = importlib.util.spec_from_file_location("cpu_backends", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "cpu_backends", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("cpu_backends", monkeypatch)
 
 
 def test_cpu_backends_smoke(exported, tmp_path, capsys, monkeypatch):
@@ -70,11 +62,7 @@ def test_int8_trial_runs_and_reports(exported, tmp_path, capsys, monkeypatch):
     """``benchmarks/cpu_int8.py`` at a tiny size on the suite's shared export: it quantizes,
     compiles and times both stages, and its fp32 rows match PyTorch to fp32 accuracy."""
     pytest.importorskip("openvino", reason="the int8 trial runs on OpenVINO")
-    script = SCRIPT.with_name("cpu_int8.py")
-    spec = importlib.util.spec_from_file_location("cpu_int8", script)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "cpu_int8", module)
-    spec.loader.exec_module(module)
+    module = load_bench_script("cpu_int8", monkeypatch)
     out = tmp_path / "int8.json"
     argv = ["--min-dim", "64", "--objects", "2", "--window", "2", "--calibration-frames", "1"]
     argv += ["--repeats", "1", "--json", str(out)]

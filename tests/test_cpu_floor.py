@@ -6,9 +6,6 @@ hand-made probes.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,17 +14,12 @@ import torch.nn.functional as F
 
 from hodor.config import CHANNELS, parse_config
 from hodor.model import HodorNet
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "cpu_floor.py"
+from tests.bench_scripts import load_bench_script
 
 
 @pytest.fixture
 def floor(monkeypatch):
-    spec = importlib.util.spec_from_file_location("cpu_floor", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "cpu_floor", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("cpu_floor", monkeypatch)
 
 
 def _call(*args):
@@ -109,13 +101,9 @@ def test_probes_run_and_report_what_they_skip(floor):
     assert torch.get_num_threads() == threads  # the caller's setting is given back
 
 
-
 def test_cpu_tail_benchmark_runs(capsys, monkeypatch):
     """``benchmarks/cpu_tail.py`` at a tiny size: it checks its arg-max against PyTorch's and reports."""
-    spec = importlib.util.spec_from_file_location("cpu_tail", SCRIPT.with_name("cpu_tail.py"))
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "cpu_tail", module)
-    spec.loader.exec_module(module)
+    module = load_bench_script("cpu_tail", monkeypatch)
     assert module.main(["--min-dim", "64", "--objects", "3", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "| post-decode (masks_from_logits) |" in out and "| arg-max: channel_argmax |" in out

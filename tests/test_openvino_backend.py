@@ -199,11 +199,16 @@ def test_bf16_stages_within_their_limit(exported, net, tmp_path):
 
 
 @pytest.mark.skipif(not _has_bf16(), reason="this CPU has neither AVX-512 BF16 nor AMX")
-def test_bf16_keeps_a_decoder_it_cannot_rewrite_in_fp32(exported, net, tmp_path):
+def test_bf16_keeps_a_decoder_it_cannot_rewrite_in_fp32(exported, net, tmp_path, monkeypatch):
     """Without the rewrite, bf16 would round the exported graph's absolute sampling positions:
     that decoder stays fp32."""
     bf16 = OpenVinoBackend(exported.directory, precision="bf16", cache_dir=tmp_path, native_deform_conv=False)
     assert bf16.stage_precisions == {"backbone": "bf16", "encoder": "bf16", "decoder": "fp32"}
+    # A decoder graph the rewrite does not recognise: the same fp32 decoder, and the user is told.
+    monkeypatch.setattr(openvino_backend, "_with_native_deform_convs", lambda core, graph: (graph, 0))
+    with pytest.warns(RuntimeWarning, match="decoder runs in fp32"):
+        other = OpenVinoBackend(exported.directory, precision="bf16", cache_dir=tmp_path)
+    assert other.stage_precisions["decoder"] == "fp32"
     errors = _errors(bf16, net, _chained_inputs(net, 7, 256, 448))
     assert errors["decoder[0]"] <= FP32_TOLERANCE, errors
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,14 @@ class OpenVinoBackend(HostGraphSeam):
                 if native_deform_conv:
                     graph, self.deform_convs_rewritten = _with_native_deform_convs(core, graph)
                 bf16_ok = self.deform_convs_rewritten > 0
+                if native_deform_conv and not bf16_ok and self.precision == "bf16":
+                    warnings.warn(
+                        f"{entry.file}: its deformable convolutions are not in the shape this version "
+                        "exports, so the decoder runs in fp32 (backbone and encoder in bf16); "
+                        "re-export with this version of hodor-export for a bf16 decoder",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
             bf16 = self.precision == "bf16" and stage in bf16_stages and bf16_ok
             self.stage_precisions[stage] = "bf16" if bf16 else "fp32"
             hint = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
