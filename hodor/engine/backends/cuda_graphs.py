@@ -259,7 +259,6 @@ class CudaGraphRunner:
             self.stats.evictions += 1
         return graph
 
-
     def _adoptable(self, tensor: torch.Tensor) -> bool:
         feeder = self.feeds_from
         return feeder is not None and feeder is not self and feeder.static_output(tensor)

@@ -14,7 +14,7 @@ the old subgraph. :func:`openvino_deform_conv` maps ``DeformConv`` onto OpenVINO
 ``DeformableConvolution`` (``bilinear_interpolation_pad``: zeros outside, as ``grid_sample``),
 which takes the offsets as they are (a few pixels, which bf16 keeps to a hundredth of a pixel)
 and computes the positions inside. The rewrite is checked against the graph as exported in
-``tests/test_openvino_backend.py`` (ONNX Runtime runs both: it has ``DeformConv`` too).
+``tests/test_native_deform_conv.py`` (ONNX Runtime runs both: it has ``DeformConv`` too).
 
 The rewrite matches the subgraph the exporter writes for this model; a graph that does not have
 that shape raises :class:`UnexpectedGraph`, and the caller keeps the graph as exported.

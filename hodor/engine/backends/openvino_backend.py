@@ -128,20 +128,20 @@ class OpenVinoBackend(HostGraphSeam):
         for stage in STAGES:
             entry = self.manifest.graph(stage, "fp32")
             graph = read_graph(self.export_dir, entry)
-            bf16_ok = True
+            bf16 = self.precision == "bf16" and stage in bf16_stages
             if stage == "decoder":
                 if native_deform_conv:
                     graph, self.deform_convs_rewritten = _with_native_deform_convs(core, graph)
-                bf16_ok = self.deform_convs_rewritten > 0
-                if native_deform_conv and not bf16_ok and self.precision == "bf16":
-                    warnings.warn(
-                        f"{entry.file}: its deformable convolutions are not in the shape this version "
-                        "exports, so the decoder runs in fp32 (backbone and encoder in bf16); "
-                        "re-export with this version of hodor-export for a bf16 decoder",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-            bf16 = self.precision == "bf16" and stage in bf16_stages and bf16_ok
+                if bf16 and not self.deform_convs_rewritten:
+                    bf16 = False  # the exported form's absolute positions cannot take bf16
+                    if native_deform_conv:
+                        warnings.warn(
+                            f"{entry.file}: its deformable convolutions are not in the shape this "
+                            "version exports, so the decoder runs in fp32 (backbone and encoder in "
+                            "bf16); re-export with this version of hodor-export for a bf16 decoder",
+                            RuntimeWarning,
+                            stacklevel=2,
+                        )
             self.stage_precisions[stage] = "bf16" if bf16 else "fp32"
             hint = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
             try:

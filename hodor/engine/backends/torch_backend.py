@@ -218,26 +218,26 @@ class TorchBackend:
 
             self._max_history = MAX_HISTORY
 
-    @torch.inference_mode()
     def backbone(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``images [B,3,H,W]`` float32 -> ``f4``, ``f8`` in the compute dtype."""
-        if self.compiled_backbone is not None:
-            f4, f8 = self.compiled_backbone(images)
-        elif self.backbone_mode == "graphs":
-            f4, f8 = self.backbone_graphs("backbone", self._backbone, images)
-        else:
-            f4, f8 = self._backbone(images)
-        return f4, f8
+        return self._features(images, clone=True)
 
-    @torch.inference_mode()
     def backbone_transient(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`backbone`, with features valid only until this backend's next backbone call
         (``hodor.engine.backends.base.Backend``): with the backbone in CUDA graphs, the graph's own
         output buffers, which the encode and decode graphs then read without a copy."""
-        if self.compiled_backbone is None and self.backbone_mode == "graphs":
-            f4, f8 = self.backbone_graphs("backbone", self._backbone, images, clone_outputs=False)
-            return f4, f8
-        return self.backbone(images)
+        return self._features(images, clone=False)
+
+    @torch.inference_mode()
+    def _features(self, images: torch.Tensor, clone: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone as configured; ``clone=False`` hands out a CUDA graph's static outputs."""
+        if self.compiled_backbone is not None:
+            f4, f8 = self.compiled_backbone(images)
+        elif self.backbone_mode == "graphs":
+            f4, f8 = self.backbone_graphs("backbone", self._backbone, images, clone_outputs=clone)
+        else:
+            f4, f8 = self._backbone(images)
+        return f4, f8
 
     @property
     def backbone_compile_seconds(self) -> float | None:
