@@ -54,8 +54,9 @@ import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))  # run as a script from a checkout
+for _path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # run as a script from a checkout, or loaded by path
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import hodor  # noqa: E402
 from hodor.config import HodorConfig, config_beside, parse_config, with_dims  # noqa: E402
@@ -587,17 +588,30 @@ def add_twins(names: Sequence[str], export_dir: Path) -> list[str]:
     return twins
 
 
-def _floor_module() -> Any:
-    """``benchmarks/cpu_floor.py`` beside this script, however this script was loaded."""
-    if "cpu_floor" not in sys.modules:
-        import importlib.util
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """``--cache-dir``, ``--checkpoint``, ``--export``: what :func:`open_model` takes."""
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(os.environ.get("HODOR_BENCH_CACHE", Path.home() / ".cache" / "hodor-engine" / "bench")),
+        help="where the random weights and their export are cached",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="measure this checkpoint (config.yaml beside it) instead of random weights; needs --export",
+    )
+    p.add_argument("--export", type=Path, help="its export directory (hodor-export CHECKPOINT)")
 
-        spec = importlib.util.spec_from_file_location("cpu_floor", Path(__file__).with_name("cpu_floor.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["cpu_floor"] = module  # its dataclasses look themselves up there
-        spec.loader.exec_module(module)
-    return sys.modules["cpu_floor"]
+
+def open_model(args: argparse.Namespace, log: Callable[[str], None]) -> Model:
+    """The model those options name: ``--checkpoint`` with ``--export``, else the random weights
+    and their export, cached (made on first use)."""
+    if args.checkpoint is not None:
+        config = with_dims(config_beside(args.checkpoint), args.min_dim, None)
+        return Model(config, args.checkpoint, args.export)
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    return prepare_model(args.cache_dir, args.min_dim, log)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -620,24 +634,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--frames", type=int, default=2, help="frames per whole-step run (default 2); 0: no whole-step runs"
     )
-    p.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=Path(os.environ.get("HODOR_BENCH_CACHE", Path.home() / ".cache" / "hodor-engine" / "bench")),
-        help="where the random weights and their export are cached",
-    )
+    add_model_options(p)
     p.add_argument(
         "--threads",
         type=int,
         help="threads per candidate (default: each backend's own, one per usable core); 1 makes the CPU-time "
         "column a load-independent measure of each candidate's arithmetic",
     )
-    p.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="measure this checkpoint (config.yaml beside it) instead of random weights; needs --export",
-    )
-    p.add_argument("--export", type=Path, help="its export directory (hodor-export CHECKPOINT)")
     p.add_argument(
         "--also-export",
         type=Path,
@@ -665,7 +668,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.objects > EXPORT_MAX_OBJECTS or args.window > EXPORT_MAX_WINDOW:
         print(f"error: at most {EXPORT_MAX_OBJECTS} objects and window {EXPORT_MAX_WINDOW}", file=sys.stderr)
         return 2
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
     global THREADS
     THREADS = args.threads
     if args.threads is not None:
@@ -674,12 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.checkpoint is None) != (args.export is None):
         print("error: --checkpoint and --export go together", file=sys.stderr)
         return 2
-    if args.checkpoint is not None:
-        model = Model(
-            with_dims(config_beside(args.checkpoint), args.min_dim, None), args.checkpoint, args.export
-        )
-    else:
-        model = prepare_model(args.cache_dir, args.min_dim, log)
+    model = open_model(args, log)
     clip = Clip(args.min_dim, args.objects)
 
     # The reference: the plain PyTorch model, fp32, on the last of window + 2 frames.
@@ -696,7 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     calls = recorder.calls
     floor: dict[str, Any] | None = None
     if args.floor:
-        measure_probes, stage_flops = _floor_module().measure_probes, _floor_module().stage_flops
+        from cpu_floor import measure_probes, stage_flops
 
         flops = stage_flops(recorder.inner, calls)
         log(
@@ -766,7 +763,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     print(format_report(report))
     if floor is not None:
-        floor_section = _floor_module().floor_section
+        from cpu_floor import floor_section
+
         base = next((r for r in report["results"] if r["name"] == args.baseline), None)
         stage_ms = {st: base["stage_ms"][st]["median"] for st in STAGES} if base else None
         frame_ms = 1e3 / statistics.median(base["fps"]) if base and base["fps"] else None

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -40,6 +39,10 @@ from typing import Any
 
 import numpy as np
 import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # run as a script from a checkout
 
 STAGES = ("backbone", "encode", "decode")
 
@@ -57,10 +60,6 @@ class Probe:
     @property
     def gflops_per_s(self) -> float:
         return self.gflop / (statistics.median(self.ms) / 1e3)
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,7 +84,7 @@ def stage_flops(backend: Any, calls: dict[str, Any]) -> dict[str, float]:
 # Attained rates
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> list[float]:
+def _times_ms(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> list[float]:
     for _ in range(warmup):
         fn()
     times = []
@@ -122,36 +121,31 @@ def _run_ort(model: Any, x: np.ndarray, threads: int, repeats: int) -> list[floa
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return _median_ms(lambda: session.run(None, {"x": x}), repeats)
+    return _times_ms(lambda: session.run(None, {"x": x}), repeats)
 
 
 def _run_openvino(model: Any, x: np.ndarray, threads: int, repeats: int, precision: str) -> list[float]:
-    import tempfile
-
     import openvino as ov
 
     core = ov.Core()
-    with tempfile.TemporaryDirectory(prefix="hodor-floor-") as tmp:
-        path = Path(tmp) / "probe.onnx"
-        path.write_bytes(model.SerializeToString())
-        compiled = core.compile_model(
-            core.read_model(str(path)),
-            "CPU",
-            {
-                "PERFORMANCE_HINT": "LATENCY",
-                "INFERENCE_NUM_THREADS": threads,
-                "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
-            },
-        )
+    compiled = core.compile_model(
+        core.read_model(model.SerializeToString()),
+        "CPU",
+        {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": threads,
+            "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
+        },
+    )
     request = compiled.create_infer_request()
-    return _median_ms(lambda: request.infer({0: x}, share_inputs=True), repeats)
+    return _times_ms(lambda: request.infer({0: x}, share_inputs=True), repeats)
 
 
 def _torch_matmul(m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> list[float]:
     a = torch.randn(m, k).to(dtype)
     b = torch.randn(k, n).to(dtype)
     with torch.inference_mode():
-        return _median_ms(lambda: torch.matmul(a, b), repeats)
+        return _times_ms(lambda: torch.matmul(a, b), repeats)
 
 
 def measure_probes(
@@ -164,6 +158,8 @@ def measure_probes(
     """The attained rates: products of the model's shapes at ``padded`` (the network's input size)
     and one ``square_size``-cube product, per precision. Returns the probes and what could not run,
     with why."""
+    from hodor.engine.backends.onnxruntime_backend import usable_cores
+
     threads = threads or usable_cores()
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -341,7 +337,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="default: one per usable core")
     p.add_argument("--json", type=Path, help="also write every figure here")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from hodor.config import parse_config, with_dims
     from hodor.engine.loop.preprocess import frame_geometry
 

@@ -9,7 +9,8 @@ error. In one process:
 
 1. The random-weight model and its export of ``cpu_backends.py`` (cached under ``--cache-dir``);
    the plain PyTorch model runs ``window + 2 + --calibration-frames`` frames of the synthetic clip,
-   and every backbone and decode call is recorded.
+   and the backbone and decode calls of the last ``--calibration-frames`` + 1 frames are recorded
+   (``cpu_backends.Recorder``).
 2. Static quantization with ONNX Runtime's tool (``onnxruntime.quantization.quantize_static``,
    QDQ format, u8 activations, per-channel s8 weights, min-max ranges), calibrated on the calls of
    the ``--calibration-frames`` frames before the last (the ring full). Backbone: every MatMul and
@@ -27,9 +28,7 @@ have other activation ranges, and their error would have to be measured on real 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -42,52 +41,25 @@ import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # run as a script from a checkout, or loaded by path
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
+import cpu_backends  # noqa: E402  (its model, clip and recorder)
+from hodor.engine.backends.onnxruntime_backend import usable_cores  # noqa: E402
 from hodor.kernels.testing import relative_error  # noqa: E402
 
 STAGES = ("backbone", "decoder")
+SEAM_NAMES = {"backbone": "backbone", "decoder": "decode"}  # graph file -> the backend's call
 INPUTS = {
     "backbone": ("images",),
     "decoder": ("f4", "f8", "fg_hist", "bg_hist", "fg_invalid", "bg_invalid"),
 }
 
 
-def _cpu_backends() -> Any:
-    """``benchmarks/cpu_backends.py`` beside this script (its model, clip and recorder)."""
-    if "cpu_backends" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "cpu_backends", Path(__file__).with_name("cpu_backends.py")
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["cpu_backends"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["cpu_backends"]
-
-
-class AllCalls:
-    """Wraps a backend; keeps the inputs and outputs of every backbone and decode call."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.calls: dict[str, list[tuple[tuple[torch.Tensor, ...], torch.Tensor]]] = {s: [] for s in STAGES}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def backbone(self, images: torch.Tensor) -> Any:
-        out = self.inner.backbone(images)
-        self.calls["backbone"].append(((images.clone(),), torch.cat([o.flatten() for o in out])))
-        return out
-
-    backbone_transient = backbone
-
-    def decode(self, *args: torch.Tensor) -> Any:
-        out = self.inner.decode(*args)
-        self.calls["decoder"].append((tuple(a.clone() for a in args), out.clone()))
-        return out
+def _joined(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A stage's outputs as one flat tensor (the backbone's two feature maps together)."""
+    return torch.cat([o.flatten() for o in outputs])
 
 
 def _feeds(stage: str, args: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
@@ -136,17 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=7)
     p.add_argument("--calibration-frames", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
-    p.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=Path(os.environ.get("HODOR_BENCH_CACHE", Path.home() / ".cache" / "hodor-engine" / "bench")),
-    )
-    p.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="measure this checkpoint (config.yaml beside it) instead of random weights; needs --export",
-    )
-    p.add_argument("--export", type=Path, help="its export directory (hodor-export CHECKPOINT)")
+    cpu_backends.add_model_options(p)
     p.add_argument("--json", type=Path, help="also write every figure here")
     args = p.parse_args(argv)
     if (args.checkpoint is None) != (args.export is None):
@@ -164,33 +126,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
-    cb = _cpu_backends()
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
-    if args.checkpoint is not None:
-        from hodor.config import config_beside, with_dims
-
-        config = with_dims(config_beside(args.checkpoint), args.min_dim, None)
-        model = cb.Model(config, args.checkpoint, args.export)
-    else:
-        model = cb.prepare_model(args.cache_dir, args.min_dim, log)
+    model = cpu_backends.open_model(args, log)
     frames = args.window + 2 + args.calibration_frames
-    clip = cb.Clip(args.min_dim, args.objects, frames=frames)
+    recorded = args.calibration_frames + 1
+    clip = cpu_backends.Clip(args.min_dim, args.objects, frames=frames)
     from hodor.engine.backends.torch_backend import open_torch_backend
     from hodor.engine.loop.session import VideoSession
 
-    recorder = AllCalls(
+    recorder = cpu_backends.Recorder(
         open_torch_backend(model.checkpoint, model.config, "cpu", kernels="torch", dtype="fp32")
     )
-    session = VideoSession(recorder, temporal_window=args.window, chunk=1)
-    log(f"PyTorch fp32 over {frames} frames (the last {args.calibration_frames + 1} recorded)")
+    session = VideoSession(recorder, temporal_window=args.window)
+    log(f"PyTorch fp32 over {frames} frames (the last {recorded} recorded)")
+    calls: dict[str, list[cpu_backends.StageCall]] = {stage: [] for stage in STAGES}
     for t in range(frames):
         session.step(clip.frame(t), clip.reference if t == 0 else None)
+        if t >= frames - recorded:  # every stage called this frame (the ring is full)
+            for stage, seam_name in SEAM_NAMES.items():
+                calls[stage].append(recorder.calls[seam_name])
 
     core = ov.Core()
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     properties = {
         "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_NUM_THREADS": threads,
+        "INFERENCE_NUM_THREADS": usable_cores(),
         "INFERENCE_PRECISION_HINT": "f32",
     }
     compiled: dict[str, dict[str, Any]] = {}
@@ -198,9 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     quantized_nodes: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="hodor-int8-") as tmp:
         for stage in STAGES:
-            calls = recorder.calls[stage]
-            calibration = [_feeds(stage, a) for a, _ in calls[-1 - args.calibration_frames : -1]]
-            evaluation[stage] = (_feeds(stage, calls[-1][0]), calls[-1][1])
+            *calibrating, last = calls[stage]
+            calibration = [_feeds(stage, call.args) for call in calibrating]
+            evaluation[stage] = (_feeds(stage, last.args), _joined(last.outputs))
             source = model.export_dir / f"{stage}.onnx"
             target = Path(tmp) / f"{stage}.int8.onnx"
             log(f"{stage}: quantizing, calibrated on {len(calibration)} frames")
@@ -216,8 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stage in STAGES:
         feeds, want = evaluation[stage]
         for kind, request in requests[stage].items():
-            outs = [torch.from_numpy(np.array(v)) for v in request.infer(feeds).values()]
-            got = torch.cat([o.flatten() for o in outs]) if stage == "backbone" else outs[0]
+            got = _joined([torch.from_numpy(np.array(v)) for v in request.infer(feeds).values()])
             finite = torch.isfinite(want)
             errors[stage][kind] = relative_error(got[finite], want[finite])
     log(f"{args.repeats} interleaved rounds")

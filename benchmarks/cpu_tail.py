@@ -20,7 +20,6 @@ Speed does not depend on the values; no GPU is used.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -34,6 +33,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from hodor.config import parse_config, with_dims  # noqa: E402
+from hodor.engine.backends.onnxruntime_backend import usable_cores  # noqa: E402
 from hodor.engine.loop.masks import background_grid, channel_argmax, id_lookup, resample  # noqa: E402
 from hodor.engine.loop.post_decode import masks_from_logits  # noqa: E402
 from hodor.engine.loop.preprocess import frame_geometry  # noqa: E402
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.repeats < 1 or args.objects < 1:
         p.error("--repeats and --objects must be >= 1")
-    torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    torch.set_num_threads(usable_cores())
     cfg = with_dims(parse_config({}), args.min_dim, None)
     height, width = args.min_dim, 2 * round(args.min_dim * 8 / 9)
     geometry = frame_geometry(height, width, cfg.input.min_dim, cfg.input.max_dim)
