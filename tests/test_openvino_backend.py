@@ -191,9 +191,13 @@ def test_bf16_stages_within_their_limit(exported, net, tmp_path):
     assert bf16.stage_precisions == {"backbone": "bf16", "encoder": "bf16", "decoder": "bf16"}
     for compiled in bf16.compiled.values():
         assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'bfloat16'>"
-    errors = _errors(bf16, net, _chained_inputs(net, 7, 256, 448))
-    bad = {k: f"{v:.3g}" for k, v in errors.items() if not v <= BF16_TOLERANCE}
-    assert not bad, f"bf16 relative error above {BF16_TOLERANCE:g}: {bad} (all: {errors})"
+    inputs = _chained_inputs(net, 7, 256, 448)
+    # The second call compiles the encoder and decoder for these shapes.
+    for call in ("shape-free", "fixed-shape"):
+        errors = _errors(bf16, net, inputs)
+        bad = {k: f"{v:.3g}" for k, v in errors.items() if not v <= BF16_TOLERANCE}
+        assert not bad, f"bf16 relative error above {BF16_TOLERANCE:g} ({call}): {bad} (all: {errors})"
+    assert bf16.static_compiles == 2
     # bf16 really is in use: neither the backbone nor the decoder is computed to fp32 accuracy.
     assert errors["backbone[0]"] > FP32_TOLERANCE and errors["decoder[0]"] > FP32_TOLERANCE, errors
 
@@ -222,6 +226,78 @@ def test_bf16_needs_a_cpu_that_has_it(exported, monkeypatch):
 def test_unsupported_precision(exported):
     with pytest.raises(HodorError, match="fp32 or bf16"):
         OpenVinoBackend(exported.directory, precision="fp16", cache=False)
+
+
+# --------------------------------------------------------------------------- fixed-shape compilations
+
+
+def test_recurring_shapes_get_a_fixed_shape_compilation(exported, net, tmp_path):
+    b = OpenVinoBackend(exported.directory, cache_dir=tmp_path)
+    blobs = sorted(p.name for p in b.cache_dir.iterdir())
+    _, enc, dec = _stage_inputs(11, 128, 192, 2, 4)
+    first = b.encode(*enc), b.decode(*dec)
+    assert b.static_compiles == 0  # shapes seen once run on the shape-free compilation
+    second = b.encode(*enc), b.decode(*dec)
+    assert b.static_compiles == 2 and b.static_compile_s > 0
+    for stage in ("encoder", "decoder"):
+        ((shapes, (compiled, _)),) = b._static[stage].items()
+        assert all(port.get_partial_shape().is_static for port in compiled.inputs)
+        assert [list(port.get_shape()) for port in compiled.inputs] == [list(s) for _, s in shapes]
+    third = b.encode(*enc), b.decode(*dec)
+    assert b.static_compiles == 2  # made once, then reused
+    with torch.no_grad():
+        want = (*net.encode(*enc), net.decode(*dec))
+    for outputs in (first, second, third):
+        got = (*outputs[0], outputs[1])
+        for g, w in zip(got, want, strict=True):
+            finite = torch.isfinite(w)
+            assert torch.equal(torch.isfinite(g), finite)
+            assert relative_error(g[finite], w[finite]) <= FP32_TOLERANCE
+    assert torch.equal(second[1], third[1])
+    # The backbone is not compiled again (no gain measured), and the disk cache did not grow.
+    b.backbone(torch.zeros(1, 3, 64, 96))
+    b.backbone(torch.zeros(1, 3, 64, 96))
+    assert b.static_compiles == 2 and "backbone" not in b._static
+    assert sorted(p.name for p in b.cache_dir.iterdir()) == blobs
+
+
+def test_fixed_shape_compilations_are_bounded(exported):
+    b = OpenVinoBackend(exported.directory, cache=False)
+    histories = range(1, openvino_backend.STATIC_SHAPES_KEPT + 3)
+    for history in histories:
+        _, _, dec = _stage_inputs(history, 64, 96, 1, history)
+        for _ in range(2):
+            b.decode(*dec)
+    assert b.static_compiles == len(histories)
+    kept = b._static["decoder"]
+    assert len(kept) == openvino_backend.STATIC_SHAPES_KEPT
+    # The most recently used stay: the last histories'.
+    newest = list(histories)[-openvino_backend.STATIC_SHAPES_KEPT :]
+    assert [dict(shapes)["fg_hist"][2] for shapes in kept] == newest
+
+
+def test_fixed_shapes_can_be_turned_off(exported):
+    b = OpenVinoBackend(exported.directory, cache=False, static_shapes=False)
+    _, enc, dec = _stage_inputs(5, 64, 96, 1, 2)
+    for _ in range(3):
+        b.encode(*enc)
+        b.decode(*dec)
+    assert b.static_compiles == 0 and not b._static
+
+
+def test_a_fixed_shape_compilation_that_fails_falls_back(exported, monkeypatch):
+    b = OpenVinoBackend(exported.directory, cache=False)
+    _, _, dec = _stage_inputs(6, 64, 96, 1, 2)
+    want = b.decode(*dec)
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("no")
+
+    monkeypatch.setattr(b._core, "compile_model", failing, raising=False)
+    with pytest.warns(RuntimeWarning, match="fixed input shapes"):
+        got = b.decode(*dec)
+    assert torch.equal(got, want) and b.static_compiles == 0
+    assert torch.equal(b.decode(*dec), want)  # and it does not try again
 
 
 # --------------------------------------------------------------------------- compiled-model cache
