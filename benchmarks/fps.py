@@ -10,8 +10,9 @@
 It says up front what it will run and roughly how long, and shows a progress bar over the frames.
 What is measured, per backend, processing size (``min_dim``) and object count:
 
-* the single-stream steady state: one ``VideoSession`` is warmed up (by default for ``window + 1``
-  frames, so the descriptor ring is full and every code path has run), then ``--repeats`` runs of
+* the single-stream steady state: one ``VideoSession`` is warmed up (by default for ``window + 3``
+  frames, so the descriptor ring is full, every code path has run and a backend that compiles for
+  the steady state's shapes, OpenVINO, has done so), then ``--repeats`` runs of
   ``--frames`` consecutive frames are timed. Runs of the different backends (and peers) are
   interleaved, so a burst of load from elsewhere on the machine hits all of them alike and the
   ratios stay fair. FPS is reported per run (median, spread); per-stage latency per frame:
@@ -92,7 +93,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--objects", nargs="+", type=int, help="object counts (default 1 2 4 8)")
     p.add_argument("--min-dims", nargs="+", type=int, help="processing sizes (default 480 720)")
     p.add_argument("--window", type=int, default=7, help="temporal window (default 7)")
-    p.add_argument("--warmup", type=int, help="untimed frames per session (default window + 1)")
+    p.add_argument("--warmup", type=int, help="untimed frames per session (default window + 3)")
     p.add_argument("--frames", type=int, help="frames per timed run (default 10)")
     p.add_argument("--repeats", type=int, help="timed runs per configuration (default 5)")
     p.add_argument("--streams", type=int, help="concurrent videos for throughput; 0 skips it (default 2)")
@@ -168,7 +169,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.min_dims = args.min_dims or ([128] if quick else [480, 720])
     # --quick: a short warm-up, so the descriptor ring is not yet full (history_slots in the JSON
     # says how long it was); fine for a smoke run, not for figures to quote.
-    args.warmup = args.warmup if args.warmup is not None else (2 if quick else args.window + 1)
+    args.warmup = args.warmup if args.warmup is not None else (2 if quick else args.window + 3)
     args.frames = args.frames or (2 if quick else 10)
     args.repeats = args.repeats or (3 if quick else 5)
     args.streams = args.streams if args.streams is not None else 2

@@ -18,6 +18,8 @@ from fpsbench.weights import ModelStore
 from hodor.engine.backends.torch_backend import open_torch_backend
 
 REFERENCE_BACKEND = "torch"
+HOST_REFERENCE_BACKEND = "onnxruntime"
+"""The second reference: every backend but torch is also given as a ratio to it."""
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,14 @@ def _torch_options(kernels: str, precision: str, graphs: bool) -> Callable[[Buil
     return options
 
 
-def _export_options(backend: str, precision: str, tensorrt: bool) -> Callable[[BuildContext], list[str]]:
+def _export_options(
+    backend: str, precision: str, tensorrt: bool, run_precision: str | None = None
+) -> Callable[[BuildContext], list[str]]:
+    """``run_precision``: hodor-run's ``--precision`` when it is chosen at run time (OpenVINO)."""
+
     def options(ctx: BuildContext) -> list[str]:
-        return ["--model", str(ctx.export(precision, tensorrt=tensorrt)), "--backend", backend]
+        argv = ["--model", str(ctx.export(precision, tensorrt=tensorrt)), "--backend", backend]
+        return argv + (["--precision", run_precision] if run_precision else [])
 
     return options
 
@@ -119,6 +126,37 @@ def _build_onnxruntime(ctx: BuildContext) -> Any:
     return onnxruntime_backend.open_onnxruntime_backend(export_dir, ctx.device.type)
 
 
+def _build_openvino(precision: str) -> Callable[[BuildContext], Any]:
+    def build(ctx: BuildContext) -> Any:
+        if ctx.device.type != "cpu":
+            raise Unavailable("runs on the CPU only (run the benchmark with --device cpu)")
+        import_or_unavailable("openvino", "OpenVINO (pip install 'hodor-engine[openvino]')")
+        import_or_unavailable("onnx", "the ONNX export (pip install 'hodor-engine[export]')")
+        from hodor.engine.backends.openvino_backend import OpenVinoBackend
+        from hodor.errors import HodorError
+
+        export_dir = ctx.export("fp32", tensorrt=False)
+        try:
+            return OpenVinoBackend(export_dir, device="cpu", precision=precision, threads=ctx.threads)
+        except HodorError as exc:  # e.g. bf16 on a CPU without AVX-512 BF16 or AMX
+            raise Unavailable(" ".join(str(exc).split())) from None
+
+    return build
+
+
+def _build_torch_cpu_bf16(ctx: BuildContext) -> Any:
+    if ctx.device.type != "cpu":
+        raise Unavailable("the CPU's bf16 (on a GPU, torch-triton-bf16 is the bf16 path)")
+    from hodor.errors import HodorError
+
+    try:
+        return open_torch_backend(
+            ctx.store.checkpoint(), ctx.store.config, "cpu", kernels="torch", dtype="bf16", cuda_graphs=False
+        )
+    except HodorError as exc:  # a CPU without AVX-512 BF16 or AMX
+        raise Unavailable(" ".join(str(exc).split())) from None
+
+
 def _build_tensorrt(ctx: BuildContext) -> Any:
     if ctx.device.type != "cuda":
         raise Unavailable("needs a CUDA GPU (TensorRT engines run on NVIDIA GPUs only)")
@@ -163,6 +201,29 @@ BACKENDS: dict[str, BackendSpec] = {
             run_options=_export_options("onnxruntime", "fp32", tensorrt=False),
         ),
         BackendSpec(
+            "openvino",
+            "OpenVINO, fp32 (CPU)",
+            _build_openvino("fp32"),
+            cpu_prior_s=0.85,
+            run_options=_export_options("openvino", "fp32", tensorrt=False, run_precision="fp32"),
+        ),
+        BackendSpec(
+            "openvino-bf16",
+            "OpenVINO, bf16 (CPU with AVX-512 BF16 or AMX; --precision bf16)",
+            _build_openvino("bf16"),
+            cpu_prior_s=0.5,
+            precision="bf16",
+            run_options=_export_options("openvino", "fp32", tensorrt=False, run_precision="bf16"),
+        ),
+        BackendSpec(
+            "torch-bf16",
+            "PyTorch eager, bf16 (CPU with AVX-512 BF16 or AMX)",
+            _build_torch_cpu_bf16,
+            cpu_prior_s=0.8,
+            precision="bf16",
+            run_options=_torch_options("torch", "bf16", graphs=False),
+        ),
+        BackendSpec(
             "tensorrt",
             "TensorRT engines",
             _build_tensorrt,
@@ -174,4 +235,4 @@ BACKENDS: dict[str, BackendSpec] = {
 }
 ALL_BACKENDS = tuple(BACKENDS)
 
-NEEDS_EXPORT = ("onnxruntime", "tensorrt")
+NEEDS_EXPORT = ("onnxruntime", "openvino", "openvino-bf16", "tensorrt")

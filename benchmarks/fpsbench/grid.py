@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from fpsbench.backends import BACKENDS, REFERENCE_BACKEND
+from fpsbench.backends import BACKENDS, HOST_REFERENCE_BACKEND, REFERENCE_BACKEND
 from fpsbench.batched import measure_batched
 from fpsbench.machine import load_average
 from fpsbench.memory import PeakMemory
@@ -274,14 +274,21 @@ class Grid:
         )
 
     def _ratios(self, measured: list[Contender], min_dim: int, objects: int) -> None:
-        """Per-run ratios (run order, not sorted values): engine / reference, engine / each peer."""
+        """Per-run ratios (run order, not sorted values): engine / reference, engine / ONNX Runtime (the
+        CPU's fp32 export backend, which the other export and bf16 backends are judged against),
+        engine / each peer."""
         engine = [c for c in measured if c.peer is None]
         peers = [c for c in measured if c.peer is not None]
         ref = next((c for c in engine if c.name == REFERENCE_BACKEND), None)
+        host = next((c for c in engine if c.name == HOST_REFERENCE_BACKEND), None)
         for c in engine:
             if ref is not None and c is not ref:
                 self.out.ratios.append(
                     paired_ratio(c.name, c.times.fps, ref.name, ref.times.fps, min_dim, objects)
+                )
+            if host is not None and c not in (ref, host):
+                self.out.ratios.append(
+                    paired_ratio(c.name, c.times.fps, host.name, host.times.fps, min_dim, objects)
                 )
             for p in peers:
                 self.out.peer_ratios.append(

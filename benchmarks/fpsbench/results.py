@@ -491,7 +491,7 @@ class Report:
     setup_s: dict[str, float]
     results: list[EngineResult]
     throughput: list[ThroughputResult]
-    ratios: list[Ratio]  # engine backend / the reference backend (torch)
+    ratios: list[Ratio]  # engine backend / the reference backend (torch), and / onnxruntime
     io: list[IoResult]
     official: OfficialOutcome | None
     peers: PeersOutcome | None

@@ -18,9 +18,10 @@ by a sizeable fraction of a pixel (relative error of the logits about 0.6 at 480
 The graphs are compiled for any input shape. OpenVINO runs a graph compiled for fixed shapes
 faster (at 480p, measured: the encoder's CPU time 8 % less in fp32 and 30 % in bf16, the
 decoder's 9-10 %; the backbone's within noise), so the encoder and decoder are compiled again,
-for exactly those shapes, the second time a set of input shapes comes: a video's steady state
-(its size, its objects, a full history window) repeats every frame, while the first frames'
-growing histories, each seen once, keep the shape-free graphs. Up to
+for exactly those shapes, the third time a set of input shapes comes
+(:data:`STATIC_SHAPES_AFTER`): a video's steady state (its size, its objects, a full history
+window) repeats every frame, while the first frames' growing histories, each seen once (twice
+when two videos are stepped in turn), keep the shape-free graphs. Up to
 :data:`STATIC_SHAPES_KEPT` such compilations are kept per stage (least recently used
 dropped); the encoder and decoder together took 0.8 s once at 480p, in memory only (the disk
 cache below holds the shape-free graphs, so it does not grow with every video size).
@@ -59,6 +60,8 @@ rewritten; see the module docstring)."""
 CACHE_DIR_NAME = "openvino-cache"
 STATIC_SHAPE_STAGES = ("encoder", "decoder")
 """The stages compiled again for input shapes that recur (see the module docstring)."""
+STATIC_SHAPES_AFTER = 3
+"""The call with the same input shapes at which those stages are compiled for them."""
 STATIC_SHAPES_KEPT = 4
 """How many fixed-shape compilations each of those stages keeps."""
 _LOWEST = torch.finfo(torch.float32).min
@@ -141,10 +144,10 @@ class OpenVinoBackend(HostGraphSeam):
 
         self.compiled: dict[str, Any] = {}
         self.requests: dict[str, Any] = {}
-        # Fixed-shape compilations: the model to reshape, its compile options, the shapes seen
-        # once, the compilations made (shapes -> (compiled model, request)).
+        # Fixed-shape compilations: the model to reshape, its compile options, how often shapes not
+        # yet compiled for came, the compilations made (shapes -> (compiled model, request)).
         self._reshapable: dict[str, tuple[Any, dict[str, Any]]] = {}
-        self._seen_once: dict[str, set[tuple[Any, ...]]] = {}
+        self._sightings: dict[str, dict[tuple[Any, ...], int]] = {}
         self._static: dict[str, OrderedDict[tuple[Any, ...], tuple[Any, Any]]] = {}
         self.static_compiles = 0
         self.static_compile_s = 0.0
@@ -182,7 +185,7 @@ class OpenVinoBackend(HostGraphSeam):
             if static_shapes and stage in STATIC_SHAPE_STAGES:
                 options = {k: v for k, v in {**properties, **hint}.items() if k != "CACHE_DIR"}
                 self._reshapable[stage] = (model, options)
-                self._seen_once[stage] = set()
+                self._sightings[stage] = {}
                 self._static[stage] = OrderedDict()
         self.startup_s = time.perf_counter() - start
 
@@ -197,7 +200,7 @@ class OpenVinoBackend(HostGraphSeam):
 
     def _executable(self, stage: str, feeds: dict[str, np.ndarray]) -> tuple[Any, Any]:
         """The compiled model and request for ``feeds``: a fixed-shape compilation when these shapes
-        came before (made now the second time), else the shape-free one."""
+        came often enough (made now the :data:`STATIC_SHAPES_AFTER`-th time), else the shape-free one."""
         if stage not in self._reshapable:
             return self.compiled[stage], self.requests[stage]
         shapes = tuple((name, array.shape) for name, array in feeds.items())
@@ -205,13 +208,14 @@ class OpenVinoBackend(HostGraphSeam):
         if shapes in kept:
             kept.move_to_end(shapes)
             return kept[shapes]
-        seen = self._seen_once[stage]
-        if shapes not in seen:
-            if len(seen) >= 64:  # many shapes each seen once (sizes that never settle): forget them
+        seen = self._sightings[stage]
+        count = seen.get(shapes, 0) + 1
+        if count < STATIC_SHAPES_AFTER:
+            if shapes not in seen and len(seen) >= 64:  # many shapes, none settling: forget them
                 seen.clear()
-            seen.add(shapes)
+            seen[shapes] = count
             return self.compiled[stage], self.requests[stage]
-        seen.discard(shapes)
+        seen.pop(shapes, None)
         model, options = self._reshapable[stage]
         start = time.perf_counter()
         try:
