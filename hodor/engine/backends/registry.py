@@ -23,9 +23,9 @@ BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 
 EXPORT_BACKENDS: dict[str, ExportOpener] = {
     # TensorRT first: ``--backend auto`` prefers engines that run on this GPU. In fp32 on the CPU,
-    # ONNX Runtime: OpenVINO ran whole frames about 7 % faster on an idle 2-core machine but 3 %
-    # slower with the cores shared, and starts slower (benchmarks/RESULTS.md); OpenVINO is what
-    # takes --precision bf16.
+    # ONNX Runtime: OpenVINO ran whole frames about 10 % faster on an idle 2-core machine but
+    # within the spread (1.03x, 0.93-1.04) with the cores shared, and starts 1.7 s later
+    # (benchmarks/RESULTS.md); OpenVINO is what takes --precision bf16.
     "tensorrt": open_tensorrt_backend,
     "onnxruntime": open_onnxruntime_backend,
     "openvino": open_openvino_backend,
