@@ -222,13 +222,25 @@ def _openvino(precision: str, **options: Any) -> Callable[[Model, Path | None], 
     return open_
 
 
-def _torch(precision: str) -> Callable[[Model, Path | None], Any]:
+def _torch(precision: str, **options: Any) -> Callable[[Model, Path | None], Any]:
     def open_(model: Model, cache_dir: Path | None) -> Any:
         from hodor.engine.backends.torch_backend import open_torch_backend
 
-        return open_torch_backend(model.checkpoint, model.config, "cpu", kernels="torch", dtype=precision)
+        return open_torch_backend(
+            model.checkpoint, model.config, "cpu", kernels="torch", dtype=precision, **options
+        )
 
     return open_
+
+
+def reference_backend(model: Model) -> Any:
+    """The plain PyTorch model in fp32, every computation its reference (``grid_sample`` in the
+    deformable convolutions, not the CPU's gathered sampling): what every candidate is checked against."""
+    from hodor.engine.backends.torch_backend import open_torch_backend
+
+    return open_torch_backend(
+        model.checkpoint, model.config, "cpu", kernels="torch", dtype="fp32", deform_sampling="grid"
+    )
 
 
 CANDIDATES: dict[str, Candidate] = {
@@ -277,8 +289,22 @@ CANDIDATES: dict[str, Candidate] = {
             "OpenVINO, bf16 backbone and encoder, the exported decoder in fp32: --precision bf16 before",
             _openvino("bf16", native_deform_conv=False),
         ),
-        Candidate("torch", "PyTorch eager, fp32 (the reference)", _torch("fp32")),
+        Candidate(
+            "torch",
+            "PyTorch eager, fp32 (the backend's defaults: gathered deformable sampling)",
+            _torch("fp32"),
+        ),
         Candidate("torch-bf16", "PyTorch eager, bf16 weights and activations", _torch("bf16")),
+        Candidate(
+            "torch-gridsample",
+            "PyTorch eager, fp32, deformable sampling by grid_sample (the reference; as before)",
+            _torch("fp32", deform_sampling="grid"),
+        ),
+        Candidate(
+            "torch-bf16-gridsample",
+            "PyTorch eager, bf16, deformable sampling by grid_sample (as before)",
+            _torch("bf16", deform_sampling="grid"),
+        ),
     )
 }
 DEFAULT_CANDIDATES = (
@@ -699,12 +725,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     clip = Clip(args.min_dim, args.objects)
 
     # The reference: the plain PyTorch model, fp32, on the last of window + 2 frames.
-    from hodor.engine.backends.torch_backend import open_torch_backend
     from hodor.engine.loop.session import VideoSession
 
-    recorder = Recorder(
-        open_torch_backend(model.checkpoint, model.config, "cpu", kernels="torch", dtype="fp32")
-    )
+    recorder = Recorder(reference_backend(model))
     session = VideoSession(recorder, temporal_window=args.window)
     log(f"recording the stage inputs of frame {args.window + 1} with PyTorch fp32")
     for t in range(args.window + 2):

@@ -130,12 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     frames = args.window + 2 + args.calibration_frames
     recorded = args.calibration_frames + 1
     clip = cpu_backends.Clip(args.min_dim, args.objects, frames=frames)
-    from hodor.engine.backends.torch_backend import open_torch_backend
     from hodor.engine.loop.session import VideoSession
 
-    recorder = cpu_backends.Recorder(
-        open_torch_backend(model.checkpoint, model.config, "cpu", kernels="torch", dtype="fp32")
-    )
+    recorder = cpu_backends.Recorder(cpu_backends.reference_backend(model))
     session = VideoSession(recorder, temporal_window=args.window)
     log(f"PyTorch fp32 over {frames} frames (the last {recorded} recorded)")
     calls: dict[str, list[cpu_backends.StageCall]] = {stage: [] for stage in STAGES}

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from hodor.model.deform_conv import DeformConvBlock, deform_conv2d
+from hodor.model.deform_conv import DeformConv2d, DeformConvBlock, deform_conv2d, deform_conv2d_gathered
 
 
 def _bilinear(img: list[list[float]], height: int, width: int, h: float, w: float) -> float:
@@ -144,3 +144,129 @@ def test_module_with_triton_kernels_follows_its_weight(monkeypatch) -> None:
         made_here.load_state_dict(conv.state_dict())
         conv = made_here
         both()
+
+
+# --------------------------------------------------------------------------- gathered sampling
+
+
+@pytest.mark.parametrize("offset_scale", [0.0, 0.7, 3.0])
+def test_gathered_matches_loop(offset_scale: float) -> None:
+    gen = torch.Generator().manual_seed(100 + int(offset_scale * 10))
+    x = torch.randn(2, 3, 5, 7, generator=gen)
+    offsets = offset_scale * torch.randn(2, 18, 5, 7, generator=gen)
+    weight = torch.randn(4, 3, 3, 3, generator=gen)
+    bias = torch.randn(4, generator=gen)
+    got = deform_conv2d_gathered(x, offsets, weight, bias)
+    assert got.shape == (2, 4, 5, 7) and got.dtype == torch.float32
+    assert _rel_err(got, _loop_deform_conv(x, offsets, weight, bias)) <= 1e-5
+
+
+def test_gathered_taps_outside_and_on_the_border() -> None:
+    """The border cases of ``test_taps_outside_and_on_the_border``, and positions beyond the map
+    on every side (a corner's flat index must never wrap onto another row or image)."""
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 2, 4, 5, generator=gen)
+    weight = torch.randn(3, 2, 3, 3, generator=gen)
+    bias = torch.randn(3, generator=gen)
+    offsets = torch.zeros(2, 18, 4, 5)
+    ys = torch.arange(4.0)[:, None].expand(4, 5)
+    xs = torch.arange(5.0)[None, :].expand(4, 5)
+    offsets[:, 0] = -ys
+    offsets[:, 1] = 6 - xs
+    offsets[:, 8] = -ys - 0.999
+    offsets[:, 9] = -xs - 0.25
+    offsets[:, 16] = 10.0
+    offsets[:, 17] = 3.5
+    offsets[:, 10] = 3 - ys
+    offsets[:, 11] = 0.5
+    offsets[:, 2] = 0.5  # tap 1: half a row down, a column past the right edge (not the next row)
+    offsets[:, 3] = 5.0 - xs + 0.5
+    offsets[1, 4] = -7.25  # tap 2 of the second image: above the map (not the first image)
+    got = deform_conv2d_gathered(x, offsets, weight, bias)
+    assert _rel_err(got, _loop_deform_conv(x, offsets, weight, bias)) <= 1e-5
+
+
+@pytest.mark.parametrize("kernel,channels,out_channels", [(5, 4, 6), (1, 3, 2)])
+def test_gathered_matches_grid_for_other_kernels(kernel: int, channels: int, out_channels: int) -> None:
+    gen = torch.Generator().manual_seed(kernel)
+    x = torch.randn(1, channels, 9, 11, generator=gen)
+    offsets = 2.5 * torch.randn(1, 2 * kernel * kernel, 9, 11, generator=gen)
+    weight = torch.randn(out_channels, channels, kernel, kernel, generator=gen)
+    bias = torch.randn(out_channels, generator=gen)
+    want = deform_conv2d(x.double(), offsets.double(), weight.double(), bias.double())
+    assert _rel_err(deform_conv2d_gathered(x, offsets, weight, bias), want) <= 1e-5
+    assert (
+        _rel_err(deform_conv2d_gathered(x, offsets, weight, None), want - bias.double()[:, None, None])
+        <= 1e-5
+    )
+
+
+def test_gathered_at_the_model_shape_on_fresh_inputs() -> None:
+    """The decoder's shape (256 channels, a 1/8 map of a 480p frame's width cut down), fp32 and bf16."""
+    gen = torch.Generator().manual_seed(21)
+    x = torch.randn(1, 256, 15, 27, generator=gen)
+    offsets = 3 * torch.randn(1, 18, 15, 27, generator=gen)
+    weight = torch.randn(256, 256, 3, 3, generator=gen) / 48
+    bias = torch.randn(256, generator=gen)
+    want = deform_conv2d(x.double(), offsets.double(), weight.double(), bias.double())
+    assert _rel_err(deform_conv2d_gathered(x, offsets, weight, bias), want) <= 1e-5
+    # bf16: the same rounding points as the reference in bf16 (positions and samples in fp32,
+    # the product in bf16), so the two agree to bf16 accuracy and each is within it of fp32.
+    args = (x.bfloat16(), offsets.bfloat16(), weight.bfloat16(), bias.bfloat16())
+    got, ref = deform_conv2d_gathered(*args), deform_conv2d(*args)
+    assert got.dtype == torch.bfloat16
+    assert _rel_err(got, ref.double()) <= 2e-2 and _rel_err(got, want) <= 2e-2
+
+
+def test_module_sampling_choice() -> None:
+    gen = torch.Generator().manual_seed(5)
+    conv = DeformConv2d(3, 4)
+    x = torch.randn(1, 3, 6, 7, generator=gen)
+    offsets = 2 * torch.randn(1, 18, 6, 7, generator=gen)
+    with torch.no_grad():
+        assert conv.sampling == "grid"  # the reference unless asked
+        grid = conv(x, offsets)
+        conv.sampling = "gather"
+        gathered = conv(x, offsets)
+    torch.testing.assert_close(gathered, grid, rtol=1e-5, atol=1e-5)
+
+
+def test_net_sets_the_sampling_of_every_deform_conv() -> None:
+    from hodor.model.network import HodorNet
+    from tests.engine_fake_backend import small_config
+
+    net = HodorNet(small_config().model)
+    convs = [m for m in net.modules() if isinstance(m, DeformConv2d)]
+    assert convs and all(m.sampling == "grid" for m in convs)
+    assert net.set_deform_sampling("gather") is net
+    assert all(m.sampling == "gather" for m in convs)
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        net.set_deform_sampling("nearest")
+
+
+def test_torch_backend_gathers_on_the_cpu() -> None:
+    """The torch backend samples by gathering on the CPU unless told otherwise; both decoders agree."""
+    from hodor.engine.backends.torch_backend import TorchBackend
+    from hodor.model.network import HodorNet
+    from tests.engine_fake_backend import small_config
+
+    cfg = small_config()
+    torch.manual_seed(0)
+    net = HodorNet(cfg.model).eval()
+    cpu = torch.device("cpu")
+    gathered = TorchBackend(net, cfg, cpu)
+    assert gathered.deform_sampling == "gather"
+    assert {m.sampling for m in net.modules() if isinstance(m, DeformConv2d)} == {"gather"}
+    gen = torch.Generator().manual_seed(4)
+    f4, f8 = gathered.backbone(torch.randn(1, 3, 64, 96, generator=gen))
+    fg, bg = gathered.encode(
+        f8, torch.rand(1, 2, 8, 12, generator=gen), torch.rand(1, 9, 8, 12, generator=gen)
+    )
+    invalid = torch.zeros(1, 2, 1, dtype=torch.bool), torch.zeros(1, 9, 1, dtype=torch.bool)
+    args = (f4, f8, fg[:, :, None], bg[:, :, None], *invalid)
+    got = gathered.decode(*args)
+    grid = TorchBackend(net, cfg, cpu, deform_sampling="grid")
+    assert grid.deform_sampling == "grid"
+    assert {m.sampling for m in net.modules() if isinstance(m, DeformConv2d)} == {"grid"}
+    want = grid.decode(*args)
+    assert _rel_err(got, want.double()) <= 1e-5

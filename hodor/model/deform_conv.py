@@ -11,6 +11,13 @@ With the model's kernels set to ``"triton"`` (:mod:`hodor.model.kernel_choice`),
 :class:`DeformConv2d` runs the fused implicit-GEMM kernel of
 :mod:`hodor.kernels.deform_conv` instead; this module stays the reference it is
 tested against, and what ONNX export traces.
+
+On the CPU, ``grid_sample`` is the slow part (about 60 ms of a 480p frame's deformable
+convolution, measured). :func:`deform_conv2d_gathered` computes the same function from the
+same positions: each sample's four bilinear corners are rows of the channels-last map, summed
+with their weights by ``embedding_bag`` into columns ordered (pixel; tap, channel), then one
+matrix product. ``DeformConv2d.sampling = "gather"`` selects it (the torch backend does on the
+CPU); the default, ``"grid"``, keeps the reference.
 """
 
 from __future__ import annotations
@@ -75,6 +82,60 @@ def deform_conv2d(x: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor | Non
     return out.unflatten(-1, (h, w))
 
 
+def deform_conv2d_gathered(x: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """:func:`deform_conv2d` with its sampling as gathers of bilinear corners (see the module
+    docstring): the same arguments and result, up to the order of the sums. Positions, corner
+    weights and the sampled columns are float32 at least, as in :func:`deform_conv2d`; the
+    product runs in ``x``'s dtype."""
+    b, c, h, w = x.shape
+    out_ch, _, kh, kw = weight.shape
+    taps = kh * kw
+    pos_dtype = torch.promote_types(x.dtype, torch.float32)
+    off = offsets.to(pos_dtype).unflatten(1, (taps, 2))  # [B, taps, 2, H, W]
+    tap = torch.arange(taps, device=x.device)
+    tap_dy = (tap // kw - (kh - 1) // 2).to(pos_dtype)[:, None, None]  # [taps, 1, 1]
+    tap_dx = (tap % kw - (kw - 1) // 2).to(pos_dtype)[:, None, None]
+    rows = torch.arange(h, device=x.device).to(pos_dtype)[None, :, None]  # [1, H, 1]
+    cols = torch.arange(w, device=x.device).to(pos_dtype)[None, None, :]  # [1, 1, W]
+    # Positions ordered (batch, pixel, tap): the columns' rows and their tap-major blocks.
+    py = (rows + tap_dy + off[:, :, 0]).permute(0, 2, 3, 1)  # [B, H, W, taps]
+    px = (cols + tap_dx + off[:, :, 1]).permute(0, 2, 3, 1)
+    y0, x0 = torch.floor(py), torch.floor(px)
+    fy, fx = py - y0, px - x0
+    y0, x0 = y0.long(), x0.long()
+    first_row = (torch.arange(b, device=x.device) * (h * w))[:, None, None, None]
+    corners, weights = [], []
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            yy, xx = y0 + dy, x0 + dx
+            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            # A corner outside the map reads row 0 with weight 0: zero, as grid_sample's padding.
+            corners.append(torch.where(inside, yy * w + xx, 0) + first_row)
+            weights.append(torch.where(inside, wy * wx, 0.0))
+    table = x.to(pos_dtype).permute(0, 2, 3, 1).reshape(b * h * w, c)  # channels-last rows
+    samples = b * h * w * taps
+    columns = F.embedding_bag(
+        torch.stack(corners, dim=-1).reshape(-1),
+        table,
+        torch.arange(0, 4 * samples, 4, device=x.device),
+        mode="sum",
+        per_sample_weights=torch.stack(weights, dim=-1).reshape(-1),
+    ).to(x.dtype)  # [B*H*W*taps, C]
+    # The weight's [C, kh, kw] reordered (tap, channel), as the columns.
+    flat_weight = weight.permute(0, 2, 3, 1).reshape(out_ch, taps * c)
+    columns = columns.view(b * h * w, taps * c)
+    if bias is not None:
+        out = torch.addmm(bias, columns, flat_weight.t())
+    else:
+        out = columns @ flat_weight.t()
+    return out.view(b, h * w, out_ch).transpose(1, 2).reshape(b, out_ch, h, w)
+
+
+SAMPLINGS = ("grid", "gather")
+"""How :class:`DeformConv2d` samples with ``kernels == "torch"``: ``grid_sample`` (the reference)
+or :func:`deform_conv2d_gathered`."""
+
+
 class DeformConv2d(SelectsKernels, nn.Module):
     """Parameters named as in the official checkpoints: ``weight [O, C, k, k]``, ``bias [O]``.
 
@@ -83,7 +144,12 @@ class DeformConv2d(SelectsKernels, nn.Module):
     (moved, cast, or written in place; for weights created under ``torch.inference_mode``,
     which keep no version count, only moving or casting is seen). The copy is a plain
     attribute, not part of the checkpoint.
+
+    With ``kernels == "torch"``, ``sampling`` (a plain attribute, one of :data:`SAMPLINGS`)
+    chooses :func:`deform_conv2d` (``"grid"``, the default) or :func:`deform_conv2d_gathered`.
     """
+
+    sampling: str = "grid"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
         super().__init__()
@@ -103,6 +169,8 @@ class DeformConv2d(SelectsKernels, nn.Module):
             return kernel.deform_conv2d_triton(
                 x, offsets, self.weight, self.bias, packed_weight=self._packed_weight(kernel.pack_weight)
             )
+        if self.sampling == "gather":
+            return deform_conv2d_gathered(x, offsets, self.weight, self.bias)
         return deform_conv2d(x, offsets, self.weight, self.bias)
 
     def _packed_weight(self, pack: Callable[[Tensor], Tensor]) -> Tensor:

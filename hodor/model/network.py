@@ -52,6 +52,19 @@ class HodorNet(nn.Module):
         self._kernels = impl
         return self
 
+    def set_deform_sampling(self, sampling: str) -> HodorNet:
+        """How the decoder's deformable convolutions sample with the torch kernels: ``"grid"``
+        (``grid_sample``, the reference, what export traces) or ``"gather"`` (bilinear corners
+        gathered by ``embedding_bag``: the same function, faster on the CPU); returns self."""
+        from hodor.model.deform_conv import SAMPLINGS, DeformConv2d
+
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+        for module in self.modules():
+            if isinstance(module, DeformConv2d):
+                module.sampling = sampling
+        return self
+
     def backbone(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """``images [B, 3, H, W]`` normalised, H and W multiples of 32
         -> ``f4 [B, 256, H/4, W/4]``, ``f8 [B, 256, H/8, W/8]``."""

@@ -169,7 +169,10 @@ class TorchBackend:
     ``graphs`` runs the per-frame encode and decode; None runs them eagerly.
     ``backbone``: ``"eager"``, ``"graphs"`` (through ``backbone_graphs``, by default a runner of
     its own keeping :data:`BACKBONE_GRAPHS` graphs) or ``"compile"`` (through ``compiler``,
-    ``torch.compile`` with Inductor by default).
+    ``torch.compile`` with Inductor by default). ``deform_sampling``: how the torch kernels
+    sample in the deformable convolutions, ``"grid"`` or ``"gather"``
+    (:func:`hodor.model.deform_conv.deform_conv2d_gathered`, the same function); default
+    ``"gather"`` on the CPU, where it is faster, else ``"grid"``.
     """
 
     name = "torch"
@@ -186,6 +189,7 @@ class TorchBackend:
         backbone: str = "eager",
         backbone_graphs: CudaGraphRunner | None = None,
         compiler: Compiler | None = None,
+        deform_sampling: str | None = None,
     ) -> None:
         if backbone not in BACKBONE_MODES:
             raise ValueError(f"backbone must be one of {', '.join(BACKBONE_MODES)}, got {backbone!r}")
@@ -197,6 +201,8 @@ class TorchBackend:
         if dtype is not None:
             net.to(dtype)
         self.kernels: str = net.kernels
+        self.deform_sampling: str = deform_sampling or ("gather" if device.type == "cpu" else "grid")
+        net.set_deform_sampling(self.deform_sampling)
         # The post-decode follows the kernels on CUDA (hodor.engine.loop.post_decode.post_decode_for);
         # in Triton's CPU interpreter its kernels would cost seconds a frame, so the CPU keeps torch's.
         self.runtime_tail: str = "triton" if self.kernels == "triton" and device.type == "cuda" else "torch"
@@ -322,6 +328,7 @@ def open_torch_backend(
     dtype: str | torch.dtype | None = None,
     cuda_graphs: bool | None = None,
     backbone: str | None = None,
+    deform_sampling: str | None = None,
 ) -> TorchBackend:
     """Load an official ``.pth`` checkpoint (strict keys) for ``config`` on ``device``.
 
@@ -329,8 +336,9 @@ def open_torch_backend(
     ``dtype``: ``"fp32"``, ``"fp16"``, ``"bf16"`` or a torch dtype (default fp32; half
     precision on CUDA only); ``cuda_graphs``: replay the per-frame stages as CUDA graphs
     (default: on CUDA); ``backbone``: ``"eager"``, ``"graphs"`` or ``"compile"`` (default:
-    graphs on CUDA with CUDA graphs on, else eager; see :func:`resolve_backbone`). Options
-    that cannot run here raise ``HodorError`` before the checkpoint is read.
+    graphs on CUDA with CUDA graphs on, else eager; see :func:`resolve_backbone`);
+    ``deform_sampling``: see :class:`TorchBackend`. Options that cannot run here raise
+    ``HodorError`` before the checkpoint is read.
     """
     from hodor.model import load_hodor  # the model is only needed by this backend
 
@@ -345,5 +353,12 @@ def open_torch_backend(
     net = load_hodor(checkpoint, config, device=str(dev))
     graphs = CudaGraphRunner(enabled=dev.type == "cuda" and cuda_graphs is not False)
     return TorchBackend(
-        net, config, dev, kernels=impl, dtype=compute_dtype, graphs=graphs, backbone=backbone_mode
+        net,
+        config,
+        dev,
+        kernels=impl,
+        dtype=compute_dtype,
+        graphs=graphs,
+        backbone=backbone_mode,
+        deform_sampling=deform_sampling,
     )
