@@ -296,6 +296,16 @@ CANDIDATES: dict[str, Candidate] = {
         ),
         Candidate("torch-bf16", "PyTorch eager, bf16 weights and activations", _torch("bf16")),
         Candidate(
+            "torch-compile",
+            "PyTorch, fp32, the backbone through torch.compile (Inductor; --backbone compile)",
+            _torch("fp32", backbone="compile"),
+        ),
+        Candidate(
+            "torch-bf16-compile",
+            "PyTorch, bf16, the backbone through torch.compile (Inductor; --backbone compile)",
+            _torch("bf16", backbone="compile"),
+        ),
+        Candidate(
             "torch-gridsample",
             "PyTorch eager, fp32, deformable sampling by grid_sample (the reference; as before)",
             _torch("fp32", deform_sampling="grid"),
