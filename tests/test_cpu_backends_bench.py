@@ -80,6 +80,31 @@ def test_int8_trial_runs_and_reports(exported, tmp_path, capsys, monkeypatch):
     assert "| backbone |" in capsys.readouterr().out
 
 
+def test_deform_ways_compute_the_same_function(monkeypatch):
+    """``benchmarks/cpu_deform.py``: every way of running the deformable convolution agrees with
+    float64 (fp32 ways to fp32 accuracy, the ways with bf16 products to bf16's)."""
+    module = load_bench_script("cpu_deform", monkeypatch)
+    lines, errors = module.compare_ways(64, 1, lambda msg: None)
+    assert {"torch-grid fp32", "torch-gather fp32", "torch-grid bf16", "torch-gather bf16"} <= set(errors)
+    if importlib.util.find_spec("openvino") is not None:
+        assert len(errors) == 8
+    for name, err in errors.items():
+        assert err <= (1e-5 if name.endswith("fp32") or "fused" in name else 2e-2), (name, err)
+        assert any(line.startswith(f"| {name} |") for line in lines)
+
+
+def test_deform_profile_lists_the_decoders_nodes(exported, capsys, monkeypatch):
+    pytest.importorskip("openvino", reason="the profile is OpenVINO's")
+    module = load_bench_script("cpu_deform", monkeypatch)
+    argv = ["--profile", "fp32", "--min-dim", "64", "--objects", "2", "--window", "2", "--repeats", "1"]
+    argv += ["--checkpoint", str(exported.checkpoint), "--export", str(exported.directory)]
+    assert module.main(argv) == 0
+    out = capsys.readouterr().out
+    for stage in ("backbone", "encoder", "decoder"):
+        assert f"\n{stage}: call " in out
+    assert "| DeformableConvolution |" in out.split("\ndecoder: ")[1]
+
+
 def test_twins_read_the_other_export(monkeypatch, tmp_path):
     """``--also-export``: every candidate that reads an export gets a twin on the other directory."""
     bench = _load_script(monkeypatch)

@@ -61,40 +61,53 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b).abs().max() / b.abs().max()).item()
 
 
+IMPLEMENTATIONS = pytest.mark.parametrize(
+    "deform", [deform_conv2d, deform_conv2d_gathered], ids=["grid_sample", "gathered"]
+)
+
+
+@IMPLEMENTATIONS
 @pytest.mark.parametrize("offset_scale", [0.0, 0.7, 3.0])
-def test_matches_loop(offset_scale: float) -> None:
+def test_matches_loop(deform, offset_scale: float) -> None:
     gen = torch.Generator().manual_seed(int(offset_scale * 10))
     x = torch.randn(2, 3, 5, 7, generator=gen)
     offsets = offset_scale * torch.randn(2, 18, 5, 7, generator=gen)
     weight = torch.randn(4, 3, 3, 3, generator=gen)
     bias = torch.randn(4, generator=gen)
-    got = deform_conv2d(x, offsets, weight, bias)
+    got = deform(x, offsets, weight, bias)
     assert got.shape == (2, 4, 5, 7) and got.dtype == torch.float32
     assert _rel_err(got, _loop_deform_conv(x, offsets, weight, bias)) <= 1e-5
 
 
-def test_taps_outside_and_on_the_border() -> None:
-    """Offsets that land exactly on the -1 / size limits, just inside them, and far outside."""
+@IMPLEMENTATIONS
+def test_taps_outside_and_on_the_border(deform) -> None:
+    """Offsets that land exactly on the -1 / size limits, just inside them, and far outside; and
+    positions past an edge that a flat index could wrap onto the next row or the other image."""
     gen = torch.Generator().manual_seed(7)
-    x = torch.randn(1, 2, 4, 5, generator=gen)
+    x = torch.randn(2, 2, 4, 5, generator=gen)
     weight = torch.randn(3, 2, 3, 3, generator=gen)
     bias = torch.randn(3, generator=gen)
-    offsets = torch.zeros(1, 18, 4, 5)
+    offsets = torch.zeros(2, 18, 4, 5)
     ys = torch.arange(4.0)[:, None].expand(4, 5)
     xs = torch.arange(5.0)[None, :].expand(4, 5)
     # tap 0 (i=j=0) reads (y-1+dy, x-1+dx): put it exactly at row -1 and column 5 (= width).
-    offsets[0, 0] = -ys
-    offsets[0, 1] = 6 - xs
+    offsets[:, 0] = -ys
+    offsets[:, 1] = 6 - xs
     # tap 4 (centre): slightly inside the top-left limit, partially outside.
-    offsets[0, 8] = -ys - 0.999
-    offsets[0, 9] = -xs - 0.25
+    offsets[:, 8] = -ys - 0.999
+    offsets[:, 9] = -xs - 0.25
     # tap 8 (i=j=2): far outside the bottom-right.
-    offsets[0, 16] = 10.0
-    offsets[0, 17] = 3.5
+    offsets[:, 16] = 10.0
+    offsets[:, 17] = 3.5
     # tap 5: exactly on the last row, at a fractional column.
-    offsets[0, 10] = 3 - ys
-    offsets[0, 11] = 0.5
-    got = deform_conv2d(x, offsets, weight, bias)
+    offsets[:, 10] = 3 - ys
+    offsets[:, 11] = 0.5
+    # tap 1: half a row down, half a column past the right edge (not the next row's start).
+    offsets[:, 2] = 0.5
+    offsets[:, 3] = 5.0 - xs + 0.5
+    # tap 2 of the second image: above the map (not the first image's last rows).
+    offsets[1, 4] = -7.25
+    got = deform(x, offsets, weight, bias)
     assert _rel_err(got, _loop_deform_conv(x, offsets, weight, bias)) <= 1e-5
 
 
@@ -147,43 +160,6 @@ def test_module_with_triton_kernels_follows_its_weight(monkeypatch) -> None:
 
 
 # --------------------------------------------------------------------------- gathered sampling
-
-
-@pytest.mark.parametrize("offset_scale", [0.0, 0.7, 3.0])
-def test_gathered_matches_loop(offset_scale: float) -> None:
-    gen = torch.Generator().manual_seed(100 + int(offset_scale * 10))
-    x = torch.randn(2, 3, 5, 7, generator=gen)
-    offsets = offset_scale * torch.randn(2, 18, 5, 7, generator=gen)
-    weight = torch.randn(4, 3, 3, 3, generator=gen)
-    bias = torch.randn(4, generator=gen)
-    got = deform_conv2d_gathered(x, offsets, weight, bias)
-    assert got.shape == (2, 4, 5, 7) and got.dtype == torch.float32
-    assert _rel_err(got, _loop_deform_conv(x, offsets, weight, bias)) <= 1e-5
-
-
-def test_gathered_taps_outside_and_on_the_border() -> None:
-    """The border cases of ``test_taps_outside_and_on_the_border``, and positions beyond the map
-    on every side (a corner's flat index must never wrap onto another row or image)."""
-    gen = torch.Generator().manual_seed(8)
-    x = torch.randn(2, 2, 4, 5, generator=gen)
-    weight = torch.randn(3, 2, 3, 3, generator=gen)
-    bias = torch.randn(3, generator=gen)
-    offsets = torch.zeros(2, 18, 4, 5)
-    ys = torch.arange(4.0)[:, None].expand(4, 5)
-    xs = torch.arange(5.0)[None, :].expand(4, 5)
-    offsets[:, 0] = -ys
-    offsets[:, 1] = 6 - xs
-    offsets[:, 8] = -ys - 0.999
-    offsets[:, 9] = -xs - 0.25
-    offsets[:, 16] = 10.0
-    offsets[:, 17] = 3.5
-    offsets[:, 10] = 3 - ys
-    offsets[:, 11] = 0.5
-    offsets[:, 2] = 0.5  # tap 1: half a row down, a column past the right edge (not the next row)
-    offsets[:, 3] = 5.0 - xs + 0.5
-    offsets[1, 4] = -7.25  # tap 2 of the second image: above the map (not the first image)
-    got = deform_conv2d_gathered(x, offsets, weight, bias)
-    assert _rel_err(got, _loop_deform_conv(x, offsets, weight, bias)) <= 1e-5
 
 
 @pytest.mark.parametrize("kernel,channels,out_channels", [(5, 4, 6), (1, 3, 2)])

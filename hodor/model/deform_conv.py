@@ -40,6 +40,23 @@ def _normalised(coord: Tensor, size: int) -> Tensor:
     return (2.0 * coord + 1.0) / size - 1.0
 
 
+def _positions(x: Tensor, offsets: Tensor, kh: int, kw: int) -> tuple[Tensor, Tensor]:
+    """Pixel coordinates ``py, px [B, kh*kw, H, W]`` each tap of each output pixel reads: the
+    undeformed tap plus its offset. Positions reach ~100s of pixels: in half precision they would
+    be off by a sizeable fraction of a pixel, so they are float32 at least."""
+    b, _, h, w = x.shape
+    taps = kh * kw
+    pos_dtype = torch.promote_types(x.dtype, torch.float32)
+    off = offsets.to(pos_dtype).unflatten(1, (taps, 2))  # [B, taps, 2, H, W]
+    # Undeformed sampling position of every tap, relative to the output pixel.
+    tap = torch.arange(taps, device=x.device)
+    tap_dy = (tap // kw - (kh - 1) // 2).to(pos_dtype)[:, None, None]  # [taps, 1, 1]
+    tap_dx = (tap % kw - (kw - 1) // 2).to(pos_dtype)[:, None, None]
+    rows = torch.arange(h, device=x.device).to(pos_dtype)[None, :, None]  # [1, H, 1]
+    cols = torch.arange(w, device=x.device).to(pos_dtype)[None, None, :]  # [1, 1, W]
+    return rows + tap_dy + off[:, :, 0], cols + tap_dx + off[:, :, 1]
+
+
 def deform_conv2d(x: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """Deformable 3x3 (any odd kxk) convolution, stride 1, "same" padding.
 
@@ -55,20 +72,8 @@ def deform_conv2d(x: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor | Non
     b, c, h, w = x.shape
     out_ch, _, kh, kw = weight.shape
     taps = kh * kw
-    # Sampling positions reach ~100s of pixels: in half precision they would be off by a
-    # sizeable fraction of a pixel, so positions and sampling use at least float32.
-    pos_dtype = torch.promote_types(x.dtype, torch.float32)
-    off = offsets.to(pos_dtype).unflatten(1, (taps, 2))  # [B, taps, 2, H, W]
-
-    # Undeformed sampling position of every tap, relative to the output pixel.
-    tap = torch.arange(taps, device=x.device)
-    tap_dy = (tap // kw - (kh - 1) // 2).to(pos_dtype)[:, None, None]  # [taps, 1, 1]
-    tap_dx = (tap % kw - (kw - 1) // 2).to(pos_dtype)[:, None, None]
-    rows = torch.arange(h, device=x.device).to(pos_dtype)[None, :, None]  # [1, H, 1]
-    cols = torch.arange(w, device=x.device).to(pos_dtype)[None, None, :]  # [1, 1, W]
-
-    py = rows + tap_dy + off[:, :, 0]  # [B, taps, H, W]
-    px = cols + tap_dx + off[:, :, 1]
+    py, px = _positions(x, offsets, kh, kw)  # [B, taps, H, W]
+    pos_dtype = py.dtype
     grid = torch.stack((_normalised(px, w), _normalised(py, h)), dim=-1)  # [B, taps, H, W, 2]
     sampled = F.grid_sample(
         x.to(pos_dtype), grid.flatten(1, 2), mode="bilinear", padding_mode="zeros", align_corners=False
@@ -90,16 +95,10 @@ def deform_conv2d_gathered(x: Tensor, offsets: Tensor, weight: Tensor, bias: Ten
     b, c, h, w = x.shape
     out_ch, _, kh, kw = weight.shape
     taps = kh * kw
-    pos_dtype = torch.promote_types(x.dtype, torch.float32)
-    off = offsets.to(pos_dtype).unflatten(1, (taps, 2))  # [B, taps, 2, H, W]
-    tap = torch.arange(taps, device=x.device)
-    tap_dy = (tap // kw - (kh - 1) // 2).to(pos_dtype)[:, None, None]  # [taps, 1, 1]
-    tap_dx = (tap % kw - (kw - 1) // 2).to(pos_dtype)[:, None, None]
-    rows = torch.arange(h, device=x.device).to(pos_dtype)[None, :, None]  # [1, H, 1]
-    cols = torch.arange(w, device=x.device).to(pos_dtype)[None, None, :]  # [1, 1, W]
+    py, px = _positions(x, offsets, kh, kw)
+    pos_dtype = py.dtype
     # Positions ordered (batch, pixel, tap): the columns' rows and their tap-major blocks.
-    py = (rows + tap_dy + off[:, :, 0]).permute(0, 2, 3, 1)  # [B, H, W, taps]
-    px = (cols + tap_dx + off[:, :, 1]).permute(0, 2, 3, 1)
+    py, px = py.permute(0, 2, 3, 1), px.permute(0, 2, 3, 1)  # [B, H, W, taps]
     y0, x0 = torch.floor(py), torch.floor(px)
     fy, fx = py - y0, px - x0
     y0, x0 = y0.long(), x0.long()

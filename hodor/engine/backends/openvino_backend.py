@@ -97,6 +97,7 @@ class OpenVinoBackend(HostGraphSeam):
         bf16_stages: tuple[str, ...] = BF16_STAGES,
         native_deform_conv: bool = True,
         static_shapes: bool = True,
+        extra_properties: dict[str, Any] | None = None,
     ) -> None:
         """``config`` overrides the manifest's (e.g. run-time ``--min-dim``); ``precision``: ``fp32``
         (default) or ``bf16``; ``threads``: default one per usable core; ``cache_dir``: where compiled
@@ -104,10 +105,11 @@ class OpenVinoBackend(HostGraphSeam):
         ``bf16_stages``: the stages ``bf16`` applies to (a decoder whose deformable convolutions
         were not rewritten stays fp32 regardless); ``native_deform_conv=False`` runs the decoder
         graph as exported (for comparison); ``static_shapes=False`` keeps every stage on its
-        shape-free compilation. ``startup_s`` records how long reading, checking and compiling
-        the graphs took; ``deform_convs_rewritten`` how many deformable convolutions OpenVINO runs
-        as its own; ``static_compiles`` and ``static_compile_s`` how many fixed-shape
-        compilations were made while running, and the seconds they took."""
+        shape-free compilation; ``extra_properties``: more OpenVINO compile properties
+        (``{"PERF_COUNT": True}`` for :meth:`profile`). ``startup_s`` records how long reading,
+        checking and compiling the graphs took; ``deform_convs_rewritten`` how many deformable
+        convolutions OpenVINO runs as its own; ``static_compiles`` and ``static_compile_s`` how
+        many fixed-shape compilations were made while running, and the seconds they took."""
         start = time.perf_counter()
         ov = _import_openvino()
         self.export_dir = Path(export_dir)
@@ -133,6 +135,7 @@ class OpenVinoBackend(HostGraphSeam):
                 "use --precision fp32"
             )
         properties: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": self.threads}
+        properties.update(extra_properties or {})
         self.cache_dir: Path | None = None
         if cache:
             root = Path(cache_dir) if cache_dir is not None else self.export_dir / CACHE_DIR_NAME
@@ -151,6 +154,7 @@ class OpenVinoBackend(HostGraphSeam):
         self._static: dict[str, OrderedDict[tuple[Any, ...], tuple[Any, Any]]] = {}
         self.static_compiles = 0
         self.static_compile_s = 0.0
+        self._last_request: dict[str, Any] = {}
         self.stage_precisions: dict[str, str] = {}
         self.deform_convs_rewritten = 0
         for stage in STAGES:
@@ -196,7 +200,20 @@ class OpenVinoBackend(HostGraphSeam):
         # the outputs are copied out of the request's buffers, which the next call overwrites.
         compiled, request = self._executable(stage, feeds)
         results = request.infer(feeds, share_inputs=True, share_outputs=False)
+        self._last_request[stage] = request
         return [torch.from_numpy(results[output]) for output in compiled.outputs]
+
+    def profile(self, stage: str) -> list[tuple[str, str, str, float]]:
+        """OpenVINO's per-node times of ``stage``'s last call (compiled with ``PERF_COUNT``):
+        ``(node name, node type, kernel, milliseconds)`` for each node that ran."""
+        request = self._last_request.get(stage)
+        if request is None:
+            raise HodorError(f"the {stage} has not run yet")
+        return [
+            (p.node_name, p.node_type, p.exec_type, p.real_time.total_seconds() * 1e3)
+            for p in request.get_profiling_info()
+            if p.status == p.Status.EXECUTED
+        ]
 
     def _executable(self, stage: str, feeds: dict[str, np.ndarray]) -> tuple[Any, Any]:
         """The compiled model and request for ``feeds``: a fixed-shape compilation when these shapes
