@@ -12,12 +12,13 @@ With the model's kernels set to ``"triton"`` (:mod:`hodor.model.kernel_choice`),
 :mod:`hodor.kernels.deform_conv` instead; this module stays the reference it is
 tested against, and what ONNX export traces.
 
-On the CPU, ``grid_sample`` is the slow part (about 60 ms of a 480p frame's deformable
-convolution, measured). :func:`deform_conv2d_gathered` computes the same function from the
-same positions: each sample's four bilinear corners are rows of the channels-last map, summed
-with their weights by ``embedding_bag`` into columns ordered (pixel; tap, channel), then one
-matrix product. ``DeformConv2d.sampling = "gather"`` selects it (the torch backend does on the
-CPU); the default, ``"grid"``, keeps the reference.
+On the CPU, ``grid_sample`` is the slow part (one deformable convolution at 480p's 1/8 map:
+193 ms with it, 138 ms gathered, in ``benchmarks/cpu_deform.py``).
+:func:`deform_conv2d_gathered` computes the same function from the same positions: each
+sample's four bilinear corners are rows of the channels-last map, summed with their weights by
+``embedding_bag`` into columns ordered (pixel; tap, channel), then one matrix product.
+``DeformConv2d.sampling = "gather"`` selects it (the torch backend does on the CPU); the
+default, ``"grid"``, keeps the reference.
 """
 
 from __future__ import annotations
