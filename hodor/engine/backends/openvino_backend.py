@@ -16,9 +16,9 @@ its absolute sampling positions (pixel coordinates up to the map's width) to bf1
 by a sizeable fraction of a pixel (relative error of the logits about 0.6 at 480p).
 
 The graphs are compiled for any input shape. OpenVINO runs a graph compiled for fixed shapes
-faster (at 480p, measured: the encoder's CPU time 8 % less in fp32 and 30 % in bf16, the
-decoder's 9-10 %; the backbone's within noise), so the encoder and decoder are compiled again,
-for exactly those shapes, the third time a set of input shapes comes
+faster (at 480p in ``benchmarks/cpu_backends.py``: the encoder's CPU time 22-27 % less, the
+decoder's 5-10 %; the backbone's gain was within noise when tried), so the encoder and decoder
+are compiled again, for exactly those shapes, the third time a set of input shapes comes
 (:data:`STATIC_SHAPES_AFTER`): a video's steady state (its size, its objects, a full history
 window) repeats every frame, while the first frames' growing histories, each seen once (twice
 when two videos are stepped in turn), keep the shape-free graphs. Up to
