@@ -60,6 +60,7 @@ for _path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # run as a script from a ch
 
 import hodor  # noqa: E402
 from hodor.config import HodorConfig, config_beside, parse_config, with_dims  # noqa: E402
+from hodor.engine.backends.openvino_backend import STATIC_SHAPES_AFTER  # noqa: E402
 from hodor.errors import HodorError  # noqa: E402
 from hodor.kernels.testing import relative_error  # noqa: E402
 
@@ -241,6 +242,19 @@ def reference_backend(model: Model) -> Any:
     return open_torch_backend(
         model.checkpoint, model.config, "cpu", kernels="torch", dtype="fp32", deform_sampling="grid"
     )
+
+
+def record_reference(model: Model, clip: Clip, window: int, log: Callable[[str], None]) -> Recorder:
+    """The reference (:func:`reference_backend`) run over ``window + 2`` frames of ``clip``: its
+    recorder holds the last frame's stage calls (the descriptor ring full)."""
+    from hodor.engine.loop.session import VideoSession
+
+    recorder = Recorder(reference_backend(model))
+    session = VideoSession(recorder, temporal_window=window)
+    log(f"recording the stage inputs of frame {window + 1} with PyTorch fp32")
+    for t in range(window + 2):
+        session.step(clip.frame(t), clip.reference if t == 0 else None)
+    return recorder
 
 
 CANDIDATES: dict[str, Candidate] = {
@@ -443,10 +457,10 @@ def open_candidates(
             start = time.perf_counter()
             outs = call_stage(backend, stage, calls[stage])
             result.first_call_ms[stage] = 1e3 * (time.perf_counter() - start)
-            # Two calls more: a backend that compiles again for shapes that recur (OpenVINO, at the
-            # third call) does it now, not in the timed rounds.
-            call_stage(backend, stage, calls[stage])
-            again = call_stage(backend, stage, calls[stage])
+            # Calls up to the one at which a backend that compiles again for shapes that recur
+            # (OpenVINO) does it: made now, not in the timed rounds.
+            for _ in range(STATIC_SHAPES_AFTER - 1):
+                again = call_stage(backend, stage, calls[stage])
             names_ = (
                 ("f4", "f8")
                 if stage == "backbone"
@@ -502,9 +516,9 @@ def measure_frames(
     sessions, clocks = {}, {}
     for name, backend in backends.items():
         session = VideoSession(backend, temporal_window=window)
-        # A full history window, then a few frames more: steady state, and any compilation for the
-        # steady state's shapes (OpenVINO's fixed-shape compiles) made before the timed rounds.
-        warmup = window + 3
+        # A full history window (frame `window`), then as many frames as it takes for OpenVINO's
+        # fixed-shape compiles of the steady state to be made before the timed rounds.
+        warmup = window + STATIC_SHAPES_AFTER
         for t in range(warmup):
             session.step(clip.frame(t), clip.reference if t == 0 else None)
         sessions[name], clocks[name] = session, warmup
@@ -734,14 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = open_model(args, log)
     clip = Clip(args.min_dim, args.objects)
 
-    # The reference: the plain PyTorch model, fp32, on the last of window + 2 frames.
-    from hodor.engine.loop.session import VideoSession
-
-    recorder = Recorder(reference_backend(model))
-    session = VideoSession(recorder, temporal_window=args.window)
-    log(f"recording the stage inputs of frame {args.window + 1} with PyTorch fp32")
-    for t in range(args.window + 2):
-        session.step(clip.frame(t), clip.reference if t == 0 else None)
+    recorder = record_reference(model, clip, args.window, log)
     calls = recorder.calls
     floor: dict[str, Any] | None = None
     if args.floor:
@@ -756,7 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         padded = tuple(calls["backbone"].args[0].shape[-2:])
         probes, probe_skipped = measure_probes(padded, args.repeats, args.threads, log=log)
         floor = {"flops": flops, "probes": probes, "skipped": probe_skipped}
-    del recorder, session
+    del recorder
 
     names = list(args.candidates)
     if args.also_export is not None:

@@ -188,16 +188,11 @@ def compare_ways(
 
 
 def profile_stages(args: argparse.Namespace, log: Callable[[str], None]) -> list[str]:
-    from hodor.engine.backends.openvino_backend import OpenVinoBackend
-    from hodor.engine.loop.session import VideoSession
+    from hodor.engine.backends.openvino_backend import STATIC_SHAPES_AFTER, OpenVinoBackend
 
     model = cpu_backends.open_model(args, log)
     clip = cpu_backends.Clip(args.min_dim, args.objects)
-    recorder = cpu_backends.Recorder(cpu_backends.reference_backend(model))
-    session = VideoSession(recorder, temporal_window=args.window)
-    log(f"recording the stage inputs of frame {args.window + 1} with PyTorch fp32")
-    for t in range(args.window + 2):
-        session.step(clip.frame(t), clip.reference if t == 0 else None)
+    recorder = cpu_backends.record_reference(model, clip, args.window, log)
     backend = OpenVinoBackend(
         model.export_dir, "cpu", config=model.config, precision=args.profile, cache=False,
         extra_properties={"PERF_COUNT": True},
@@ -208,7 +203,7 @@ def profile_stages(args: argparse.Namespace, log: Callable[[str], None]) -> list
     ]
     for stage, seam in (("backbone", "backbone"), ("encoder", "encode"), ("decoder", "decode")):
         call = recorder.calls[seam]
-        for _ in range(3):  # the steady state: fixed-shape compilations made
+        for _ in range(STATIC_SHAPES_AFTER):  # the steady state: fixed-shape compilations made
             cpu_backends.call_stage(backend, seam, call)
         per_kind: dict[tuple[str, str], list[float]] = defaultdict(list)
         walls = []

@@ -79,6 +79,7 @@ from fpsbench.systems import Unavailable  # noqa: E402
 from fpsbench.table import format_table  # noqa: E402
 from fpsbench.weights import WEIGHT_SEED, ModelStore  # noqa: E402
 from hodor.config import HodorConfig, load_config, parse_config, with_dims  # noqa: E402
+from hodor.engine.backends.openvino_backend import STATIC_SHAPES_AFTER  # noqa: E402
 from hodor.engine.loop.preprocess import frame_geometry  # noqa: E402
 from hodor.errors import HodorError  # noqa: E402
 
@@ -169,7 +170,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.min_dims = args.min_dims or ([128] if quick else [480, 720])
     # --quick: a short warm-up, so the descriptor ring is not yet full (history_slots in the JSON
     # says how long it was); fine for a smoke run, not for figures to quote.
-    args.warmup = args.warmup if args.warmup is not None else (2 if quick else args.window + 3)
+    full = args.window + STATIC_SHAPES_AFTER  # the ring full, and OpenVINO's fixed-shape compiles made
+    args.warmup = args.warmup if args.warmup is not None else (2 if quick else full)
     args.frames = args.frames or (2 if quick else 10)
     args.repeats = args.repeats or (3 if quick else 5)
     args.streams = args.streams if args.streams is not None else 2

@@ -83,17 +83,23 @@ def _export_options(
     return options
 
 
-def _build_torch(ctx: BuildContext) -> Any:
-    # The real loading path (strict keys from an official-format checkpoint), as hodor-run does it.
-    # The eager reference: plain PyTorch operators, no fused kernels, no CUDA graphs.
-    return open_torch_backend(
-        ctx.store.checkpoint(),
-        ctx.store.config,
-        ctx.device.type,
-        kernels="torch",
-        dtype="fp32",
-        cuda_graphs=False,
-    )
+def _build_torch(dtype: str) -> Callable[[BuildContext], Any]:
+    def build(ctx: BuildContext) -> Any:
+        if dtype == "bf16" and ctx.device.type != "cpu":
+            raise Unavailable("runs on the CPU only (on a GPU, torch-triton-bf16 is the bf16 path)")
+        # The real loading path (strict keys from an official-format checkpoint), as hodor-run does
+        # it. Eager: plain PyTorch operators, no fused kernels, no CUDA graphs. A CPU without bf16
+        # raises HodorError, which build_backends reports as the reason it was skipped.
+        return open_torch_backend(
+            ctx.store.checkpoint(),
+            ctx.store.config,
+            ctx.device.type,
+            kernels="torch",
+            dtype=dtype,
+            cuda_graphs=False,
+        )
+
+    return build
 
 
 def _build_torch_triton(dtype: torch.dtype) -> Callable[[BuildContext], Any]:
@@ -133,28 +139,12 @@ def _build_openvino(precision: str) -> Callable[[BuildContext], Any]:
         import_or_unavailable("openvino", "OpenVINO (pip install 'hodor-engine[openvino]')")
         import_or_unavailable("onnx", "the ONNX export (pip install 'hodor-engine[export]')")
         from hodor.engine.backends.openvino_backend import OpenVinoBackend
-        from hodor.errors import HodorError
 
+        # bf16 on a CPU without AVX-512 BF16 or AMX raises HodorError: build_backends reports it.
         export_dir = ctx.export("fp32", tensorrt=False)
-        try:
-            return OpenVinoBackend(export_dir, device="cpu", precision=precision, threads=ctx.threads)
-        except HodorError as exc:  # e.g. bf16 on a CPU without AVX-512 BF16 or AMX
-            raise Unavailable(" ".join(str(exc).split())) from None
+        return OpenVinoBackend(export_dir, device="cpu", precision=precision, threads=ctx.threads)
 
     return build
-
-
-def _build_torch_cpu_bf16(ctx: BuildContext) -> Any:
-    if ctx.device.type != "cpu":
-        raise Unavailable("the CPU's bf16 (on a GPU, torch-triton-bf16 is the bf16 path)")
-    from hodor.errors import HodorError
-
-    try:
-        return open_torch_backend(
-            ctx.store.checkpoint(), ctx.store.config, "cpu", kernels="torch", dtype="bf16", cuda_graphs=False
-        )
-    except HodorError as exc:  # a CPU without AVX-512 BF16 or AMX
-        raise Unavailable(" ".join(str(exc).split())) from None
 
 
 def _build_tensorrt(ctx: BuildContext) -> Any:
@@ -173,7 +163,7 @@ BACKENDS: dict[str, BackendSpec] = {
         BackendSpec(
             "torch",
             "PyTorch eager, fp32 (the reference)",
-            _build_torch,
+            _build_torch("fp32"),
             cpu_prior_s=1.45,
             run_options=_torch_options("torch", "fp32", graphs=False),
         ),
@@ -218,7 +208,7 @@ BACKENDS: dict[str, BackendSpec] = {
         BackendSpec(
             "torch-bf16",
             "PyTorch eager, bf16 (CPU with AVX-512 BF16 or AMX)",
-            _build_torch_cpu_bf16,
+            _build_torch("bf16"),
             cpu_prior_s=0.8,
             precision="bf16",
             run_options=_torch_options("torch", "bf16", graphs=False),
