@@ -276,7 +276,14 @@ CANDIDATES: dict[str, Candidate] = {
             _onnxruntime(cache=False, spinning=False),
         ),
         Candidate(
-            "openvino", "OpenVINO, fp32 (deformable convolutions as OpenVINO's own)", _openvino("fp32")
+            "openvino",
+            "OpenVINO, fp32 (deformable convolutions as OpenVINO's own, dense 3x3 ones as Winograd)",
+            _openvino("fp32"),
+        ),
+        Candidate(
+            "openvino-direct",
+            "OpenVINO, fp32, dense 3x3 convolutions as exported (direct): before Winograd",
+            _openvino("fp32", winograd=False),
         ),
         Candidate(
             "openvino-bf16",

@@ -140,6 +140,9 @@ def test_backend_implements_the_seam(backend, exported):
     assert backend.precision == "fp32" and set(backend.stage_precisions.values()) == {"fp32"}
     # Every deformable convolution of the exported decoder runs as OpenVINO's own.
     assert backend.deform_convs_rewritten == _grid_samples(exported.directory) > 0
+    # The dense 3x3 convolutions of 256 channels run as Winograd: the backbone's two FPN outputs,
+    # the decoder's 1/4-map and catch-all ones.
+    assert backend.winograd_convs == 4
     assert backend.config == load_manifest(exported.directory, verify=False).hodor_config
     assert backend.threads == usable_cores()
     for compiled in backend.compiled.values():
@@ -182,6 +185,18 @@ def test_decoder_as_exported_on_request(exported, net, tmp_path):
     assert max(errors.values()) <= FP32_TOLERANCE, errors
 
 
+def test_direct_convolutions_on_request(exported, net, backend, tmp_path):
+    """``winograd=False`` runs the 3x3 convolutions as exported: the same results to fp32
+    accuracy, and not the same rounding (the default really computes them another way)."""
+    direct = OpenVinoBackend(exported.directory, cache_dir=tmp_path, winograd=False)
+    assert direct.winograd_convs == 0
+    inputs = _stage_inputs(13, 192, 256, 2, 4)
+    errors = _errors(direct, net, inputs)
+    assert max(errors.values()) <= FP32_TOLERANCE, errors
+    images = inputs[0]
+    assert not torch.equal(direct.backbone(images)[0], backend.backbone(images)[0])
+
+
 # --------------------------------------------------------------------------- bf16
 
 
@@ -189,6 +204,7 @@ def test_decoder_as_exported_on_request(exported, net, tmp_path):
 def test_bf16_stages_within_their_limit(exported, net, tmp_path):
     bf16 = OpenVinoBackend(exported.directory, precision="bf16", cache_dir=tmp_path)
     assert bf16.stage_precisions == {"backbone": "bf16", "encoder": "bf16", "decoder": "bf16"}
+    assert bf16.winograd_convs == 0  # its transformed values would lose too much in bf16
     for compiled in bf16.compiled.values():
         assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'bfloat16'>"
     inputs = _chained_inputs(net, 7, 256, 448)

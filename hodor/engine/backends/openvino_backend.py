@@ -97,6 +97,7 @@ class OpenVinoBackend(HostGraphSeam):
         bf16_stages: tuple[str, ...] = BF16_STAGES,
         native_deform_conv: bool = True,
         static_shapes: bool = True,
+        winograd: bool = True,
         extra_properties: dict[str, Any] | None = None,
     ) -> None:
         """``config`` overrides the manifest's (e.g. run-time ``--min-dim``); ``precision``: ``fp32``
@@ -105,10 +106,12 @@ class OpenVinoBackend(HostGraphSeam):
         ``bf16_stages``: the stages ``bf16`` applies to (a decoder whose deformable convolutions
         were not rewritten stays fp32 regardless); ``native_deform_conv=False`` runs the decoder
         graph as exported (for comparison); ``static_shapes=False`` keeps every stage on its
-        shape-free compilation; ``extra_properties``: more OpenVINO compile properties
-        (``{"PERF_COUNT": True}`` for :meth:`profile`). ``startup_s`` records how long reading,
-        checking and compiling the graphs took; ``deform_convs_rewritten`` how many deformable
-        convolutions OpenVINO runs as its own; ``static_compiles`` and ``static_compile_s`` how
+        shape-free compilation; ``winograd=False`` runs the dense 3x3 convolutions of the fp32
+        stages as exported instead of as Winograd F(4x4, 3x3); ``extra_properties``: more OpenVINO
+        compile properties (``{"PERF_COUNT": True}`` for :meth:`profile`). ``startup_s`` records
+        how long reading, checking and compiling the graphs took; ``deform_convs_rewritten`` how
+        many deformable convolutions OpenVINO runs as its own; ``winograd_convs`` how many
+        convolutions run as Winograd; ``static_compiles`` and ``static_compile_s`` how
         many fixed-shape compilations were made while running, and the seconds they took."""
         start = time.perf_counter()
         ov = _import_openvino()
@@ -157,6 +160,7 @@ class OpenVinoBackend(HostGraphSeam):
         self._last_request: dict[str, Any] = {}
         self.stage_precisions: dict[str, str] = {}
         self.deform_convs_rewritten = 0
+        self.winograd_convs = 0
         for stage in STAGES:
             entry = self.manifest.graph(stage, "fp32")
             graph = read_graph(self.export_dir, entry)
@@ -175,6 +179,9 @@ class OpenVinoBackend(HostGraphSeam):
                             stacklevel=2,
                         )
             self.stage_precisions[stage] = "bf16" if bf16 else "fp32"
+            if winograd and not bf16:  # in bf16 the transformed values lose too much
+                graph, count = _with_winograd_convs(graph)
+                self.winograd_convs += count
             hint = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
             try:
                 model = core.read_model(graph)
@@ -281,6 +288,17 @@ def _with_native_deform_convs(core: Any, graph: bytes) -> tuple[bytes, int]:
         core.add_extension(openvino_deform_conv())
         graph = model.SerializeToString()
     return graph, count
+
+
+def _with_winograd_convs(graph: bytes) -> tuple[bytes, int]:
+    """The graph with its dense 3x3 convolutions as Winograd F(4x4, 3x3), and how many."""
+    import onnx
+
+    from hodor.engine.backends.winograd_conv import rewrite_winograd_convs
+
+    model = onnx.load_from_string(graph)
+    count = rewrite_winograd_convs(model)
+    return (model.SerializeToString() if count else graph), count
 
 
 def open_openvino_backend(
