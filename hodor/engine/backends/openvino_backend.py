@@ -15,6 +15,12 @@ shape), the decoder would run as exported, and in fp32 even with ``bf16``: the h
 its absolute sampling positions (pixel coordinates up to the map's width) to bf16, moving samples
 by a sizeable fraction of a pixel (relative error of the logits about 0.6 at 480p).
 
+In the fp32 stages the dense 3x3 convolutions (the FPN's outputs, the decoder's 1/4-map and
+catch-all ones) are rewritten as Winograd F(4x4, 3x3) (:mod:`hodor.engine.backends.winograd_conv`):
+4x fewer multiplications, which OpenVINO runs faster than its own fp32 convolution (whole frames
+1.25x against 1.13x the issue-time ONNX Runtime settings at 480p in ``benchmarks/cpu_backends.py``),
+results within 6e-6 of PyTorch. Not in bf16, where the transformed values lose too much.
+
 The graphs are compiled for any input shape. OpenVINO runs a graph compiled for fixed shapes
 faster (at 480p in ``benchmarks/cpu_backends.py``: the encoder's CPU time 22-27 % less, the
 decoder's 5-10 %; the backbone's gain was within noise when tried), so the encoder and decoder
