@@ -15,29 +15,21 @@ import importlib.util
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from hodor.engine.backends.winograd_conv import MIN_CHANNELS, rewrite_winograd_convs, transformed_weights
-from hodor.export.onnx_export import _Bounds, example_inputs
 from tests.bench_scripts import load_bench_script
+from tests.graph_rewrites import ort_session, rewrite_errors
 from tests.test_export_shared import ExportRun, shared_export
 
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime")
 
 TOLERANCE = 2e-5
-NUM_BG = 9
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, parity_checkpoint) -> ExportRun:
     return shared_export(tmp_path_factory, parity_checkpoint)
-
-
-def _session(model: onnx.ModelProto):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def _error(got: np.ndarray, want: np.ndarray) -> float:
@@ -71,13 +63,13 @@ def _conv_model(out_ch: int, in_ch: int, bias: bool, seed: int = 0, **attrs) -> 
 @pytest.mark.parametrize("out_ch,in_ch,bias", [(64, 64, True), (96, 64, False), (64, 128, True)])
 def test_a_convolution_computes_the_same_at_any_size(out_ch, in_ch, bias):
     model = _conv_model(out_ch, in_ch, bias)
-    before = _session(model)
+    before = ort_session(model)
     assert rewrite_winograd_convs(model) == 1
     onnx.checker.check_model(model)
     ops = [n.op_type for n in model.graph.node]
     assert "Conv" not in ops and ops.count("MatMul") == 1
     assert {i.name for i in model.graph.initializer}.isdisjoint({"w", "b"})  # read by nothing now
-    after = _session(model)
+    after = ort_session(model)
     rng = np.random.default_rng(1)
     for n, h, w in [(1, 7, 11), (2, 16, 16), (1, 1, 1), (3, 13, 30), (1, 4, 5)]:
         shape = (n, in_ch, h, w)
@@ -139,20 +131,9 @@ def test_exported_stages_compute_the_same(exported, stage):
         i.name: tuple(i.dims) for i in rewritten.graph.initializer if i.name in {n.input[1] for n in left}
     }
     assert not [k for k in kernels.values() if k[2:] == (3, 3) and min(k[:2]) >= MIN_CHANNELS]
-    before, after = _session(original), _session(rewritten)
-    names = [i.name for i in original.graph.input]
     cases = [(1, 192, 320, 3, 4), (2, 96, 160, 1, 2)]  # (streams, height, width, objects, history)
-    for seed, (streams, height, width, objects, history) in enumerate(cases):
-        gen = torch.Generator().manual_seed(seed)
-        bounds = _Bounds(1, height, width, objects, history, streams)
-        inputs = example_inputs(stage, NUM_BG, bounds, gen)
-        feeds = {name: t.numpy() for name, t in zip(names, inputs, strict=True)}
-        wants, gots = before.run(None, feeds), after.run(None, feeds)
-        for want, got in zip(wants, gots, strict=True):
-            finite = np.isfinite(want)
-            assert np.array_equal(finite, np.isfinite(got)) and np.array_equal(want[~finite], got[~finite])
-            err = _error(got[finite], want[finite])
-            assert err <= TOLERANCE, (stage, seed, err)
+    errors = rewrite_errors(original, rewritten, stage, cases)
+    assert max(errors) <= TOLERANCE, errors
 
 
 def test_benchmark_computes_the_same_function(monkeypatch):

@@ -2,19 +2,21 @@
 
 A 3x3 convolution computes each output pixel from nine products per input channel. Winograd's
 F(4x4, 3x3) computes a 4x4 block of outputs from a 6x6 block of input: the block is transformed
-(``B^T d B``, sums and differences only), multiplied element by element with the transformed
+(``B^T d B``), multiplied element by element with the transformed
 weights (``G g G^T``, computed here once from the graph's constant weights), and transformed
 back (``A^T m A``). Summed over the input channels, the element-wise products become 36 matrix
 products of (tiles x C) by (C x K): 36 multiplications per 16 outputs instead of 144, 4x fewer.
-What it costs is memory traffic: the transformed input is 2.25x the input, and the transforms
-read it several times.
+What it costs is memory traffic: the transformed input is 2.25x the input.
 
 :func:`rewrite_winograd_convs` replaces each eligible ``Conv`` node of an ONNX graph (3x3,
 stride 1, padding 1, no dilation or groups, constant weights, at least ``min_channels`` in and
-out) by that computation written in plain ONNX operations, channels last, so that every
-transform is a sum of strided slices a runtime can fuse. Shapes stay free (any batch, height,
-width). OpenVINO's CPU plugin runs the result faster than its own direct fp32 convolution of
-the model's 256-channel maps (``benchmarks/cpu_winograd.py``); ONNX Runtime does not, and in
+out) by that computation written in plain ONNX operations, channels last: the 36 entries of
+every tile gathered by strided slices, then three matrix products (the input transform as
+``B^T kron B^T`` times the 36 planes, the 36 products with the weights, the output transform
+as ``A^T kron A^T``). About 90 nodes a convolution; written as sums of slices instead, the
+transforms took 500 nodes, compiled 2-3x slower and ran slower. Shapes stay free (any batch,
+height, width). OpenVINO's CPU plugin runs the result faster than its own direct fp32
+convolution of the model's 256-channel maps (``benchmarks/cpu_winograd.py``); ONNX Runtime does not, and in
 bf16 the transformed values lose too much (relative error about 3e-2 a convolution), so the
 OpenVINO backend applies it to fp32 stages only.
 
@@ -91,21 +93,6 @@ class _Builder:
         """``x`` at ``index`` along ``axis``, that axis removed."""
         return self.op("Gather", [x, self.const(index)], axis=axis)
 
-    def combination(self, coefficients: np.ndarray, terms: Sequence[str]) -> str:
-        """``sum(a * t)``: zero coefficients skipped, +-1 as additions and subtractions."""
-        parts = [(float(a), t) for a, t in zip(coefficients, terms, strict=True) if a != 0]
-        parts.sort(key=lambda p: p[0] < 0)  # a positive term first where there is one
-        total = None
-        for a, term in parts:
-            magnitude = abs(a) if total is not None else a
-            scaled = term if magnitude == 1 else self.op("Mul", [term, self.const(magnitude, np.float32)])
-            if total is None:
-                total = scaled
-            else:
-                total = self.op("Add" if a > 0 else "Sub", [total, scaled])
-        assert total is not None
-        return total
-
 
 def _winograd_nodes(conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray | None) -> _Builder:
     """The nodes computing ``conv`` (NCHW in, NCHW out, same names) as F(4x4, 3x3)."""
@@ -129,28 +116,24 @@ def _winograd_nodes(conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray |
     )
     blocks = nb.op("Reshape", [padded, block_shape])  # [b, th+1, 4, tw+1, 4, c]
 
-    # Input transform, rows then columns: each of the 6 rows (columns) of a tile is a row of
-    # block i (4) or of block i + 1 (2).
+    # The 36 input planes: entry (r, s) of every tile, row r of block i (r < 4) or of block i + 1
+    # (its first two rows), the same for the columns.
     upper, lower = nb.slice(blocks, 1, 0, -1), nb.slice(blocks, 1, 1, _INT64_MAX)
     rows = [nb.take(upper, 2, k) for k in range(OUT_TILE)] + [nb.take(lower, 2, k) for k in range(2)]
     planes = []
-    for i in range(IN_TILE):
-        row = nb.combination(B_T[i], rows)  # [b, th, tw+1, 4, c]
+    for row in rows:  # [b, th, tw+1, 4, c]
         left, right = nb.slice(row, 2, 0, -1), nb.slice(row, 2, 1, _INT64_MAX)
-        cols = [nb.take(left, 3, k) for k in range(OUT_TILE)] + [nb.take(right, 3, k) for k in range(2)]
-        planes += [nb.combination(B_T[j], cols) for j in range(IN_TILE)]  # [b, th, tw, c]
+        planes += [nb.take(left, 3, k) for k in range(OUT_TILE)] + [nb.take(right, 3, k) for k in range(2)]
     tile_grid = nb.slice(nb.op("Shape", [planes[0]]), 0, 0, 3)  # [b, th, tw]
     stacked = nb.op("Concat", planes, axis=0)  # [36 b, th, tw, c], position-major
-    v = nb.op("Reshape", [stacked, nb.const([IN_TILE * IN_TILE, -1, in_ch])])
+    d = nb.op("Reshape", [stacked, nb.const([IN_TILE * IN_TILE, -1])])
+    # B^T d B for every tile and channel at once: (B^T kron B^T) times the planes.
+    v = nb.op("MatMul", [nb.const(np.kron(B_T, B_T), np.float32), d])
+    v = nb.op("Reshape", [v, nb.const([IN_TILE * IN_TILE, -1, in_ch])])
     m = nb.op("MatMul", [v, nb.const(transformed_weights(weight), np.float32)])  # [36, tiles, K]
-
-    # Output transform A^T m A: over the rows of the 6x6 position grid, then its columns.
-    entries = [nb.take(m, 0, p) for p in range(IN_TILE * IN_TILE)]  # [tiles, K] each
-    outputs = []
-    for a in range(OUT_TILE):
-        half = [nb.combination(A_T[a], entries[j::IN_TILE]) for j in range(IN_TILE)]
-        outputs += [nb.combination(A_T[d], half) for d in range(OUT_TILE)]
-    y = nb.op("Concat", outputs, axis=0)  # [16 tiles, K], output position-major
+    # A^T m A likewise: (A^T kron A^T) times the 36 products -> the 16 outputs of every tile.
+    m = nb.op("Reshape", [m, nb.const([IN_TILE * IN_TILE, -1])])
+    y = nb.op("MatMul", [nb.const(np.kron(A_T, A_T), np.float32), m])  # [16, tiles K]
     y = nb.op(
         "Reshape",
         [y, nb.op("Concat", [nb.const([OUT_TILE, OUT_TILE]), tile_grid, nb.const([out_ch])], axis=0)],
