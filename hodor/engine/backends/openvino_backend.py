@@ -18,8 +18,9 @@ by a sizeable fraction of a pixel (relative error of the logits about 0.6 at 480
 In the fp32 stages the dense 3x3 convolutions (the FPN's outputs, the decoder's 1/4-map and
 catch-all ones) are rewritten as Winograd F(4x4, 3x3) (:mod:`hodor.engine.backends.winograd_conv`):
 4x fewer multiplications, which OpenVINO runs faster than its own fp32 convolution (whole frames
-1.25x against 1.13x the issue-time ONNX Runtime settings at 480p in ``benchmarks/cpu_backends.py``),
-results within 6e-6 of PyTorch. Not in bf16, where the transformed values lose too much.
+1.29x against 1.21x the issue-time ONNX Runtime settings at 480p in ``benchmarks/cpu_backends.py``),
+results within 6e-6 of PyTorch; it adds about 0.9 s to a warm start-up. Not in bf16, where the
+transformed values lose too much.
 
 The graphs are compiled for any input shape. OpenVINO runs a graph compiled for fixed shapes
 faster (at 480p in ``benchmarks/cpu_backends.py``: the encoder's CPU time 22-27 % less, the
