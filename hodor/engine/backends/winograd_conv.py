@@ -57,7 +57,7 @@ _INT64_MAX = np.iinfo(np.int64).max
 def transformed_weights(weight: np.ndarray) -> np.ndarray:
     """``[K, C, 3, 3]`` -> ``[36, C, K]`` float32: ``G g G^T`` for every (C, K), the 6x6 positions
     row-major first, computed in float64."""
-    u = np.einsum("ik,ockl,jl->ijco", G, weight.astype(np.float64), G)
+    u = (G @ weight.astype(np.float64) @ G.T).transpose(2, 3, 1, 0)  # [6, 6, C, K]
     return u.reshape(IN_TILE * IN_TILE, weight.shape[1], weight.shape[0]).astype(np.float32)
 
 
@@ -192,9 +192,11 @@ def rewrite_winograd_convs(model: onnx.ModelProto, min_channels: int = MIN_CHANN
     if not count:
         return 0
     read = {name for node in nodes for name in node.input} | {out.name for out in graph.output}
-    kept = [init for init in graph.initializer if init.name in read]
     del graph.node[:]
     graph.node.extend(nodes)
-    del graph.initializer[:]
-    graph.initializer.extend([*kept, *added])
+    # Drop the replaced weights in place: rebuilding the list would copy every initializer.
+    for index in reversed(range(len(graph.initializer))):
+        if graph.initializer[index].name not in read:
+            del graph.initializer[index]
+    graph.initializer.extend(added)
     return count
