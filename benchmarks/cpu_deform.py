@@ -52,7 +52,8 @@ from hodor.model.deform_conv import deform_conv2d, deform_conv2d_gathered  # noq
 CHANNELS = 256
 
 
-def _relative_error(got: np.ndarray | torch.Tensor, want: torch.Tensor) -> float:
+def relative_error_float64(got: np.ndarray | torch.Tensor, want: torch.Tensor) -> float:
+    """``||got - want|| / ||want||``, computed in float64 (``want`` is float64)."""
     got = torch.as_tensor(np.asarray(got, dtype=np.float64)) if not torch.is_tensor(got) else got.double()
     return float((got - want).norm() / want.norm())
 
@@ -165,7 +166,7 @@ def compare_ways(
     with torch.inference_mode():
         for name, run in ways.items():
             out = run()
-            errors[name] = _relative_error(out.float() if torch.is_tensor(out) else out, want)
+            errors[name] = relative_error_float64(out.float() if torch.is_tensor(out) else out, want)
             run()
         log(f"{len(ways)} ways at {h}x{w}, {repeats} interleaved rounds")
         for _ in range(repeats):

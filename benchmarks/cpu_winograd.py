@@ -43,9 +43,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # run as a script from a checkout, or loaded by path
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
+from cpu_deform import relative_error_float64  # noqa: E402
 from hodor.config import official_defaults, parse_config, with_dims  # noqa: E402
 from hodor.engine.backends.onnxruntime_backend import usable_cores  # noqa: E402
 from hodor.engine.backends.winograd_conv import rewrite_winograd_convs  # noqa: E402
@@ -122,11 +124,6 @@ def _runners(graph: bytes, x: np.ndarray) -> dict[str, Callable[[], Any]]:
     return runners
 
 
-def _relative_error(got: Any, want: Tensor) -> float:
-    got = torch.as_tensor(np.asarray(got.detach() if torch.is_tensor(got) else got, dtype=np.float64))
-    return float((got - want).norm() / want.norm())
-
-
 @dataclass
 class Row:
     conv: ConvShape
@@ -158,7 +155,7 @@ def compare(min_dim: int, repeats: int, log: Callable[[str], None]) -> list[Row]
             times: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
             for engine in engines:
                 for way, runners in ways.items():
-                    errors[engine][way] = _relative_error(runners[engine](), want)
+                    errors[engine][way] = relative_error_float64(runners[engine](), want)
                     runners[engine]()
             for _ in range(repeats):
                 for engine in engines:
