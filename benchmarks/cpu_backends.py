@@ -443,6 +443,9 @@ class Result:
     frame_cpu_per_wall: list[float] = field(default_factory=list)
 
 
+_CACHE_DIRS: list[tempfile.TemporaryDirectory] = []
+
+
 def open_candidates(
     names: Sequence[str], model: Model, calls: dict[str, StageCall], log: Callable[[str], None]
 ) -> tuple[dict[str, Any], dict[str, Result], dict[str, str]]:
@@ -450,13 +453,18 @@ def open_candidates(
     for name in names:
         cand = CANDIDATES[name]
         result = Result(name, cand.description)
+        # The cache directory lives as long as the backend, which may read it again (OpenVINO's
+        # fixed-shape compiles read the graph it kept there); removed when the script ends.
+        cache = tempfile.TemporaryDirectory(prefix="hodor-cpu-bench-")
+        _CACHE_DIRS.append(cache)
         try:
-            with tempfile.TemporaryDirectory(prefix="hodor-cpu-bench-") as tmp:
-                result.startup_s["cold"] = _timed(lambda: cand.open(model, Path(tmp)))  # noqa: B023
-                start = time.perf_counter()
-                backend = cand.open(model, Path(tmp))
-                result.startup_s["warm"] = time.perf_counter() - start
+            tmp = Path(cache.name)
+            result.startup_s["cold"] = _timed(lambda: cand.open(model, tmp))  # noqa: B023
+            start = time.perf_counter()
+            backend = cand.open(model, tmp)
+            result.startup_s["warm"] = time.perf_counter() - start
         except (HodorError, Unavailable) as exc:
+            cache.cleanup()
             skipped[name] = " ".join(str(exc).split())
             log(f"{name}: skipped ({skipped[name]})")
             continue

@@ -10,9 +10,12 @@ backend's bf16), each stage given the same float32 inputs.
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -225,7 +228,12 @@ def test_bf16_keeps_a_decoder_it_cannot_rewrite_in_fp32(exported, net, tmp_path,
     bf16 = OpenVinoBackend(exported.directory, precision="bf16", cache_dir=tmp_path, native_deform_conv=False)
     assert bf16.stage_precisions == {"backbone": "bf16", "encoder": "bf16", "decoder": "fp32"}
     # A decoder graph the rewrite does not recognise: the same fp32 decoder, and the user is told.
-    monkeypatch.setattr(openvino_backend, "_with_native_deform_convs", lambda core, graph: (graph, 0))
+    from hodor.engine.backends import native_deform_conv
+
+    def unexpected(model):
+        raise native_deform_conv.UnexpectedGraph("not the exporter's shape")
+
+    monkeypatch.setattr(native_deform_conv, "rewrite_deform_convs", unexpected)
     with pytest.warns(RuntimeWarning, match="decoder runs in fp32"):
         other = OpenVinoBackend(exported.directory, precision="bf16", cache_dir=tmp_path)
     assert other.stage_precisions["decoder"] == "fp32"
@@ -341,7 +349,8 @@ def test_compiled_models_are_cached_and_reused(exported, tmp_path, monkeypatch):
 
     first = OpenVinoBackend(exported.directory, cache_dir=tmp_path / "c")
     blobs = sorted(p.name for p in first.cache_dir.iterdir())
-    assert first.cache_dir.parent == tmp_path / "c" and len(blobs) == len(STAGES)
+    assert first.cache_dir.parent == tmp_path / "c"
+    assert len([name for name in blobs if name.endswith(".blob")]) == len(STAGES)
     seen = []
     real = openvino.Core.compile_model
 
@@ -358,6 +367,77 @@ def test_compiled_models_are_cached_and_reused(exported, tmp_path, monkeypatch):
     image = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(3))
     for a, b in zip(first.backbone(image), second.backbone(image), strict=True):
         assert torch.equal(a, b)
+
+
+def _kept_rewrites(cache_dir: Path) -> dict[str, dict]:
+    return {p.name.split(".")[0]: json.loads(p.read_text()) for p in sorted(cache_dir.glob("*.json"))}
+
+
+def test_rewritten_graphs_are_kept_and_reused(exported, net, tmp_path, monkeypatch):
+    """The graphs, rewritten, are kept in the cache: a second start rewrites nothing, compiles from
+    the kept files (OpenVINO's cache finds them by path) and computes the same; other rewrite
+    options do not take them."""
+    first = OpenVinoBackend(exported.directory, cache_dir=tmp_path)
+    kept = _kept_rewrites(first.cache_dir)
+    assert sorted(kept) == sorted(STAGES)
+    assert sorted(p.name.split(".")[0] for p in first.cache_dir.glob("*.onnx")) == sorted(STAGES)
+    assert kept["encoder"]["winograd_convs"] == 0  # no 3x3 convolution: kept as exported
+    assert kept["backbone"]["winograd_convs"] > 0 and kept["decoder"]["deform_convs"] > 0
+    assert sum(k["winograd_convs"] for k in kept.values()) == first.winograd_convs
+
+    def no_rewriting(*args, **kwargs):
+        raise AssertionError("rewritten again")
+
+    monkeypatch.setattr(openvino_backend, "_rewritten", no_rewriting)
+    second = OpenVinoBackend(exported.directory, cache_dir=tmp_path)
+    assert (second.winograd_convs, second.deform_convs_rewritten) == (
+        first.winograd_convs,
+        first.deform_convs_rewritten,
+    )
+    for stage in STAGES:
+        assert second.compiled[stage].get_property("LOADED_FROM_CACHE") is True
+    inputs = _stage_inputs(17, 128, 192, 2, 3)
+    assert max(_errors(second, net, inputs).values()) <= FP32_TOLERANCE
+    assert torch.equal(first.decode(*inputs[2]), second.decode(*inputs[2]))
+    # Other options are other keys: the direct convolutions are not taken from the Winograd files.
+    with pytest.raises(AssertionError, match="rewritten again"):
+        OpenVinoBackend(exported.directory, cache_dir=tmp_path, winograd=False)
+
+
+def test_a_damaged_rewritten_graph_is_rewritten(exported, net, tmp_path, caplog):
+    first = OpenVinoBackend(exported.directory, cache_dir=tmp_path)
+    (decoder,) = first.cache_dir.glob("decoder.*.onnx")
+    for blob in first.cache_dir.glob("*.blob"):  # so that OpenVINO must read the damaged file
+        blob.unlink()
+    decoder.write_bytes(decoder.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING):
+        second = OpenVinoBackend(exported.directory, cache_dir=tmp_path)
+    assert "damaged cached graph" in caplog.text
+    assert second.deform_convs_rewritten == first.deform_convs_rewritten > 0
+    inputs = _stage_inputs(19, 128, 192, 2, 3)
+    assert max(_errors(second, net, inputs).values()) <= FP32_TOLERANCE
+    # Dropped now, kept whole again at the next start.
+    assert not decoder.exists()
+    OpenVinoBackend(exported.directory, cache_dir=tmp_path)
+    assert decoder.stat().st_size > 1000
+
+
+def test_fixed_shapes_still_compile_when_the_cache_is_cleaned_while_running(exported, net, tmp_path):
+    """The fixed-shape compilations read the kept graph when they are first made; a cache
+    directory emptied since the start makes them prepare the graph again, not fail."""
+    b = OpenVinoBackend(exported.directory, cache_dir=tmp_path / "c")
+    shutil.rmtree(tmp_path / "c")
+    _, enc, dec = _stage_inputs(23, 128, 192, 2, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a failed fixed-shape compile warns
+        for _ in range(openvino_backend.STATIC_SHAPES_AFTER):
+            got = b.decode(*dec)
+            b.encode(*enc)
+    assert b.static_compiles == 2
+    with torch.no_grad():
+        want = net.decode(*dec)
+    finite = torch.isfinite(want)
+    assert relative_error(got[finite], want[finite]) <= FP32_TOLERANCE
 
 
 def test_default_cache_is_inside_the_export(exported, tmp_path):

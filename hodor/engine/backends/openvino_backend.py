@@ -7,8 +7,8 @@ BF16 or AMX; inputs and outputs stay float32). OpenVINO's own default on such CP
 fp32 is always asked for explicitly.
 
 The decoder's deformable convolutions are handed to OpenVINO as its own ``DeformableConvolution``
-(:mod:`hodor.engine.backends.native_deform_conv` rewrites the decoder graph in memory as it is
-read; the file stays as exported): about 1.2x faster in fp32 than the exported ``GridSample`` and
+(:mod:`hodor.engine.backends.native_deform_conv` rewrites the decoder graph as it is read; the
+export's file stays as it is): about 1.2x faster in fp32 than the exported ``GridSample`` and
 ``MatMul``, and it keeps the sampling positions out of bf16. With ``bf16`` all three stages
 compile with OpenVINO's bf16 inference hint. Were the rewrite not to apply (a graph of another
 shape), the decoder would run as exported, and in fp32 even with ``bf16``: the hint would round
@@ -19,8 +19,8 @@ In the fp32 stages the dense 3x3 convolutions (the FPN's outputs, the decoder's 
 catch-all ones) are rewritten as Winograd F(4x4, 3x3) (:mod:`hodor.engine.backends.winograd_conv`):
 4x fewer multiplications, which OpenVINO runs faster than its own fp32 convolution (whole frames
 1.29x against 1.21x the issue-time ONNX Runtime settings at 480p in ``benchmarks/cpu_backends.py``),
-results within 6e-6 of PyTorch; it adds about 0.9 s to a warm start-up. Not in bf16, where the
-transformed values lose too much.
+results within 6e-6 of PyTorch; the rewritten graphs are kept (below), so a warm start does not
+redo it. Not in bf16, where the transformed values lose too much.
 
 The graphs are compiled for any input shape. OpenVINO runs a graph compiled for fixed shapes
 faster (at 480p in ``benchmarks/cpu_backends.py``: the encoder's CPU time 22-27 % less, the
@@ -36,15 +36,25 @@ cache below holds the shape-free graphs, so it does not grow with every video si
 Compiling the three graphs takes a few seconds; the compiled models are cached in
 ``openvino-cache/`` inside the export directory (OpenVINO's model cache, keyed by the graph, the
 compile options and the OpenVINO version; one subdirectory per CPU), so later runs start in a
-fraction of that. Graph bytes are checked against the manifest's sha256 as they are read.
+fraction of that. Graph bytes are checked against the manifest's sha256 as they are read. Each
+graph is parsed and rewritten once (both rewrites in one pass), and the graph is kept in
+the same directory (``<stage>.<key>.onnx``, the key made of the exported graph's sha256,
+:data:`REWRITES_VERSION` and the rewrites asked for; a small ``.json`` beside it says what was
+rewritten; graphs no rewrite changed are kept too): a later start reads it instead of rewriting,
+and OpenVINO finds its compiled model by that file's path without reading the graph. A kept graph
+that no longer loads is dropped and made again.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
+import logging
 import time
 import warnings
 from collections import OrderedDict
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +65,9 @@ from hodor.config import HodorConfig
 from hodor.engine.backends.base import ConfigOverrides
 from hodor.engine.backends.export_files import cpu_flags, writable_cache_dir
 from hodor.engine.backends.graph_seam import HostGraphSeam
-from hodor.engine.backends.manifest import STAGES, load_manifest, read_graph
+from hodor.engine.backends.manifest import STAGES, GraphEntry, load_manifest, read_graph
 from hodor.engine.backends.onnxruntime_backend import usable_cores
+from hodor.engine.io.files import atomic_write
 from hodor.errors import HodorError
 
 PRECISIONS = ("fp32", "bf16")
@@ -71,7 +82,11 @@ STATIC_SHAPES_AFTER = 3
 """The call with the same input shapes at which those stages are compiled for them."""
 STATIC_SHAPES_KEPT = 4
 """How many fixed-shape compilations each of those stages keeps."""
+REWRITES_VERSION = 1
+"""Part of the key of the graphs kept in the cache: raised whenever a rewrite's output changes."""
 _LOWEST = torch.finfo(torch.float32).min
+
+logger = logging.getLogger(__name__)
 
 
 def _import_openvino() -> Any:
@@ -168,44 +183,113 @@ class OpenVinoBackend(HostGraphSeam):
         self.stage_precisions: dict[str, str] = {}
         self.deform_convs_rewritten = 0
         self.winograd_convs = 0
+        self._deform_extension_added = False
         for stage in STAGES:
             entry = self.manifest.graph(stage, "fp32")
-            graph = read_graph(self.export_dir, entry)
-            bf16 = self.precision == "bf16" and stage in bf16_stages
+            wants_bf16 = self.precision == "bf16" and stage in bf16_stages
+            prepared = self._prepare(entry, stage, wants_bf16, native_deform_conv, winograd)
+            if wants_bf16 and not prepared.bf16 and native_deform_conv:
+                warnings.warn(
+                    f"{entry.file}: its deformable convolutions are not in the shape this "
+                    "version exports, so the decoder runs in fp32 (backbone and encoder in "
+                    "bf16); re-export with this version of hodor-export for a bf16 decoder",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             if stage == "decoder":
-                if native_deform_conv:
-                    graph, self.deform_convs_rewritten = _with_native_deform_convs(core, graph)
-                if bf16 and not self.deform_convs_rewritten:
-                    bf16 = False  # the exported form's absolute positions cannot take bf16
-                    if native_deform_conv:
-                        warnings.warn(
-                            f"{entry.file}: its deformable convolutions are not in the shape this "
-                            "version exports, so the decoder runs in fp32 (backbone and encoder in "
-                            "bf16); re-export with this version of hodor-export for a bf16 decoder",
-                            RuntimeWarning,
-                            stacklevel=2,
-                        )
-            self.stage_precisions[stage] = "bf16" if bf16 else "fp32"
-            if winograd and not bf16:  # in bf16 the transformed values lose too much
-                graph, count = _with_winograd_convs(graph)
-                self.winograd_convs += count
-            hint = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
+                self.deform_convs_rewritten = prepared.deform_convs
+            self.winograd_convs += prepared.winograd_convs
+            self.stage_precisions[stage] = "bf16" if prepared.bf16 else "fp32"
+            hint = {"INFERENCE_PRECISION_HINT": "bf16" if prepared.bf16 else "f32"}
             try:
-                model = core.read_model(graph)
-                compiled = core.compile_model(model, "CPU", {**properties, **hint})
+                compiled = self._compile(prepared, {**properties, **hint})
             except RuntimeError as exc:  # OpenVINO reports every load or compile failure as RuntimeError
-                raise HodorError(
-                    f"OpenVINO {ov.__version__} cannot compile {entry.file} "
-                    f"({' '.join(str(exc).split())[:300]}); re-export with this version of hodor-export"
-                ) from None
+                if not isinstance(prepared.source, Path):
+                    raise self._cannot_compile(entry, exc) from None
+                # A damaged cached graph: dropped, and the graph rewritten again in memory.
+                reason = " ".join(str(exc).split())
+                logger.warning("ignoring the damaged cached graph %s: %s", prepared.source, reason)
+                prepared.source.unlink(missing_ok=True)
+                prepared = self._prepare(entry, stage, wants_bf16, native_deform_conv, winograd, cached=False)
+                try:
+                    compiled = self._compile(prepared, {**properties, **hint})
+                except RuntimeError as again:
+                    raise self._cannot_compile(entry, again) from None
             self.compiled[stage] = compiled
             self.requests[stage] = compiled.create_infer_request()
             if static_shapes and stage in STATIC_SHAPE_STAGES:
                 options = {k: v for k, v in {**properties, **hint}.items() if k != "CACHE_DIR"}
-                self._reshapable[stage] = (model, options)
+                again = (entry, stage, wants_bf16, native_deform_conv, winograd)
+                load = functools.partial(self._model_to_reshape, prepared, *again)
+                self._reshapable[stage] = (load, options)
                 self._sightings[stage] = {}
                 self._static[stage] = OrderedDict()
         self.startup_s = time.perf_counter() - start
+
+    def _prepare(
+        self,
+        entry: GraphEntry,
+        stage: str,
+        wants_bf16: bool,
+        native_deform_conv: bool,
+        winograd: bool,
+        cached: bool = True,
+    ) -> _Prepared:
+        """``stage``'s graph as OpenVINO gets it: read (and checked), then rewritten in one pass
+        (the decoder's deformable convolutions as OpenVINO's own; then, in fp32, the dense 3x3
+        convolutions as Winograd). With a cache directory the graph is kept there, keyed by the
+        exported graph's sha256 and the rewrites asked for: a later start skips the rewriting, and
+        OpenVINO finds its compiled model by the kept file's path without reading the graph."""
+        graph = read_graph(self.export_dir, entry)
+        deform = native_deform_conv and stage == "decoder"
+        files = None
+        if cached and self.cache_dir is not None:
+            key = json.dumps([entry.sha256, REWRITES_VERSION, stage, deform, winograd, wants_bf16])
+            stem = f"{Path(entry.file).stem}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+            files = (self.cache_dir / f"{stem}.onnx", self.cache_dir / f"{stem}.json")
+            found = _kept_graph(*files)
+            if found is not None:
+                self._note_deform_convs(found.deform_convs)
+                return found
+        if deform or winograd:
+            prepared = _rewritten(graph, stage, wants_bf16, deform, winograd)
+        else:
+            prepared = _Prepared(graph, 0, 0, wants_bf16)
+        self._note_deform_convs(prepared.deform_convs)
+        return _keep_graph(prepared, *files) if files is not None else prepared
+
+    def _note_deform_convs(self, count: int) -> None:
+        """A graph with ``DeformConv`` nodes needs their conversion registered before it is read."""
+        if count and not self._deform_extension_added:
+            from hodor.engine.backends.native_deform_conv import openvino_deform_conv
+
+            self._core.add_extension(openvino_deform_conv())
+            self._deform_extension_added = True
+
+    def _model_to_reshape(self, prepared: _Prepared, *again: Any) -> Any:
+        """The graph of ``prepared`` as an OpenVINO model, for fixed-shape compilations; prepared
+        again in memory (``again``: :meth:`_prepare`'s arguments) if its kept file has gone since
+        the start (a cache directory cleaned while running)."""
+        if isinstance(prepared.source, Path):
+            try:
+                return self._core.read_model(str(prepared.source))
+            except (RuntimeError, OSError):
+                prepared = self._prepare(*again, cached=False)
+        return self._core.read_model(prepared.source)
+
+    @staticmethod
+    def _cannot_compile(entry: GraphEntry, exc: Exception) -> HodorError:
+        return HodorError(
+            f"OpenVINO {_import_openvino().__version__} cannot compile {entry.file} "
+            f"({' '.join(str(exc).split())[:300]}); re-export with this version of hodor-export"
+        )
+
+    def _compile(self, prepared: _Prepared, options: dict[str, Any]) -> Any:
+        if isinstance(prepared.source, Path):
+            # From the path, OpenVINO's model cache is looked up by the file's path (whose name holds
+            # the rewrite's key) without reading the graph.
+            return self._core.compile_model(str(prepared.source), "CPU", options)
+        return self._core.compile_model(self._core.read_model(prepared.source), "CPU", options)
 
     # ------------------------------------------------------------------ the seam
 
@@ -250,6 +334,9 @@ class OpenVinoBackend(HostGraphSeam):
         model, options = self._reshapable[stage]
         start = time.perf_counter()
         try:
+            if callable(model):  # read once, at the first fixed-shape compilation
+                model = model()
+                self._reshapable[stage] = (model, options)
             fixed = model.clone()
             fixed.reshape({name: list(shape) for name, shape in shapes})
             compiled = self._core.compile_model(fixed, "CPU", options)
@@ -275,37 +362,70 @@ class OpenVinoBackend(HostGraphSeam):
         return logits.masked_fill_(logits <= _LOWEST, float("-inf"))
 
 
-def _with_native_deform_convs(core: Any, graph: bytes) -> tuple[bytes, int]:
-    """The decoder graph with its deformable convolutions as OpenVINO's own (the conversion
-    registered on ``core``), and how many; the graph unchanged and 0 if it has another shape."""
+@dataclass(frozen=True)
+class _Prepared:
+    """A stage's graph for OpenVINO: its bytes, or the path of its rewritten form in the cache;
+    how many deformable and Winograd convolutions were rewritten; whether it compiles in bf16."""
+
+    source: bytes | Path
+    deform_convs: int
+    winograd_convs: int
+    bf16: bool
+
+
+def _rewritten(graph: bytes, stage: str, wants_bf16: bool, deform: bool, winograd: bool) -> _Prepared:
+    """The rewrites on ``graph``, parsed once and serialised once (the bytes unchanged when none
+    applies). A decoder whose deformable convolutions are not in the exporter's shape keeps its
+    exported form, in fp32 (its absolute sampling positions cannot take bf16)."""
     import onnx
 
-    from hodor.engine.backends.native_deform_conv import (
-        UnexpectedGraph,
-        openvino_deform_conv,
-        rewrite_deform_convs,
-    )
-
-    model = onnx.load_from_string(graph)
-    try:
-        count = rewrite_deform_convs(model)
-    except UnexpectedGraph:
-        return graph, 0
-    if count:
-        core.add_extension(openvino_deform_conv())
-        graph = model.SerializeToString()
-    return graph, count
-
-
-def _with_winograd_convs(graph: bytes) -> tuple[bytes, int]:
-    """The graph with its dense 3x3 convolutions as Winograd F(4x4, 3x3), and how many."""
-    import onnx
-
+    from hodor.engine.backends.native_deform_conv import UnexpectedGraph, rewrite_deform_convs
     from hodor.engine.backends.winograd_conv import rewrite_winograd_convs
 
     model = onnx.load_from_string(graph)
-    count = rewrite_winograd_convs(model)
-    return (model.SerializeToString() if count else graph), count
+    deform_convs = 0
+    if deform:
+        try:
+            deform_convs = rewrite_deform_convs(model)
+        except UnexpectedGraph:
+            pass  # the model is left untouched
+    bf16 = wants_bf16 and (stage != "decoder" or deform_convs > 0)
+    # Not in bf16: there the transformed values lose too much (see winograd_conv).
+    winograd_convs = rewrite_winograd_convs(model) if winograd and not bf16 else 0
+    if deform_convs or winograd_convs:
+        graph = model.SerializeToString()
+    return _Prepared(graph, deform_convs, winograd_convs, bf16)
+
+
+def _kept_graph(graph_file: Path, about_file: Path) -> _Prepared | None:
+    """The graph :func:`_keep_graph` kept, or None when none is (or what it says is unreadable)."""
+    try:
+        about = json.loads(about_file.read_text())
+        counts = (int(about["deform_convs"]), int(about["winograd_convs"]))
+        bf16 = bool(about["bf16"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return _Prepared(graph_file, *counts, bf16) if graph_file.is_file() else None
+
+
+def _keep_graph(prepared: _Prepared, graph_file: Path, about_file: Path) -> _Prepared:
+    """Keep ``prepared`` in the cache (the graph, then what was rewritten, each file whole or not
+    at all); returns it with the kept file as its source. A failed write keeps the bytes."""
+    assert isinstance(prepared.source, bytes)
+    about = {
+        "deform_convs": prepared.deform_convs,
+        "winograd_convs": prepared.winograd_convs,
+        "bf16": prepared.bf16,
+    }
+    try:
+        with atomic_write(graph_file) as tmp:
+            tmp.write_bytes(prepared.source)
+        with atomic_write(about_file) as tmp:
+            tmp.write_text(json.dumps(about))
+    except OSError as exc:
+        logger.warning("could not keep the graph at %s: %s", graph_file, exc)
+        return prepared
+    return replace(prepared, source=graph_file)
 
 
 def open_openvino_backend(
