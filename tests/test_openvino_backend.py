@@ -486,21 +486,36 @@ def test_not_installed_says_how_to_install(exported, monkeypatch):
 
 
 def test_auto_on_the_cpu(exported, monkeypatch):
-    """fp32: ONNX Runtime, the faster of the two on the CPU, else OpenVINO; bf16: OpenVINO."""
-    from hodor.engine.backends import onnxruntime_backend
+    """On the CPU: OpenVINO (the faster of the two there), in fp32 and bf16; ONNX Runtime where
+    OpenVINO is missing. Where a GPU may be used, ONNX Runtime (which runs there) before it."""
+    from hodor.engine.backends import onnxruntime_backend, registry
 
-    assert open_backend(exported.directory, "auto", "cpu").name == "onnxruntime"
+    b = open_backend(exported.directory, "auto", "cpu", ConfigOverrides(min_dim=256))
+    assert b.name == "openvino" and b.precision == "fp32"
+    assert (b.config.input.min_dim, b.config.input.max_dim) == (256, 494)
     if _has_bf16():
         b = open_backend(exported.directory, "auto", "cpu", torch_options=TorchOptions(precision="bf16"))
         assert b.name == "openvino" and b.precision == "bf16"
 
+    assert registry._auto_order("cpu") == ["tensorrt", "openvino", "onnxruntime"]
+    assert registry._auto_order("cuda") == ["tensorrt", "onnxruntime", "openvino"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert registry._auto_order(None) == ["tensorrt", "onnxruntime", "openvino"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert registry._auto_order(None) == ["tensorrt", "openvino", "onnxruntime"]
+
     def missing():
+        raise HodorError("OpenVINO is not installed")
+
+    monkeypatch.setattr(openvino_backend, "_import_openvino", missing)
+    assert open_backend(exported.directory, "auto", "cpu").name == "onnxruntime"
+
+    def ort_missing():
         raise HodorError("ONNX Runtime is not installed")
 
-    monkeypatch.setattr(onnxruntime_backend, "_import_ort", missing)
-    b = open_backend(exported.directory, "auto", "cpu", ConfigOverrides(min_dim=256))
-    assert b.name == "openvino" and b.precision == "fp32"
-    assert (b.config.input.min_dim, b.config.input.max_dim) == (256, 494)
+    monkeypatch.setattr(onnxruntime_backend, "_import_ort", ort_missing)
+    with pytest.raises(HodorError, match="no backend could open.*OpenVINO is not installed"):
+        open_backend(exported.directory, "auto", "cpu")
 
 
 def test_precision_reaches_the_export_backends(exported, monkeypatch):

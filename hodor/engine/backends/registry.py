@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from hodor.config import config_beside
 from hodor.engine.backends.base import Backend, ConfigOverrides, ExportOpener
 from hodor.engine.backends.onnxruntime_backend import open_onnxruntime_backend
@@ -22,16 +24,22 @@ BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 
 
 EXPORT_BACKENDS: dict[str, ExportOpener] = {
-    # TensorRT first: ``--backend auto`` prefers engines that run on this GPU. In fp32 on the CPU,
-    # ONNX Runtime: OpenVINO ran whole frames about 10 % faster on an idle 2-core machine but
-    # within the spread (1.03x, 0.93-1.04) with the cores shared, and starts 1.7 s later
-    # (benchmarks/RESULTS.md); OpenVINO is what takes --precision bf16.
+    # TensorRT first: ``--backend auto`` prefers engines that run on this GPU. Then ONNX Runtime,
+    # which also runs on a GPU; on the CPU OpenVINO goes before it (CPU_FIRST).
     "tensorrt": open_tensorrt_backend,
     "onnxruntime": open_onnxruntime_backend,
     "openvino": open_openvino_backend,
 }
-"""Export-directory backends by name, in the order ``--backend auto`` tries them. Each opener
-imports its runtime (onnxruntime, openvino, tensorrt) only when called."""
+"""Export-directory backends by name, in the order ``--backend auto`` tries them where a GPU may
+be used. Each opener imports its runtime (onnxruntime, openvino, tensorrt) only when called."""
+
+CPU_FIRST = "openvino"
+"""On the CPU (``--device cpu``, or no GPU) ``--backend auto`` tries this backend before ONNX
+Runtime, in fp32 as in bf16. On a quiet 2-core machine OpenVINO ran whole 480p frames 1.14-1.29x
+ONNX Runtime's rate (Winograd 3x3 convolutions, its own deformable convolution, fixed-shape
+compilations), 1.06x with the cores shared; it starts about 0.5 s later once its cache is warm and
+compiles the steady state's shapes once (under 1 s) (benchmarks/RESULTS.md). Where it is not
+installed, ONNX Runtime."""
 
 RUNTIME_PRECISIONS: dict[str, tuple[str, ...]] = {
     # OpenVINO compiles the fp32 graphs in either precision; ONNX Runtime picks the export's fp32 or
@@ -88,12 +96,21 @@ def open_backend(
     )
 
 
+def _auto_order(device: str | None) -> list[str]:
+    names = list(EXPORT_BACKENDS)
+    on_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    if on_cpu and CPU_FIRST in names and "onnxruntime" in names:
+        names.remove(CPU_FIRST)
+        names.insert(names.index("onnxruntime"), CPU_FIRST)
+    return names
+
+
 def _open_export(
     path: Path, backend: str, device: str | None, overrides: ConfigOverrides, precision: str | None
 ) -> Backend:
     if backend == "torch":
         raise HodorError(f"--backend torch needs a .pth checkpoint, but {path} is a directory (an export)")
-    names = list(EXPORT_BACKENDS) if backend == "auto" else [backend]
+    names = _auto_order(device) if backend == "auto" else [backend]
     if precision is not None:
         takers = [n for n in names if precision in RUNTIME_PRECISIONS.get(n, ())]
         if not takers:
