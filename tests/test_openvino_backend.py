@@ -485,6 +485,16 @@ def test_not_installed_says_how_to_install(exported, monkeypatch):
         open_backend(exported.directory, "auto", "cpu", torch_options=TorchOptions(precision="bf16"))
 
 
+def test_without_onnx_says_how_to_install(exported, tmp_path, monkeypatch):
+    """The rewrites need the onnx package (in the openvino extra): its absence is a clear error,
+    which ``--backend auto`` passes over to ONNX Runtime."""
+    d = _linked_copy(exported.directory, tmp_path / "m.hodor")  # no graphs kept from earlier tests
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
+    with pytest.raises(HodorError, match=r"onnx package.*hodor-engine\[openvino\]"):
+        OpenVinoBackend(d)
+    assert open_backend(d, "auto", "cpu").name == "onnxruntime"
+
+
 def test_auto_on_the_cpu(exported, monkeypatch):
     """On the CPU: OpenVINO (the faster of the two there), in fp32 and bf16; ONNX Runtime where
     OpenVINO is missing. Where a GPU may be used, ONNX Runtime (which runs there) before it."""

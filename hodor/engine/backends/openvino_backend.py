@@ -377,7 +377,13 @@ def _rewritten(graph: bytes, stage: str, wants_bf16: bool, deform: bool, winogra
     """The rewrites on ``graph``, parsed once and serialised once (the bytes unchanged when none
     applies). A decoder whose deformable convolutions are not in the exporter's shape keeps its
     exported form, in fp32 (its absolute sampling positions cannot take bf16)."""
-    import onnx
+    try:
+        import onnx
+    except ImportError:
+        raise HodorError(
+            "the openvino backend rewrites the export's graphs with the onnx package, which is not "
+            "installed: pip install 'hodor-engine[openvino]'"
+        ) from None
 
     from hodor.engine.backends.native_deform_conv import UnexpectedGraph, rewrite_deform_convs
     from hodor.engine.backends.winograd_conv import rewrite_winograd_convs
