@@ -279,6 +279,9 @@ def test_reexporting_keeps_what_it_did_not_write(fake_checkpoint, tmp_path, caps
     (out / "ort-trt-cache").mkdir()
     (out / "ort-trt-cache" / "TensorrtExecutionProvider_0.engine").write_bytes(b"engine built by hodor-run")
     (out / "runtime-cache.8.9.bin").write_bytes(b"kernels")
+    for cache in ("ort-cache", "openvino-cache"):  # optimised / rewritten graphs, compiled models
+        (out / cache).mkdir()
+        (out / cache / "decoder.0123456789abcdef.onnx").write_bytes(b"graph kept by hodor-run")
     (out / "notes.txt").write_text("mine")
     (out / "decoder.fp16.engine").write_bytes(b"an engine the exporter built")
 
@@ -286,7 +289,10 @@ def test_reexporting_keeps_what_it_did_not_write(fake_checkpoint, tmp_path, caps
     graphs = ["backbone.onnx", "encoder.onnx", "decoder.onnx"]
     fp16_graphs = [name.replace(".onnx", ".fp16.onnx") for name in graphs]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        graphs + fp16_graphs + [MANIFEST_NAME, "ort-trt-cache", "runtime-cache.8.9.bin", "notes.txt"]
+        graphs
+        + fp16_graphs
+        + [MANIFEST_NAME, "ort-trt-cache", "runtime-cache.8.9.bin", "notes.txt"]
+        + ["ort-cache", "openvino-cache"]
     ), "graphs, engines and manifest replaced (no stale engine), the rest kept"
     cached = out / "ort-trt-cache" / "TensorrtExecutionProvider_0.engine"
     assert cached.read_bytes() == b"engine built by hodor-run"

@@ -7,9 +7,11 @@ directory: an interrupted or failed export leaves the previous one as it was.
 Re-exporting into an existing export directory replaces what an export writes there:
 ``manifest.json``, every ``*.onnx`` graph and every ``*.engine`` (engines are rebuilt, or reused
 when nothing they depend on changed). Everything else in the directory is kept, except the
-caches that ``hodor-run`` builds from the graphs (``ort-trt-cache/``, ``runtime-cache.*.bin``),
-which are kept only when the new graphs are byte for byte the previous ones: ONNX Runtime
-recognises a cached engine by the graph's structure, not its weights, and would run a stale one.
+caches that ``hodor-run`` builds from the graphs (``ort-trt-cache/``, ``runtime-cache.*.bin``,
+``ort-cache/``, ``openvino-cache/``), which are kept only when the new graphs are byte for byte
+the previous ones: ONNX Runtime recognises a cached TensorRT engine by the graph's structure, not
+its weights, and would run a stale one; the optimised and rewritten graphs and compiled models of
+the other two are keyed by the graphs' digests, and the old entries would only take disk space.
 """
 
 from __future__ import annotations
@@ -47,8 +49,10 @@ from hodor.errors import HodorError
 PROG = "hodor-export"
 EXPORT_WRITES = (MANIFEST_NAME, "*.onnx", "*.engine")
 """What an export writes, and a re-export replaces."""
-GRAPH_CACHES = ("ort-trt-cache", "runtime-cache.*.bin")
-"""What ``hodor-run`` builds from an export's graphs and keeps in its directory."""
+GRAPH_CACHES = ("ort-trt-cache", "runtime-cache.*.bin", "ort-cache", "openvino-cache")
+"""What ``hodor-run`` builds from an export's graphs and keeps in its directory. ``ort-cache/``
+and ``openvino-cache/`` are keyed by the graphs' digests, so they are never stale, but entries of
+graphs that were replaced would only take disk space (hundreds of MB each)."""
 
 DEFAULT_OPSET = 20
 # As many videos per call as frames per backbone call: the largest activations are of a size.
