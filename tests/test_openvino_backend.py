@@ -227,6 +227,11 @@ def test_bf16_keeps_a_decoder_it_cannot_rewrite_in_fp32(exported, net, tmp_path,
     that decoder stays fp32."""
     bf16 = OpenVinoBackend(exported.directory, precision="bf16", cache_dir=tmp_path, native_deform_conv=False)
     assert bf16.stage_precisions == {"backbone": "bf16", "encoder": "bf16", "decoder": "fp32"}
+    # The same when no rewrite at all is asked for (the decoder graph is then not even parsed).
+    plain = OpenVinoBackend(
+        exported.directory, precision="bf16", cache_dir=tmp_path, native_deform_conv=False, winograd=False
+    )
+    assert plain.stage_precisions == bf16.stage_precisions
     # A decoder graph the rewrite does not recognise: the same fp32 decoder, and the user is told.
     from hodor.engine.backends import native_deform_conv
 

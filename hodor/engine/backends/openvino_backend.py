@@ -254,7 +254,7 @@ class OpenVinoBackend(HostGraphSeam):
         if deform or winograd:
             prepared = _rewritten(graph, stage, wants_bf16, deform, winograd)
         else:
-            prepared = _Prepared(graph, 0, 0, wants_bf16)
+            prepared = _Prepared(graph, 0, 0, _compiles_in_bf16(wants_bf16, stage, deform_convs=0))
         self._note_deform_convs(prepared.deform_convs)
         return _keep_graph(prepared, *files) if files is not None else prepared
 
@@ -373,6 +373,12 @@ class _Prepared:
     bf16: bool
 
 
+def _compiles_in_bf16(wants_bf16: bool, stage: str, deform_convs: int) -> bool:
+    """Whether a stage asked for in bf16 compiles in bf16: not a decoder whose deformable
+    convolutions were not rewritten (the exported form's absolute sampling positions cannot take it)."""
+    return wants_bf16 and (stage != "decoder" or deform_convs > 0)
+
+
 def _rewritten(graph: bytes, stage: str, wants_bf16: bool, deform: bool, winograd: bool) -> _Prepared:
     """The rewrites on ``graph``, parsed once and serialised once (the bytes unchanged when none
     applies). A decoder whose deformable convolutions are not in the exporter's shape keeps its
@@ -395,7 +401,7 @@ def _rewritten(graph: bytes, stage: str, wants_bf16: bool, deform: bool, winogra
             deform_convs = rewrite_deform_convs(model)
         except UnexpectedGraph:
             pass  # the model is left untouched
-    bf16 = wants_bf16 and (stage != "decoder" or deform_convs > 0)
+    bf16 = _compiles_in_bf16(wants_bf16, stage, deform_convs)
     # Not in bf16: there the transformed values lose too much (see winograd_conv).
     winograd_convs = rewrite_winograd_convs(model) if winograd and not bf16 else 0
     if deform_convs or winograd_convs:
