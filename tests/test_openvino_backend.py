@@ -321,6 +321,20 @@ def test_two_videos_in_turn_compile_only_their_steady_state(exported):
     assert dict(shapes)["fg_hist"][2] == window + 1
 
 
+def test_videos_one_after_another_compile_only_their_steady_state(exported):
+    """Videos of one size in sequence pass through the same growing histories, once each: however
+    many videos come, only the full window, repeated within each, is compiled, and only once."""
+    b = OpenVinoBackend(exported.directory, cache=False)
+    window, frames = 3, 7
+    for _video in range(6):
+        for t in range(frames):
+            _, _, dec = _stage_inputs(t, 64, 96, 1, min(t, window) + 1)
+            b.decode(*dec)
+    assert b.static_compiles == 1
+    ((shapes, _),) = b._static["decoder"].items()
+    assert dict(shapes)["fg_hist"][2] == window + 1
+
+
 def test_fixed_shapes_can_be_turned_off(exported):
     b = OpenVinoBackend(exported.directory, cache=False, static_shapes=False)
     _, enc, dec = _stage_inputs(5, 64, 96, 1, 2)

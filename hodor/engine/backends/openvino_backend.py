@@ -25,10 +25,11 @@ redo it. Not in bf16, where the transformed values lose too much.
 The graphs are compiled for any input shape. OpenVINO runs a graph compiled for fixed shapes
 faster (at 480p in ``benchmarks/cpu_backends.py``: the encoder's CPU time 22-27 % less, the
 decoder's 5-10 %; the backbone's gain was within noise when tried), so the encoder and decoder
-are compiled again, for exactly those shapes, the third time a set of input shapes comes
-(:data:`STATIC_SHAPES_AFTER`): a video's steady state (its size, its objects, a full history
-window) repeats every frame, while the first frames' growing histories, each seen once (twice
-when two videos are stepped in turn), keep the shape-free graphs. Up to
+are compiled again, for exactly those shapes, when a set of input shapes comes for the third time
+(:data:`STATIC_SHAPES_AFTER`) within the stage's last :data:`STATIC_SHAPES_SPAN` calls: a video's
+steady state (its size, its objects, a full history window) repeats every frame, while the first
+frames' growing histories come once per video (twice when two videos are stepped in turn) and
+keep the shape-free graphs, however many videos of that size follow one another. Up to
 :data:`STATIC_SHAPES_KEPT` such compilations are kept per stage (least recently used
 dropped); the encoder and decoder together took 0.8 s once at 480p, in memory only (the disk
 cache below holds the shape-free graphs, so it does not grow with every video size).
@@ -53,7 +54,7 @@ import json
 import logging
 import time
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,16 @@ CACHE_DIR_NAME = "openvino-cache"
 STATIC_SHAPE_STAGES = ("encoder", "decoder")
 """The stages compiled again for input shapes that recur (see the module docstring)."""
 STATIC_SHAPES_AFTER = 3
-"""The call with the same input shapes at which those stages are compiled for them."""
+"""How many of a stage's last :data:`STATIC_SHAPES_SPAN` calls must have had the same input shapes
+for the stage to be compiled for them."""
+STATIC_SHAPES_SPAN = 8
+"""The recent calls of a stage whose shapes are counted: a shape that comes every frame (one video,
+or up to three groups of videos stepped in turn) is compiled for, a growing history that comes once
+per video is not, unless the videos are shorter than four frames (then those shapes are all there
+is). Counting over all calls instead compiled,
+in a run of many videos of one size, each growing-history length once every third video, and the
+compilations pushed one another (and the steady state's) out of the few kept: 9 compilations,
+5 s, in a third 20-frame video at 480p."""
 STATIC_SHAPES_KEPT = 4
 """How many fixed-shape compilations each of those stages keeps."""
 REWRITES_VERSION = 1
@@ -172,10 +182,10 @@ class OpenVinoBackend(HostGraphSeam):
 
         self.compiled: dict[str, Any] = {}
         self.requests: dict[str, Any] = {}
-        # Fixed-shape compilations: the model to reshape, its compile options, how often shapes not
-        # yet compiled for came, the compilations made (shapes -> (compiled model, request)).
+        # Fixed-shape compilations: the model to reshape, its compile options, the input shapes of
+        # the stage's recent calls, the compilations made (shapes -> (compiled model, request)).
         self._reshapable: dict[str, tuple[Any, dict[str, Any]]] = {}
-        self._sightings: dict[str, dict[tuple[Any, ...], int]] = {}
+        self._recent: dict[str, deque[tuple[Any, ...]]] = {}
         self._static: dict[str, OrderedDict[tuple[Any, ...], tuple[Any, Any]]] = {}
         self.static_compiles = 0
         self.static_compile_s = 0.0
@@ -222,7 +232,7 @@ class OpenVinoBackend(HostGraphSeam):
                 again = (entry, stage, wants_bf16, native_deform_conv, winograd)
                 load = functools.partial(self._model_to_reshape, prepared, *again)
                 self._reshapable[stage] = (load, options)
-                self._sightings[stage] = {}
+                self._recent[stage] = deque(maxlen=STATIC_SHAPES_SPAN)
                 self._static[stage] = OrderedDict()
         self.startup_s = time.perf_counter() - start
 
@@ -315,22 +325,19 @@ class OpenVinoBackend(HostGraphSeam):
 
     def _executable(self, stage: str, feeds: dict[str, np.ndarray]) -> tuple[Any, Any]:
         """The compiled model and request for ``feeds``: a fixed-shape compilation when these shapes
-        came often enough (made now the :data:`STATIC_SHAPES_AFTER`-th time), else the shape-free one."""
+        came often enough lately (made now, at the :data:`STATIC_SHAPES_AFTER`-th of the stage's last
+        :data:`STATIC_SHAPES_SPAN` calls), else the shape-free one."""
         if stage not in self._reshapable:
             return self.compiled[stage], self.requests[stage]
         shapes = tuple((name, array.shape) for name, array in feeds.items())
+        recent = self._recent[stage]
+        recent.append(shapes)  # every call, compiled for or not: the span is of calls
         kept = self._static[stage]
         if shapes in kept:
             kept.move_to_end(shapes)
             return kept[shapes]
-        seen = self._sightings[stage]
-        count = seen.get(shapes, 0) + 1
-        if count < STATIC_SHAPES_AFTER:
-            if shapes not in seen and len(seen) >= 64:  # many shapes, none settling: forget them
-                seen.clear()
-            seen[shapes] = count
+        if recent.count(shapes) < STATIC_SHAPES_AFTER:
             return self.compiled[stage], self.requests[stage]
-        seen.pop(shapes, None)
         model, options = self._reshapable[stage]
         start = time.perf_counter()
         try:
