@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from hodor.engine.loop.masks import background_grid
 from hodor.engine.loop.preprocess import frame_geometry, normalise_frames, reference_masks
-from hodor.engine.loop.session import TinyObjectWarning, VideoSession
+from hodor.engine.loop.session import CPU_CHUNK, DEFAULT_CHUNK, TinyObjectWarning, VideoSession, default_chunk
 from hodor.errors import HodorError
 from tests.engine_fake_backend import FakeBackend, small_config
 
@@ -284,6 +284,20 @@ def test_limits_are_checked_before_encode_and_decode():
     history = [c[2] for c in backend.calls if c[0] == "limits"]
     assert max(history) == 4  # the call that asked for 4 frames was refused before decoding
     assert [c[1][2] for c in backend.calls if c[0] == "decode"] == [2, 3]
+
+
+def test_the_default_chunk_follows_the_device():
+    """A whole-clip run batches the backbone over 16 frames on a GPU, one on the CPU (where a batch
+    is slower per frame and holds the first mask back); an explicit chunk wins."""
+    assert default_chunk("cuda") == default_chunk(torch.device("cuda", 0)) == DEFAULT_CHUNK == 16
+    assert default_chunk("cpu") == CPU_CHUNK == 1
+    backend = FakeBackend()
+    assert VideoSession(backend).chunk == CPU_CHUNK
+    assert VideoSession(backend, chunk=5).chunk == 5
+    list(VideoSession(backend).run(moving_clip(5), {0: box_mask({1: (10, 30, 5, 25)})}))
+    assert [c[1][0] for c in backend.calls if c[0] == "backbone"] == [1] * 5
+    with pytest.raises(HodorError, match="chunk must be >= 1"):
+        VideoSession(backend, chunk=0)
 
 
 def test_bad_inputs_to_the_api():

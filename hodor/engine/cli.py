@@ -54,7 +54,13 @@ from hodor.engine.io import (
 from hodor.engine.io.binding import References, load_references
 from hodor.engine.io.files import TEMPORARY_SUFFIX
 from hodor.engine.io.streams import stream_stem
-from hodor.engine.loop.session import DEFAULT_CHUNK, DEFAULT_TEMPORAL_WINDOW, TinyObjectWarning, VideoSession
+from hodor.engine.loop.session import (
+    CPU_CHUNK,
+    DEFAULT_CHUNK,
+    DEFAULT_TEMPORAL_WINDOW,
+    TinyObjectWarning,
+    VideoSession,
+)
 from hodor.engine.pipeline import Latency, Outputs, PipelineInterrupted, PipelineResult, run_pipeline
 from hodor.engine.pipeline.kernel_cache import use_persistent_kernel_cache
 from hodor.engine.pipeline.startup import StartupClock
@@ -153,9 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--chunk",
         type=_positive,
-        default=DEFAULT_CHUNK,
-        help=f"frames per backbone batch (default {DEFAULT_CHUNK}); only these frames' features are held; "
-        "a live source runs frame by frame",
+        help=f"frames per backbone batch (default {DEFAULT_CHUNK} on a GPU, {CPU_CHUNK} on the CPU); only "
+        "these frames' features are held; a live source runs frame by frame",
     )
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay.mp4")
     torch_options = p.add_argument_group("how the network runs (--precision also applies to exports)")

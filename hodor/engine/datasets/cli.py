@@ -31,7 +31,7 @@ from hodor.engine.datasets.video_list import LIST_SUFFIXES
 from hodor.engine.datasets.worker import SessionRequest
 from hodor.engine.datasets.youtube_zip import ZIP_NAME, write_submission_zip
 from hodor.engine.io.staging import claim_output_entries
-from hodor.engine.loop.session import DEFAULT_CHUNK, DEFAULT_TEMPORAL_WINDOW, TinyObjectWarning
+from hodor.engine.loop.session import CPU_CHUNK, DEFAULT_CHUNK, DEFAULT_TEMPORAL_WINDOW, TinyObjectWarning
 from hodor.errors import HodorError
 
 PROG = "hodor-run"
@@ -168,8 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--chunk",
         type=_positive,
-        default=DEFAULT_CHUNK,
-        help=f"frames per backbone batch (default {DEFAULT_CHUNK})",
+        help=f"frames per backbone batch (default {DEFAULT_CHUNK} on a GPU, {CPU_CHUNK} on the CPU)",
     )
     model.add_argument("--kernels", choices=KERNEL_CHOICES, help="torch backend: triton or torch kernels")
     model.add_argument("--precision", choices=tuple(PRECISIONS), help="torch backend: compute precision")

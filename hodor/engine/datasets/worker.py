@@ -17,7 +17,7 @@ from hodor.engine.backends.torch_backend import TorchOptions
 from hodor.engine.datasets.segment import segment_sequence
 from hodor.engine.datasets.sequence import SequenceSpec
 from hodor.engine.datasets.summary import FAILED, OK, SequenceResult
-from hodor.engine.loop.session import DEFAULT_CHUNK, DEFAULT_TEMPORAL_WINDOW, VideoSession
+from hodor.engine.loop.session import DEFAULT_TEMPORAL_WINDOW, VideoSession
 from hodor.errors import HodorError
 
 
@@ -31,7 +31,7 @@ class SessionRequest:
     overrides: ConfigOverrides = field(default_factory=ConfigOverrides)
     torch_options: TorchOptions = field(default_factory=TorchOptions)
     temporal_window: int = DEFAULT_TEMPORAL_WINDOW
-    chunk: int = DEFAULT_CHUNK
+    chunk: int | None = None  # None: the device's default (VideoSession)
 
     def on_device(self, device: str | None) -> SessionRequest:
         return replace(self, device=device)

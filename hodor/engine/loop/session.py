@@ -24,15 +24,37 @@ from hodor.errors import HodorError
 
 DEFAULT_TEMPORAL_WINDOW = 7
 DEFAULT_CHUNK = 16
+"""Frames per backbone call of a whole-clip run on a GPU, where a batch fills the device."""
+CPU_CHUNK = 1
+"""Frames per backbone call of a whole-clip run on the CPU. One frame already keeps a few cores
+busy, so a batch gains nothing there and holds the first mask back until it is through: at 480p
+on two cores, 20-frame clips ran 1.05x (ONNX Runtime) and 1.13x (OpenVINO) faster one frame a
+call than sixteen, and the first mask came after 2 s instead of 13-14 s
+(``benchmarks/cpu_chunk.py``, RESULTS.md)."""
 
-__all__ = ["DEFAULT_CHUNK", "DEFAULT_TEMPORAL_WINDOW", "Frame", "TinyObjectWarning", "VideoSession"]
+__all__ = [
+    "CPU_CHUNK",
+    "DEFAULT_CHUNK",
+    "DEFAULT_TEMPORAL_WINDOW",
+    "Frame",
+    "TinyObjectWarning",
+    "VideoSession",
+    "default_chunk",
+]
+
+
+def default_chunk(device: torch.device | str) -> int:
+    """The backbone batch of a whole-clip run on ``device`` when none is asked for:
+    :data:`DEFAULT_CHUNK` on a GPU, :data:`CPU_CHUNK` on the CPU."""
+    return CPU_CHUNK if torch.device(device).type == "cpu" else DEFAULT_CHUNK
 
 
 class VideoSession:
     """Segments the objects of one video, frame by frame, from reference masks.
 
     ``step(frame, mask)`` for streams; ``run(frames, masks)`` for a whole clip, with
-    the backbone batched over ``chunk`` frames. Frames are ``[H,W,3]`` uint8 RGB
+    the backbone batched over ``chunk`` frames (default: :func:`default_chunk` of the
+    backend's device). Frames are ``[H,W,3]`` uint8 RGB
     numpy arrays (or tensors, see :data:`Frame`), all the same size; masks ``[H,W]``
     integer arrays of object ids (0 = background). A mask adds the objects it contains
     (or re-annotates known ones) at its frame.
@@ -51,18 +73,18 @@ class VideoSession:
         self,
         backend: Backend,
         temporal_window: int = DEFAULT_TEMPORAL_WINDOW,
-        chunk: int = DEFAULT_CHUNK,
+        chunk: int | None = None,
     ) -> None:
         if temporal_window < 1:
             # With no past frame in the window nothing carries an object from one frame to the next.
             raise HodorError(f"temporal window must be >= 1, got {temporal_window}")
-        if chunk < 1:
+        if chunk is not None and chunk < 1:
             raise HodorError(f"chunk must be >= 1, got {chunk}")
         self.backend = backend
         self.config = backend.config
         self.device = backend.device
         self.temporal_window = temporal_window
-        self.chunk = chunk
+        self.chunk = chunk if chunk is not None else default_chunk(self.device)
         self.video = VideoState(self.config, self.device, temporal_window)
 
     @property
