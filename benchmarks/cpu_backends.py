@@ -672,6 +672,13 @@ def add_twins(names: Sequence[str], export_dir: Path) -> list[str]:
     return twins
 
 
+def add_clip_options(p: argparse.ArgumentParser) -> None:
+    """``--min-dim``, ``--objects``, ``--window``: the frame size, objects and history measured."""
+    p.add_argument("--min-dim", type=int, default=480, help="short side of the 16:9 frames (default 480)")
+    p.add_argument("--objects", type=int, default=4, help="objects in the reference mask (default 4)")
+    p.add_argument("--window", type=int, default=7, help="temporal window (default 7)")
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """``--cache-dir``, ``--checkpoint``, ``--export``: what :func:`open_model` takes."""
     p.add_argument(
@@ -711,9 +718,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="what to compare (default: %(default)s); choices: " + ", ".join(CANDIDATES),
     )
     p.add_argument("--baseline", default="onnxruntime-baseline", help="ratios are against this one")
-    p.add_argument("--min-dim", type=int, default=480)
-    p.add_argument("--objects", type=int, default=4)
-    p.add_argument("--window", type=int, default=7)
+    add_clip_options(p)
     p.add_argument("--repeats", type=int, default=7, help="interleaved rounds (default 7)")
     p.add_argument(
         "--frames", type=int, default=2, help="frames per whole-step run (default 2); 0: no whole-step runs"

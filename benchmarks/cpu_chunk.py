@@ -51,6 +51,7 @@ from cpu_backends import (  # noqa: E402
     _cpu_name,
     _spread,
     _versions,
+    add_clip_options,
     add_model_options,
     open_model,
 )
@@ -182,9 +183,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="backends (benchmarks/cpu_backends.py's names; default: %(default)s)",
     )
     p.add_argument("--chunks", nargs="+", type=int, default=[1, 4, 16], help="batches (default: %(default)s)")
-    p.add_argument("--min-dim", type=int, default=480)
-    p.add_argument("--objects", type=int, default=4)
-    p.add_argument("--window", type=int, default=7)
+    add_clip_options(p)
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument(
         "--frames", type=int, default=20, help="frames per whole clip (default 20); 0: the backbone alone"

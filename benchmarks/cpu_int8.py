@@ -103,9 +103,7 @@ def quantize(source: Path, target: Path, stage: str, calibration: list[dict[str,
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--min-dim", type=int, default=480)
-    p.add_argument("--objects", type=int, default=4)
-    p.add_argument("--window", type=int, default=7)
+    cpu_backends.add_clip_options(p)
     p.add_argument("--calibration-frames", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
     cpu_backends.add_model_options(p)

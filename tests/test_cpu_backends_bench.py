@@ -119,3 +119,26 @@ def test_twins_read_the_other_export(monkeypatch, tmp_path):
     model = bench.Model(config=None, checkpoint=tmp_path / "m.pth", export_dir=tmp_path / "m.hodor")
     bench.CANDIDATES["onnxruntime@other"].open(model, None)
     assert seen == [other] and "torch@other" not in bench.CANDIDATES
+
+
+def test_cpu_chunk_smoke(exported, tmp_path, capsys, monkeypatch):
+    """``benchmarks/cpu_chunk.py`` at a tiny size: each candidate's backbone at every batch, and
+    whole clips at every chunk, each clip segmented to its end (no timing asserted)."""
+    bench = load_bench_script("cpu_chunk", monkeypatch)
+    out = tmp_path / "chunk.json"
+    argv = ["--checkpoint", str(exported.checkpoint), "--export", str(exported.directory), "--json", str(out)]
+    argv += ["--min-dim", "64", "--objects", "2", "--window", "2", "--repeats", "2", "--frames", "5"]
+    assert bench.main([*argv, "--candidates", "onnxruntime", "--chunks", "1", "3"]) == 0
+    table = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert not report["skipped"]
+    per_frame = report["backbone_ms_per_frame"]["onnxruntime"]
+    assert set(per_frame) == {"1", "3"} and all(len(v) == 2 and min(v) > 0 for v in per_frame.values())
+    clips = report["clips"]["onnxruntime"]
+    for chunk in ("1", "3"):
+        assert len(clips[chunk]["fps"]) == 2 and min(clips[chunk]["fps"]) > 0
+        assert all(0 < s < 60 for s in clips[chunk]["first_mask_s"])
+        assert f"| onnxruntime | {chunk} |" in table
+    assert "batch 3 / batch 1" in table
+    with pytest.raises(SystemExit):
+        bench.main(["--chunks", "0"])
