@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -243,6 +244,26 @@ def test_cache_key_follows_the_graph_and_the_runtime(exported, tmp_path, monkeyp
     OnnxRuntimeBackend(exported.directory, cache_dir=tmp_path / "c")
     after = {p.name for p in (tmp_path / "c").iterdir()}
     assert before < after and len(after) == 2 * len(STAGES)
+
+
+def test_cache_entries_unused_for_a_while_are_removed(exported, tmp_path):
+    """Graphs of another runtime version or CPU (here: a stray name) unused for CACHE_IDLE_DAYS go
+    when the export is opened; the graphs a start loads are marked used and stay however old."""
+    from hodor.engine.backends.export_files import CACHE_IDLE_DAYS
+
+    cache = tmp_path / "c"
+    OnnxRuntimeBackend(exported.directory, cache_dir=cache)
+    ours = sorted(cache.iterdir())
+    old = time.time() - (CACHE_IDLE_DAYS + 1) * 86400
+    stale, recent = cache / "decoder.0123456789abcdef.onnx", cache / "decoder.fedcba9876543210.onnx"
+    stale.write_bytes(b"x")
+    recent.write_bytes(b"x")
+    for path in (*ours, stale):
+        os.utime(path, (old, old))
+    os.utime(recent, (old + 2 * 86400, old + 2 * 86400))  # CACHE_IDLE_DAYS - 1 days ago
+    OnnxRuntimeBackend(exported.directory, cache_dir=cache)
+    assert sorted(cache.iterdir()) == sorted([*ours, recent])
+    assert all(p.stat().st_mtime > time.time() - 3600 for p in ours)  # marked used by this start
 
 
 def test_damaged_cache_entry_is_rebuilt(exported, tmp_path, caplog):

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -386,6 +388,25 @@ def test_compiled_models_are_cached_and_reused(exported, tmp_path, monkeypatch):
     image = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(3))
     for a, b in zip(first.backbone(image), second.backbone(image), strict=True):
         assert torch.equal(a, b)
+
+
+def test_cache_directories_unused_for_a_while_are_removed(exported, tmp_path):
+    """One directory per OpenVINO version, rewrite version and CPU: those unused for
+    CACHE_IDLE_DAYS go when the export is opened, the one in use is marked used and stays."""
+    from hodor.engine.backends.export_files import CACHE_IDLE_DAYS
+
+    old = time.time() - (CACHE_IDLE_DAYS + 1) * 86400
+    stale, recent = tmp_path / "0123456789abcdef", tmp_path / "fedcba9876543210"
+    for d in (stale, recent):
+        (d / "sub").mkdir(parents=True)
+        (d / "model.blob").write_bytes(b"x")
+    os.utime(stale, (old, old))
+    first = OpenVinoBackend(exported.directory, cache_dir=tmp_path)
+    assert sorted(tmp_path.iterdir()) == sorted([first.cache_dir, recent])
+    os.utime(first.cache_dir, (old, old))
+    second = OpenVinoBackend(exported.directory, cache_dir=tmp_path)
+    assert second.cache_dir == first.cache_dir and first.cache_dir.stat().st_mtime > old + 86400
+    assert sorted(tmp_path.iterdir()) == sorted([first.cache_dir, recent])
 
 
 def _kept_rewrites(cache_dir: Path) -> dict[str, dict]:

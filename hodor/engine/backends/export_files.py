@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import time
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -36,3 +38,47 @@ def cpu_flags() -> str:
     except OSError:
         pass
     return ""
+
+
+CACHE_IDLE_DAYS = 30
+"""A cache entry not used for this long is removed when a backend next opens the export: entries of
+a runtime version, rewrite version or CPU no longer in use (each makes new ones, a few hundred MB)
+do not pile up, while any entry still used by some machine or environment stays."""
+
+
+def mark_used(path: Path) -> None:
+    """Record that the cache entry ``path`` (file or directory) was used now, as its modification
+    time (reading an entry does not change it); a failure only loses the record."""
+    try:
+        os.utime(path)
+    except OSError as exc:
+        logger.debug("could not mark %s as used: %s", path, exc)
+
+
+def prune_idle(root: Path, keep: Path | None = None, idle_days: float = CACHE_IDLE_DAYS) -> list[Path]:
+    """Remove the entries of the cache directory ``root`` (files, or directories with what they hold)
+    not used for ``idle_days`` (by :func:`mark_used`'s record), except ``keep``; returns those removed.
+    An entry that cannot be removed (another process's, read-only storage) is left, with a debug line."""
+    cutoff = time.time() - idle_days * 86400
+    removed = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if keep is not None and entry == keep:
+            continue
+        try:
+            if entry.lstat().st_mtime >= cutoff:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError as exc:
+            logger.debug("could not remove the idle cache entry %s: %s", entry, exc)
+            continue
+        removed.append(entry)
+    if removed:
+        logger.info("removed %d cache entries of %s unused for %g days", len(removed), root, idle_days)
+    return removed

@@ -9,7 +9,9 @@ they are read (``hodor.engine.backends.manifest.read_graph``), with full graph o
 one intra-op thread per usable core, whose idle threads sleep rather than spin. On the CPU
 the optimised graphs are saved in ``ort-cache/`` inside the export directory, keyed by the
 original graph's sha256, the ONNX Runtime version and the CPU's features (full optimisation
-rewrites the graph for the CPU at hand), and later sessions load them without optimising again.
+rewrites the graph for the CPU at hand), and later sessions load them without optimising again;
+entries no start has loaded for :data:`~hodor.engine.backends.export_files.CACHE_IDLE_DAYS` days
+(another version's, another CPU's) are removed.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 
 from hodor.config import HodorConfig
 from hodor.engine.backends.base import ConfigOverrides
-from hodor.engine.backends.export_files import cpu_flags, writable_cache_dir
+from hodor.engine.backends.export_files import cpu_flags, mark_used, prune_idle, writable_cache_dir
 from hodor.engine.backends.graph_seam import HostGraphSeam
 from hodor.engine.backends.manifest import STAGES, GraphEntry, Manifest, load_manifest, read_graph
 from hodor.engine.io.files import atomic_write
@@ -144,6 +146,8 @@ class OnnxRuntimeBackend(HostGraphSeam):
                     f"ONNX Runtime {ort.__version__} cannot load {entry.file} on {self.device} "
                     f"({' '.join(str(exc).split())[:300]}); re-export with this version of hodor-export"
                 ) from None
+        if self.cache_dir is not None:  # graphs of other versions or CPUs, unused for a while
+            prune_idle(self.cache_dir)
         self.startup_s = time.perf_counter() - start
 
     def _options(self, ort: Any, optimise: bool, save_to: Path | None = None) -> Any:
@@ -170,9 +174,11 @@ class OnnxRuntimeBackend(HostGraphSeam):
         )
         if cached.is_file():
             try:
-                return ort.InferenceSession(
+                session = ort.InferenceSession(
                     str(cached), self._options(ort, optimise=False), providers=providers
                 )
+                mark_used(cached)
+                return session
             except Exception as exc:  # a damaged cache entry is rebuilt, not fatal
                 logger.warning("ignoring the damaged cached graph %s: %s", cached, " ".join(str(exc).split()))
         try:

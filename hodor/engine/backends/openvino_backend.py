@@ -36,7 +36,9 @@ cache below holds the shape-free graphs, so it does not grow with every video si
 
 Compiling the three graphs takes a few seconds; the compiled models are cached in
 ``openvino-cache/`` inside the export directory (OpenVINO's model cache, keyed by the graph, the
-compile options and the OpenVINO version; one subdirectory per CPU), so later runs start in a
+compile options and the OpenVINO version; one subdirectory per OpenVINO version,
+:data:`REWRITES_VERSION` and CPU, removed once unused for
+:data:`~hodor.engine.backends.export_files.CACHE_IDLE_DAYS` days), so later runs start in a
 fraction of that. Graph bytes are checked against the manifest's sha256 as they are read. Each
 graph is parsed and rewritten once (both rewrites in one pass), and the graph is kept in
 the same directory (``<stage>.<key>.onnx``, the key made of the exported graph's sha256,
@@ -64,7 +66,7 @@ import torch
 
 from hodor.config import HodorConfig
 from hodor.engine.backends.base import ConfigOverrides
-from hodor.engine.backends.export_files import cpu_flags, writable_cache_dir
+from hodor.engine.backends.export_files import cpu_flags, mark_used, prune_idle, writable_cache_dir
 from hodor.engine.backends.graph_seam import HostGraphSeam
 from hodor.engine.backends.manifest import STAGES, GraphEntry, load_manifest, read_graph
 from hodor.engine.backends.onnxruntime_backend import usable_cores
@@ -174,11 +176,15 @@ class OpenVinoBackend(HostGraphSeam):
         self.cache_dir: Path | None = None
         if cache:
             root = Path(cache_dir) if cache_dir is not None else self.export_dir / CACHE_DIR_NAME
-            # Compiled models are specific to the CPU's instruction set: one directory per CPU kind.
-            key = hashlib.sha256(f"{ov.__version__}\n{cpu_flags()}".encode()).hexdigest()[:16]
+            # Compiled models are specific to the CPU's instruction set: one directory per CPU kind,
+            # OpenVINO version and rewrite version; those no machine used for a while are removed.
+            key_text = f"{ov.__version__}\n{REWRITES_VERSION}\n{cpu_flags()}"
+            key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
             self.cache_dir = writable_cache_dir(root / key)
             if self.cache_dir is not None:
                 properties["CACHE_DIR"] = str(self.cache_dir)
+                mark_used(self.cache_dir)
+                prune_idle(root, keep=self.cache_dir)
 
         self.compiled: dict[str, Any] = {}
         self.requests: dict[str, Any] = {}
