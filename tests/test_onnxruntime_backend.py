@@ -256,13 +256,15 @@ def test_cache_entries_unused_for_a_while_are_removed(exported, tmp_path):
     ours = sorted(cache.iterdir())
     old = time.time() - (CACHE_IDLE_DAYS + 1) * 86400
     stale, recent = cache / "decoder.0123456789abcdef.onnx", cache / "decoder.fedcba9876543210.onnx"
-    stale.write_bytes(b"x")
-    recent.write_bytes(b"x")
-    for path in (*ours, stale):
+    unfinished = cache / ".encoder.0123456789abcdef.onnx.12.34.5.tmp"  # a killed writer's
+    foreign = cache / "notes.txt"  # not the cache's: a directory named as the cache may hold others
+    for path in (stale, recent, unfinished, foreign):
+        path.write_bytes(b"x")
+    for path in (*ours, stale, unfinished, foreign):
         os.utime(path, (old, old))
     os.utime(recent, (old + 2 * 86400, old + 2 * 86400))  # CACHE_IDLE_DAYS - 1 days ago
     OnnxRuntimeBackend(exported.directory, cache_dir=cache)
-    assert sorted(cache.iterdir()) == sorted([*ours, recent])
+    assert sorted(cache.iterdir()) == sorted([*ours, recent, foreign])
     assert all(p.stat().st_mtime > time.time() - 3600 for p in ours)  # marked used by this start
 
 

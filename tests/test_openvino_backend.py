@@ -397,16 +397,18 @@ def test_cache_directories_unused_for_a_while_are_removed(exported, tmp_path):
 
     old = time.time() - (CACHE_IDLE_DAYS + 1) * 86400
     stale, recent = tmp_path / "0123456789abcdef", tmp_path / "fedcba9876543210"
-    for d in (stale, recent):
+    foreign = tmp_path / "notes"  # not the cache's: a directory named as the cache may hold others
+    for d in (stale, recent, foreign):
         (d / "sub").mkdir(parents=True)
         (d / "model.blob").write_bytes(b"x")
     os.utime(stale, (old, old))
+    os.utime(foreign, (old, old))
     first = OpenVinoBackend(exported.directory, cache_dir=tmp_path)
-    assert sorted(tmp_path.iterdir()) == sorted([first.cache_dir, recent])
+    assert sorted(tmp_path.iterdir()) == sorted([first.cache_dir, recent, foreign])
     os.utime(first.cache_dir, (old, old))
     second = OpenVinoBackend(exported.directory, cache_dir=tmp_path)
     assert second.cache_dir == first.cache_dir and first.cache_dir.stat().st_mtime > old + 86400
-    assert sorted(tmp_path.iterdir()) == sorted([first.cache_dir, recent])
+    assert sorted(tmp_path.iterdir()) == sorted([first.cache_dir, recent, foreign])
 
 
 def _kept_rewrites(cache_dir: Path) -> dict[str, dict]:

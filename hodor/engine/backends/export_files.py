@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
+
+from hodor.engine.io.files import is_temporary
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +58,15 @@ def mark_used(path: Path) -> None:
         logger.debug("could not mark %s as used: %s", path, exc)
 
 
-def prune_idle(root: Path, keep: Path | None = None, idle_days: float = CACHE_IDLE_DAYS) -> list[Path]:
+def prune_idle(
+    root: Path, names: re.Pattern[str], keep: Path | None = None, idle_days: float = CACHE_IDLE_DAYS
+) -> list[Path]:
     """Remove the entries of the cache directory ``root`` (files, or directories with what they hold)
-    not used for ``idle_days`` (by :func:`mark_used`'s record), except ``keep``; returns those removed.
-    An entry that cannot be removed (another process's, read-only storage) is left, with a debug line."""
+    whose names ``names`` matches whole (or unfinished writes of such files, left by a killed
+    process) and that were not used for ``idle_days`` (by :func:`mark_used`'s record), except
+    ``keep``; returns those removed. Nothing else in ``root`` is touched, whatever directory a
+    caller names as the cache. An entry that cannot be removed (another process's, read-only
+    storage) is left, with a debug line."""
     cutoff = time.time() - idle_days * 86400
     removed = []
     try:
@@ -67,6 +75,11 @@ def prune_idle(root: Path, keep: Path | None = None, idle_days: float = CACHE_ID
         return removed
     for entry in entries:
         if keep is not None and entry == keep:
+            continue
+        name = entry.name
+        if is_temporary(name):  # ".<name>.<pid>.<thread>.<n>.tmp"
+            name = name[1:].rsplit(".", 4)[0]
+        if not names.fullmatch(name):
             continue
         try:
             if entry.lstat().st_mtime >= cutoff:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ from hodor.errors import HodorError
 logger = logging.getLogger(__name__)
 
 CACHE_DIR_NAME = "ort-cache"
+CACHED_GRAPH_NAME = re.compile(r"[^/]+\.[0-9a-f]{16}\.onnx")
+"""The names of the optimised graphs kept in the cache (``<stage>.<key>.onnx``)."""
 GPU_HINT = "pip install hodor-engine[onnxruntime-gpu] (in place of onnxruntime)"
 
 
@@ -147,7 +150,7 @@ class OnnxRuntimeBackend(HostGraphSeam):
                     f"({' '.join(str(exc).split())[:300]}); re-export with this version of hodor-export"
                 ) from None
         if self.cache_dir is not None:  # graphs of other versions or CPUs, unused for a while
-            prune_idle(self.cache_dir)
+            prune_idle(self.cache_dir, CACHED_GRAPH_NAME)
         self.startup_s = time.perf_counter() - start
 
     def _options(self, ort: Any, optimise: bool, save_to: Path | None = None) -> Any:

@@ -54,6 +54,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 import time
 import warnings
 from collections import OrderedDict, deque
@@ -79,6 +80,8 @@ BF16_STAGES = ("backbone", "encoder", "decoder")
 """The stages ``bf16`` compiles in bf16 (the decoder only with its deformable convolutions
 rewritten; see the module docstring)."""
 CACHE_DIR_NAME = "openvino-cache"
+CACHE_KEY_NAME = re.compile(r"[0-9a-f]{16}")
+"""The names of the cache's directories, one per OpenVINO version, rewrite version and CPU."""
 STATIC_SHAPE_STAGES = ("encoder", "decoder")
 """The stages compiled again for input shapes that recur (see the module docstring)."""
 STATIC_SHAPES_AFTER = 3
@@ -184,7 +187,7 @@ class OpenVinoBackend(HostGraphSeam):
             if self.cache_dir is not None:
                 properties["CACHE_DIR"] = str(self.cache_dir)
                 mark_used(self.cache_dir)
-                prune_idle(root, keep=self.cache_dir)
+                prune_idle(root, CACHE_KEY_NAME, keep=self.cache_dir)
 
         self.compiled: dict[str, Any] = {}
         self.requests: dict[str, Any] = {}
