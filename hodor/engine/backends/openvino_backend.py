@@ -91,10 +91,9 @@ STATIC_SHAPES_SPAN = 8
 """The recent calls of a stage whose shapes are counted: a shape that comes every frame (one video,
 or up to three groups of videos stepped in turn) is compiled for, a growing history that comes once
 per video is not, unless the videos are shorter than four frames (then those shapes are all there
-is). Counting over all calls instead compiled,
-in a run of many videos of one size, each growing-history length once every third video, and the
-compilations pushed one another (and the steady state's) out of the few kept: 9 compilations,
-5-6 s, in a third 20-frame video at 480p."""
+is). Counting over all calls instead compiled, in a run of many videos of one size, each
+growing-history length once every third video, and the compilations pushed one another (and the
+steady state's) out of the few kept: 9 compilations, 5-6 s, in a third 20-frame video at 480p."""
 STATIC_SHAPES_KEPT = 4
 """How many fixed-shape compilations each of those stages keeps."""
 REWRITES_VERSION = 1
