@@ -1,9 +1,10 @@
-"""What both command-line tools share: argument errors on one line, and ``--version``."""
+"""What the command-line tools share: argument errors on one line, ``--version``, integer arguments."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 import hodor
@@ -33,3 +34,23 @@ def one_line(message: object) -> str:
 
 def print_error(prog: str, message: object) -> None:
     print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
+
+
+def at_least(lowest: int) -> Callable[[str], int]:
+    """An argparse ``type`` for an integer of ``lowest`` or more, with a one-line error otherwise."""
+    what = "a positive integer" if lowest == 1 else f"an integer >= {lowest}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = at_least(1)
+non_negative_int = at_least(0)

@@ -528,6 +528,21 @@ def test_not_a_dataset_and_a_path_inside_one(tmp_path, davis, model, capsys):
     assert code == 2 and f"give its root ({root.resolve()})" in error_lines(err)[0]
 
 
+def test_dataset_argument_errors_are_one_line(tmp_path, davis, capsys):
+    """As in the one-video mode: ``PROG: error: ...`` on one line, exit status 2, no usage dump."""
+    root, _ = davis
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([str(root), "--ray-workers", "0"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "hodor-run: error: argument --ray-workers: expected a positive integer, got 0 (see hodor-run --help)"
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([str(root), "--resume", "--no-such-flag"])
+    assert exit_info.value.code == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1
+
+
 def test_refused_model_leaves_no_output(tmp_path, davis, capsys):
     root, _ = davis
     out = tmp_path / "out"

@@ -26,7 +26,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from hodor.command_line import EXIT_USER_ERROR, CommandLineParser, print_error
+from hodor.command_line import EXIT_USER_ERROR, CommandLineParser, positive_int, print_error
 from hodor.config import HodorConfig
 from hodor.engine.backends.base import ConfigOverrides
 from hodor.engine.backends.compiled_stage import cache_dir as compile_cache_dir
@@ -76,16 +76,6 @@ RUN_OUTPUTS = (MASKS_DIR, OVERLAY_NAME, INCOMPLETE_NAME)
 MAX_PROCESSING_SIDE = 4096
 """Longest side a frame is resized to for processing (``--max-dim``, or what ``--min-dim`` implies):
 memory grows with its square, and at 4096 a frame already holds about 10 megapixels."""
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,24 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     p.add_argument(
         "--temporal-window",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_TEMPORAL_WINDOW,
         help=f"past frames whose descriptors each frame attends to (default {DEFAULT_TEMPORAL_WINDOW})",
     )
     p.add_argument(
         "--min-dim",
-        type=_positive,
+        type=positive_int,
         help="short side of the processed frames (default from the config); alone, it scales --max-dim too",
     )
     p.add_argument(
         "--max-dim",
-        type=_positive,
+        type=positive_int,
         help="long-side limit of the processed frames (default from the config; "
         f"at most {MAX_PROCESSING_SIDE})",
     )
     p.add_argument(
         "--chunk",
-        type=_positive,
+        type=positive_int,
         help=f"frames per backbone batch (default {DEFAULT_CHUNK} on a GPU, {CPU_CHUNK} on the CPU); only "
         "these frames' features are held; a live source runs frame by frame",
     )

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from hodor.command_line import CommandLineParser, non_negative_int, positive_int
 from hodor.engine.backends.base import ConfigOverrides
 from hodor.engine.backends.registry import BACKEND_CHOICES
 from hodor.engine.backends.torch_backend import KERNEL_CHOICES, PRECISIONS, TorchOptions
@@ -68,28 +69,8 @@ def is_dataset_invocation(argv: Sequence[str]) -> bool:
     return False
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CommandLineParser(
         prog=PROG,
         description="Segment every sequence of a dataset with HODOR, loading the model once. "
         "(One video: hodor-run INPUT --masks M ...)",
@@ -128,19 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ray.add_argument(
         "--ray-workers",
-        type=_positive,
+        type=positive_int,
         help="actors, each with the model loaded (default: one per GPU of the cluster, else one per "
         "--ray-cpus-per-worker CPUs)",
     )
     ray.add_argument(
         "--ray-cpus-per-worker",
-        type=_positive,
+        type=positive_int,
         default=1,
         help="CPUs (and torch threads) per actor (default 1)",
     )
     ray.add_argument(
         "--ray-retries",
-        type=_non_negative,
+        type=non_negative_int,
         default=DEFAULT_RETRIES,
         help=f"times a sequence whose worker died is given to a fresh worker (default {DEFAULT_RETRIES})",
     )
@@ -155,19 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     model.add_argument(
         "--temporal-window",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_TEMPORAL_WINDOW,
         help=f"past frames each frame attends to (default {DEFAULT_TEMPORAL_WINDOW})",
     )
     model.add_argument(
-        "--min-dim", type=_positive, help="short side of the processed frames (default from the config)"
+        "--min-dim", type=positive_int, help="short side of the processed frames (default from the config)"
     )
     model.add_argument(
-        "--max-dim", type=_positive, help="long-side limit of the processed frames (default from the config)"
+        "--max-dim",
+        type=positive_int,
+        help="long-side limit of the processed frames (default from the config)",
     )
     model.add_argument(
         "--chunk",
-        type=_positive,
+        type=positive_int,
         help=f"frames per backbone batch (default {DEFAULT_CHUNK} on a GPU, {CPU_CHUNK} on the CPU)",
     )
     model.add_argument("--kernels", choices=KERNEL_CHOICES, help="torch backend: triton or torch kernels")
