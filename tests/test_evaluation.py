@@ -261,3 +261,20 @@ def test_eval_does_not_import_torch(scored_pair):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_cli_argument_errors_are_one_line_and_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["pred", "gt", "--workers", "0"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "hodor-eval: error: argument --workers: expected a positive integer, got 0 (see hodor-eval --help)"
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["pred"])
+    assert exit_info.value.code == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("hodor-eval ")

@@ -11,14 +11,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hodor.command_line import EXIT_USER_ERROR, CommandLineParser, positive_int, print_error
 from hodor.errors import HodorError
 
 PROG = "hodor-eval"
-EXIT_USER_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CommandLineParser(
         prog=PROG,
         description="J&F of predicted masks against ground truth (DAVIS 2017 semi-supervised protocol: "
         "first and last frames excluded; F with a boundary tolerance of ceil(0.008 x image diagonal)).",
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="where the result files go (default: PRED)")
     p.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=min(4, os.cpu_count() or 1),
         help="processes scoring sequences in parallel (default: up to 4, one per core)",
     )
@@ -89,18 +89,15 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.workers < 1:
-        print(f"{PROG}: error: --workers must be at least 1", file=sys.stderr)
-        return EXIT_USER_ERROR
     try:
         summary = run(args)
     except ModuleNotFoundError as exc:
         if exc.name != "scipy":
             raise
-        print(f"{PROG}: error: scipy is missing: pip install 'hodor-engine[eval]'", file=sys.stderr)
+        print_error(PROG, "scipy is missing: pip install 'hodor-engine[eval]'")
         return EXIT_USER_ERROR
     except HodorError as exc:
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print_error(PROG, exc)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
