@@ -772,9 +772,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     calls = recorder.calls
     floor: dict[str, Any] | None = None
     if args.floor:
-        from cpu_floor import measure_probes, stage_flops
+        from cpu_floor import measure_probes, stage_flops, winograd_flops
 
         flops = stage_flops(recorder.inner, calls)
+        dense = winograd_flops(recorder.inner, calls)
         log(
             "counted arithmetic per frame: "
             + ", ".join(f"{s} {flops[s] / 1e9:.1f} GFLOP" for s in STAGES)
@@ -782,7 +783,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         padded = tuple(calls["backbone"].args[0].shape[-2:])
         probes, probe_skipped = measure_probes(padded, args.repeats, args.threads, log=log)
-        floor = {"flops": flops, "probes": probes, "skipped": probe_skipped}
+        floor = {"flops": flops, "winograd_flops": dense, "probes": probes, "skipped": probe_skipped}
     del recorder
 
     names = list(args.candidates)
@@ -838,6 +839,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if floor is not None:
         report["floor"] = {
             "flops": floor["flops"],
+            "winograd_flops": floor["winograd_flops"],
             "probes": [asdict(p) for p in floor["probes"]],
             "skipped": floor["skipped"],
         }
@@ -851,7 +853,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(
             floor_section(
-                floor["flops"], floor["probes"], floor["skipped"], args.baseline, stage_ms, frame_ms
+                floor["flops"],
+                floor["probes"],
+                floor["skipped"],
+                args.baseline,
+                stage_ms,
+                frame_ms,
+                winograd=floor["winograd_flops"],
             )
         )
     if args.json is not None:

@@ -22,7 +22,10 @@ faster without doing less arithmetic (another algorithm, such as Winograd convol
 narrower number type. ``cpu_backends.py --floor`` sets the whole frame's floor beside the baseline's
 measured frame time in the same run; their quotient bounds the speed-up any backend can reach at
 that precision, even one that made every other operation (sampling, normalisation, the runtime's
-resampling and arg-max) free.
+resampling and arg-max) free. The OpenVINO backend's fp32 stages do less arithmetic: they run the
+dense 3x3 convolutions as Winograd F(4x4, 3x3), a quarter of those multiplications
+(:func:`winograd_flops` counts them), so the report also gives the fp32 floor and bound with those
+products at a quarter (the transforms around them not counted: a floor still).
 """
 
 from __future__ import annotations
@@ -78,6 +81,60 @@ def stage_flops(backend: Any, calls: dict[str, Any]) -> dict[str, float]:
             getattr(backend, stage)(*calls[stage].args)
         flops[stage] = float(counter.get_total_flops())
     return flops
+
+
+def winograd_flops(backend: Any, calls: dict[str, Any]) -> dict[str, float]:
+    """Of :func:`stage_flops`' count, the dense 3x3 convolutions' (stride 1, padding 1, no dilation
+    or groups, at least ``MIN_CHANNELS`` in and out): those the OpenVINO backend's fp32 stages run
+    as Winograd F(4x4, 3x3), with a quarter of the multiplications."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from hodor.engine.backends.winograd_conv import MIN_CHANNELS
+
+    class Dense3x3(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.flops = 0.0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            out = func(*args, **(kwargs or {}))
+            if func in (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default):
+                bound = func._schema.arguments
+                given = {a.name: a.default_value for a in bound if a.has_default_value()}
+                given.update(zip((a.name for a in bound), args, strict=False))
+                given.update(kwargs or {})
+                if _dense_3x3(given, MIN_CHANNELS):
+                    self.flops += 2.0 * out.numel() * given["input"].shape[1] * 9
+            return out
+
+    flops: dict[str, float] = {}
+    for stage in STAGES:
+        mode = Dense3x3()
+        with mode, torch.inference_mode():
+            getattr(backend, stage)(*calls[stage].args)
+        flops[stage] = mode.flops
+    return flops
+
+
+def _dense_3x3(conv: dict[str, Any], min_channels: int) -> bool:
+    """Whether a convolution's arguments (by name, as ``aten.conv2d`` / ``aten.convolution`` take
+    them) are those of a convolution the Winograd rewrite takes."""
+
+    def pair(value: Any) -> list[Any]:
+        value = list(value) if isinstance(value, (list, tuple)) else [value]
+        return value * 2 if len(value) == 1 else value
+
+    weight = conv["weight"]
+    return (
+        weight.dim() == 4
+        and tuple(weight.shape[2:]) == (3, 3)
+        and pair(conv["stride"]) == [1, 1]
+        and pair(conv["padding"]) == [1, 1]
+        and pair(conv["dilation"]) == [1, 1]
+        and not conv.get("transposed", False)
+        and conv["groups"] == 1
+        and min(weight.shape[:2]) >= min_channels
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,9 +331,12 @@ def floor_section(
     baseline: str | None = None,
     baseline_stage_ms: dict[str, float] | None = None,
     baseline_frame_ms: float | None = None,
+    winograd: dict[str, float] | None = None,
 ) -> str:
     """Markdown: the probes, the floors per stage and precision, and (given the baseline's measured
-    times from the same run) the bound on any backend's speed-up over it."""
+    times from the same run) the bound on any backend's speed-up over it; with ``winograd`` (the
+    :func:`winograd_flops` of each stage), also the fp32 floor and bound with those convolutions'
+    multiplications at a quarter (their transforms not counted)."""
     peaks = attained_peaks(probes)
     lines = [
         "Attained rates (median of the repeats; one thread per usable core):",
@@ -327,6 +387,18 @@ def floor_section(
             lines.append(
                 f"- {precision}: at most {baseline_frame_ms / floor_ms:.2f}x (floor {floor_ms:.0f} ms)"
             )
+    if winograd is not None and "fp32" in peaks:
+        dense = sum(winograd.values())
+        fewer = total - 0.75 * dense
+        floor_ms = fewer / 1e9 / peaks["fp32"] * 1e3
+        line = (
+            f"\nWith the dense 3x3 convolutions ({dense / 1e9:.1f} of the {total / 1e9:.1f} GFLOP) "
+            "as Winograd F(4x4, 3x3), as the OpenVINO backend runs them in fp32, the products are "
+            f"{fewer / 1e9:.1f} GFLOP (their transforms not counted): fp32 floor {floor_ms:.0f} ms"
+        )
+        if baseline_frame_ms is not None:
+            line += f", at most {baseline_frame_ms / floor_ms:.2f}x {baseline}"
+        lines.append(line + ".")
     return "\n".join(lines)
 
 

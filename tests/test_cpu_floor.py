@@ -43,6 +43,34 @@ def test_counts_products_and_convolutions(floor):
     assert flops == {"backbone": 2.0 * h * w * c * c * 9, "encode": 2.0 * 5 * 7 * 3, "decode": 0.0}
 
 
+def test_winograd_count_takes_only_the_dense_3x3_convolutions(floor):
+    """Only what the Winograd rewrite takes: 3x3, stride 1, padding 1, no groups, MIN_CHANNELS or
+    more in and out; narrower, strided, grouped or 1x1 convolutions and products are not counted."""
+    from hodor.engine.backends.winograd_conv import MIN_CHANNELS
+
+    c, h, w = MIN_CHANNELS, 6, 10
+    wide = torch.randn(c, c, 3, 3)
+    narrow = torch.randn(8, c, 3, 3)
+
+    def backbone(x):
+        y = F.conv2d(x, wide, padding=1)  # counted
+        F.conv2d(x, narrow, padding=1)  # too few outputs
+        F.conv2d(x, wide, padding=1, stride=2)  # strided
+        F.conv2d(x, wide.reshape(2 * c, c // 2, 3, 3)[:c], padding=1, groups=2)  # grouped
+        F.conv2d(x, wide[:, :, :1, :1])  # 1x1
+        return y
+
+    backend = SimpleNamespace(backbone=backbone, encode=lambda a, b: a @ b, decode=torch.relu)
+    calls = {
+        "backbone": _call(torch.randn(1, c, h, w)),
+        "encode": _call(torch.randn(5, 7), torch.randn(7, 3)),
+        "decode": _call(torch.randn(4, 4)),
+    }
+    dense = floor.winograd_flops(backend, calls)
+    assert dense == {"backbone": 2.0 * h * w * c * c * 9, "encode": 0.0, "decode": 0.0}
+    assert dense["backbone"] < floor.stage_flops(backend, calls)["backbone"]
+
+
 def test_decoder_count_includes_the_deformable_products(floor):
     """The decoder's heaviest work is the deformable convolutions' products and the 1/4 convolutions:
     a count that missed them (grid sampling feeding a matmul) would understate the floor."""
@@ -86,6 +114,12 @@ def test_peaks_floors_and_bound(floor):
     assert "| backbone | 60.0 | 600 | 300 | 900 | 67 |" in text
     assert "| frame (three stages) | 100.0 | 1000 | 500 | 1500 | 67 |" in text
     assert "not measured: x (torch, int8): why" in text
+    assert "Winograd" not in text
+    # 40 of the 100 GFLOP in dense 3x3 convolutions: 100 - 30 = 70 GFLOP, 700 ms at 100 GFLOP/s
+    dense = {"backbone": 30e9, "encode": 0.0, "decode": 10e9}
+    text = floor.floor_section(flops, probes, {}, "base", stage_ms, 1700.0, winograd=dense)
+    assert "the products are 70.0 GFLOP (their transforms not counted): fp32 floor 700 ms" in text
+    assert "at most 2.43x base." in text
 
 
 def test_probes_run_and_report_what_they_skip(floor):
