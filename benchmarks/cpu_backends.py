@@ -287,8 +287,14 @@ CANDIDATES: dict[str, Candidate] = {
         ),
         Candidate(
             "openvino-bf16",
-            "OpenVINO, bf16 on all three stages (--precision bf16)",
+            "OpenVINO, bf16 on all three stages (--precision bf16; deformable convolutions as sampled "
+            "columns and a bf16 product)",
             _openvino("bf16"),
+        ),
+        Candidate(
+            "openvino-bf16-fused",
+            "OpenVINO, bf16, deformable convolutions as OpenVINO's own (fp32 products): before columns",
+            _openvino("bf16", deform_columns=False),
         ),
         Candidate(
             "openvino-shapefree",
