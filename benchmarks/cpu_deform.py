@@ -19,6 +19,9 @@ usable core, and checked against :func:`hodor.model.deform_conv.deform_conv2d` i
   ``DeformableConvolution`` with one-hot weights, then a bf16 1x1 convolution;
 - ``openvino-gridsample-columns``: the columns made by ``GridSample`` from positions computed in
   fp32 outside the graph, then a bf16 1x1 convolution.
+- ``openvino-engine-columns``: what the OpenVINO backend runs in bf16: the columns made by the
+  engine's own operation (:mod:`hodor.engine.backends.deform_columns`, built here on first use),
+  then a bf16 matrix product (left out, saying why, where the operation cannot be built).
 
 ``--profile PRECISION`` records one frame's stage inputs with the plain PyTorch model (as
 ``cpu_backends.py`` does), runs the three stages on the OpenVINO backend compiled with
@@ -133,12 +136,50 @@ def _openvino_ways(x: np.ndarray, offsets: np.ndarray, weight: np.ndarray) -> di
         request = compiled([y], [xp, gp], "bf16")
         return lambda: request.infer([x, grid])[0]
 
-    return {
+    def engine_columns() -> Callable[[], Any]:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        from hodor.engine.backends.deform_columns import extension_library, rewrite_as_columns
+
+        node = helper.make_node(
+            "DeformConv", ["x", "w", "offsets", "b"], ["y"], kernel_shape=[3, 3], pads=[1] * 4
+        )
+        model = helper.make_model(
+            helper.make_graph(
+                [node],
+                "deform",
+                [helper.make_tensor_value_info(n, TensorProto.FLOAT, list("nchw")) for n in ("x", "offsets")],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                [
+                    numpy_helper.from_array(weight, "w"),
+                    numpy_helper.from_array(np.zeros(out_ch, np.float32), "b"),
+                ],
+            ),
+            opset_imports=[onnx.helper.make_opsetid("", 19)],
+        )
+        rewrite_as_columns(model)
+        core.add_extension(str(extension_library()))
+        request = core.compile_model(
+            core.read_model(model.SerializeToString(), b""),
+            "CPU",
+            {**base, "INFERENCE_PRECISION_HINT": "bf16"},
+        ).create_infer_request()
+        return lambda: request.infer({"x": x, "offsets": offsets})[0]
+
+    ways = {
         "openvino-fused fp32": fused("f32"),
         "openvino-fused bf16 hint": fused("bf16"),
         "openvino-grouped-columns bf16": grouped_columns(),
         "openvino-gridsample-columns bf16": gridsample_columns(),
     }
+    from hodor.engine.backends.deform_columns import ExtensionUnavailable
+
+    try:
+        ways["openvino-engine-columns bf16"] = engine_columns()
+    except ExtensionUnavailable as exc:
+        print(f"openvino-engine-columns left out: {exc}", file=sys.stderr)
+    return ways
 
 
 def compare_ways(
