@@ -40,6 +40,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from hodor.engine.backends.export_files import cpu_flags, mark_used, prune_idle, writable_cache_dir
+from hodor.engine.backends.onnx_edit import Replacement, rewrite_each
 from hodor.engine.io.files import atomic_write
 from hodor.engine.pipeline.kernel_cache import user_cache_dir
 
@@ -130,53 +131,43 @@ def rewrite_as_columns(model: onnx.ModelProto) -> int:
     mask, square odd kernel, constant weights and bias: as
     :func:`~hodor.engine.backends.native_deform_conv.rewrite_deform_convs` writes them) by the
     columns operation in bf16 and a product; returns how many. Others are left as they are."""
-    graph = model.graph
-    initializers = {init.name: init for init in graph.initializer}
-    nodes: list[onnx.NodeProto] = []
-    added: list[onnx.TensorProto] = []
-    count = 0
-    for node in graph.node:
-        if node.op_type != "DeformConv" or node.domain not in ("", "ai.onnx"):
-            nodes.append(node)
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        weight_init = initializers.get(node.input[1])
-        bias_init = initializers.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
-        if weight_init is None or bias_init is None or (len(node.input) > 4 and node.input[4]):
-            nodes.append(node)
-            continue
-        weight = numpy_helper.to_array(weight_init)
-        k = int(weight.shape[2]) if weight.ndim == 4 else 0
-        plain = (
-            weight.ndim == 4
-            and weight.shape[2] == weight.shape[3]
-            and k % 2 == 1
-            and list(attrs.get("strides", [1, 1])) == [1, 1]
-            and list(attrs.get("dilations", [1, 1])) == [1, 1]
-            and attrs.get("group", 1) == 1
-            and attrs.get("offset_group", 1) == 1
-            and list(attrs.get("pads", [0] * 4)) == [k // 2] * 4
-        )
-        if not plain:
-            nodes.append(node)
-            continue
-        nodes += _columns_nodes(node, weight, numpy_helper.to_array(bias_init).reshape(-1), added)
-        count += 1
+    count = rewrite_each(model.graph, _as_columns)
     if not count:
         return 0
-    read = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
-    del graph.node[:]
-    graph.node.extend(nodes)
-    for index in reversed(range(len(graph.initializer))):
-        if graph.initializer[index].name not in read:
-            del graph.initializer[index]
-    graph.initializer.extend(added)
     if not any(opset.domain == OP_DOMAIN for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid(OP_DOMAIN, 1))
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version < 15:
             opset.version = 15  # Shape's end attribute
     return count
+
+
+def _as_columns(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> Replacement | None:
+    """The nodes replacing ``node`` when it is a ``DeformConv`` this rewrite takes, else None."""
+    if node.op_type != "DeformConv" or node.domain not in ("", "ai.onnx"):
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    weight_init = initializers.get(node.input[1])
+    bias_init = initializers.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    if weight_init is None or bias_init is None or (len(node.input) > 4 and node.input[4]):
+        return None
+    weight = numpy_helper.to_array(weight_init)
+    k = int(weight.shape[2]) if weight.ndim == 4 else 0
+    plain = (
+        weight.ndim == 4
+        and weight.shape[2] == weight.shape[3]
+        and k % 2 == 1
+        and list(attrs.get("strides", [1, 1])) == [1, 1]
+        and list(attrs.get("dilations", [1, 1])) == [1, 1]
+        and attrs.get("group", 1) == 1
+        and attrs.get("offset_group", 1) == 1
+        and list(attrs.get("pads", [0] * 4)) == [k // 2] * 4
+    )
+    if not plain:
+        return None
+    added: list[onnx.TensorProto] = []
+    nodes = _columns_nodes(node, weight, numpy_helper.to_array(bias_init).reshape(-1), added)
+    return nodes, added
 
 
 def _columns_nodes(

@@ -32,6 +32,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from hodor.engine.backends.onnx_edit import Replacement, rewrite_each
+
 # F(4x4, 3x3): input transform B^T (6x6), weight transform G (6x3), output transform A^T (4x6).
 B_T = np.array(
     [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
@@ -175,28 +177,12 @@ def _eligible(
 def rewrite_winograd_convs(model: onnx.ModelProto, min_channels: int = MIN_CHANNELS) -> int:
     """Replace, in place, every eligible 3x3 ``Conv`` of ``model`` (see the module's text) by its
     F(4x4, 3x3) computation; returns how many. Weights no other node reads are dropped."""
-    graph = model.graph
-    initializers = {init.name: init for init in graph.initializer}
-    nodes: list[onnx.NodeProto] = []
-    added: list[onnx.TensorProto] = []
-    count = 0
-    for node in graph.node:
+
+    def replace(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> Replacement | None:
         found = _eligible(node, initializers, min_channels) if node.op_type == "Conv" else None
         if found is None:
-            nodes.append(node)
-            continue
+            return None
         built = _winograd_nodes(node, *found)
-        nodes += built.nodes
-        added += built.initializers
-        count += 1
-    if not count:
-        return 0
-    read = {name for node in nodes for name in node.input} | {out.name for out in graph.output}
-    del graph.node[:]
-    graph.node.extend(nodes)
-    # Drop the replaced weights in place: rebuilding the list would copy every initializer.
-    for index in reversed(range(len(graph.initializer))):
-        if graph.initializer[index].name not in read:
-            del graph.initializer[index]
-    graph.initializer.extend(added)
-    return count
+        return built.nodes, built.initializers
+
+    return rewrite_each(model.graph, replace)
