@@ -202,6 +202,16 @@ def test_the_bf16_backend_uses_it_and_falls_back_without_it(
     again = OpenVinoBackend(exported.directory, precision="bf16", cache_dir=tmp_path / "a")
     assert again.deform_columns_convs == columns.deform_columns_convs
     assert _errors(again, net, inputs) == with_columns
+    # A damaged library in the cache is built again (another cache: never overwrite a loaded library).
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "damaged-cache"))
+    library = extension_library(tmp_path / "damaged-cache" / "hodor-engine" / "openvino-ext")
+    library.unlink()
+    library.write_bytes(b"not a shared library")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rebuilt = OpenVinoBackend(exported.directory, precision="bf16", cache_dir=tmp_path / "a")
+    assert rebuilt.deform_columns_convs == columns.deform_columns_convs
+    assert library.read_bytes().startswith(b"\x7fELF")
     # No compiler: OpenVINO's fp32 deformable convolution, with a warning saying why.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("CXX", str(tmp_path / "absent"))

@@ -303,18 +303,29 @@ class OpenVinoBackend(HostGraphSeam):
             self._core.add_extension(openvino_deform_conv())
             self._deform_extension_added = True
         if prepared.columns_convs and not self._columns_extension_added:
-            if self.columns_library is None:
-                raise HodorError("internal: a graph with the columns operation but no library for it")
-            self._core.add_extension(str(self.columns_library))
-            self._columns_extension_added = True
+            raise HodorError("internal: a graph with the columns operation but no library loaded for it")
 
     def _columns_library(self) -> Path | None:
-        """The columns operation's library (built on first use), or None with a warning saying why
-        the bf16 decoder keeps OpenVINO's fp32 deformable convolution."""
+        """The columns operation's library (built on first use), loaded into this backend's OpenVINO;
+        or None with a warning saying why the bf16 decoder keeps OpenVINO's fp32 deformable
+        convolution."""
         from hodor.engine.backends.deform_columns import ExtensionUnavailable, extension_library
 
         try:
-            return extension_library()
+            for attempt in range(2):
+                library = extension_library()
+                try:
+                    self._core.add_extension(str(library))
+                except RuntimeError as exc:
+                    # A damaged file is built again once; a cache on storage that does not allow
+                    # running code fails both times.
+                    reason = " ".join(str(exc).split())[:200]
+                    if attempt == 0:
+                        library.unlink(missing_ok=True)
+                    continue
+                self._columns_extension_added = True
+                return library
+            raise ExtensionUnavailable(f"OpenVINO cannot load {library}: {reason}")
         except ExtensionUnavailable as exc:
             self.columns_unavailable = str(exc)
             warnings.warn(
