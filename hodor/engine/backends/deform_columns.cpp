@@ -124,8 +124,8 @@ private:
         const long h = static_cast<long>(g.h), w = static_cast<long>(g.w);
         for (size_t x = 0; x < g.w; ++x) {
             T* dst = out + ((b * g.h + y) * g.w + x) * g.c * g.taps;
+            const size_t at = y * g.w + x;
             for (size_t t = 0; t < g.taps; ++t) {
-                const size_t at = y * g.w + x;
                 const float py = static_cast<float>(static_cast<long>(y) - m_pad + static_cast<long>(t) / m_kernel) +
                                  ob[(2 * t) * plane + at];
                 const float px = static_cast<float>(static_cast<long>(x) - m_pad + static_cast<long>(t) % m_kernel) +

@@ -26,6 +26,7 @@ a warning saying why.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -58,19 +59,14 @@ class ExtensionUnavailable(RuntimeError):
     """The columns operation cannot be built or loaded here; the message says why."""
 
 
-def _openvino_dir() -> Path:
-    import openvino
-
-    return Path(openvino.__file__).parent
-
-
 def _compiler() -> str:
     for candidate in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if candidate and shutil.which(candidate):
-            return shutil.which(candidate) or candidate
+        if candidate and (found := shutil.which(candidate)):
+            return found
     raise ExtensionUnavailable("no C++ compiler found (set CXX, or install g++)")
 
 
+@functools.cache  # asked once per process, not at every backend's start
 def _compiler_version(compiler: str) -> str:
     try:
         done = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
@@ -86,7 +82,7 @@ def extension_library(cache_root: Path | None = None) -> Path:
         raise ExtensionUnavailable(f"the columns operation is built on Linux only, not on {sys.platform}")
     import openvino
 
-    ov_dir = _openvino_dir()
+    ov_dir = Path(openvino.__file__).parent
     include = ov_dir / "include"
     libs = ov_dir / "libs"
     libraries = sorted(libs.glob("libopenvino.so.*")) + sorted(libs.glob("libtbb.so.*"))
@@ -165,16 +161,12 @@ def _as_columns(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto])
     )
     if not plain:
         return None
-    added: list[onnx.TensorProto] = []
-    nodes = _columns_nodes(node, weight, numpy_helper.to_array(bias_init).reshape(-1), added)
-    return nodes, added
+    return _columns_nodes(node, weight, numpy_helper.to_array(bias_init).reshape(-1))
 
 
-def _columns_nodes(
-    conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray, initializers: list[onnx.TensorProto]
-) -> list[onnx.NodeProto]:
+def _columns_nodes(conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray) -> Replacement:
     """The nodes computing the ``DeformConv`` node ``conv`` as columns and a product (NCHW in and
-    out, the same tensor names); their constants are appended to ``initializers``."""
+    out, the same tensor names), and their constants."""
     out_ch, in_ch, k = int(weight.shape[0]), int(weight.shape[1]), int(weight.shape[2])
     prefix = f"{conv.name or conv.output[0]}/columns"
     constants = {
@@ -184,8 +176,7 @@ def _columns_nodes(
         "flat": np.array([0, -1, k * k * in_ch], np.int64),
         "channels": np.array([out_ch], np.int64),
     }
-    for what, value in constants.items():
-        initializers.append(numpy_helper.from_array(value, f"{prefix}_{what}"))
+    initializers = [numpy_helper.from_array(value, f"{prefix}_{what}") for what, value in constants.items()]
     nodes: list[onnx.NodeProto] = []
 
     def op(kind: str, inputs: list[str], what: str, output: str | None = None, **attrs: object) -> str:
@@ -202,4 +193,4 @@ def _columns_nodes(
     product = op("Add", [op("MatMul", [flat, f"{prefix}_weight"], "matmul"), f"{prefix}_bias"], "bias")
     nhwo = op("Reshape", [product, op("Concat", [grid, f"{prefix}_channels"], "shape", axis=0)], "unflat")
     op("Transpose", [nhwo], "nchw", output=conv.output[0], perm=[0, 3, 1, 2])
-    return nodes
+    return nodes, initializers

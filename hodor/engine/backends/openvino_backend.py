@@ -213,8 +213,7 @@ class OpenVinoBackend(HostGraphSeam):
         self.deform_columns_convs = 0
         self.winograd_convs = 0
         self._deform_extension_added = False
-        self._columns_extension_added = False
-        self.columns_library: Path | None = None
+        self.columns_library: Path | None = None  # when set, loaded into self._core
         self.columns_unavailable: str | None = None
         if self.precision == "bf16" and "decoder" in bf16_stages and native_deform_conv and deform_columns:
             self.columns_library = self._columns_library()
@@ -302,7 +301,7 @@ class OpenVinoBackend(HostGraphSeam):
 
             self._core.add_extension(openvino_deform_conv())
             self._deform_extension_added = True
-        if prepared.columns_convs and not self._columns_extension_added:
+        if prepared.columns_convs and self.columns_library is None:
             raise HodorError("internal: a graph with the columns operation but no library loaded for it")
 
     def _columns_library(self) -> Path | None:
@@ -323,7 +322,6 @@ class OpenVinoBackend(HostGraphSeam):
                     if attempt == 0:
                         library.unlink(missing_ok=True)
                     continue
-                self._columns_extension_added = True
                 return library
             raise ExtensionUnavailable(f"OpenVINO cannot load {library}: {reason}")
         except ExtensionUnavailable as exc:
