@@ -288,8 +288,13 @@ CANDIDATES: dict[str, Candidate] = {
         Candidate(
             "openvino-bf16",
             "OpenVINO, bf16 on all three stages (--precision bf16; deformable convolutions as sampled "
-            "columns and a bf16 product)",
+            "columns and a bf16 product, dense 3x3 ones as Winograd F(2x2, 3x3))",
             _openvino("bf16"),
+        ),
+        Candidate(
+            "openvino-bf16-direct",
+            "OpenVINO, bf16, dense 3x3 convolutions as exported (direct): before Winograd in bf16",
+            _openvino("bf16", winograd=False),
         ),
         Candidate(
             "openvino-bf16-fused",

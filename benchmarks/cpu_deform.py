@@ -140,7 +140,8 @@ def _openvino_ways(x: np.ndarray, offsets: np.ndarray, weight: np.ndarray) -> di
         import onnx
         from onnx import TensorProto, helper, numpy_helper
 
-        from hodor.engine.backends.deform_columns import extension_library, rewrite_as_columns
+        from hodor.engine.backends.deform_columns import rewrite_as_columns
+        from hodor.engine.backends.openvino_ops import extension_library
 
         node = helper.make_node(
             "DeformConv", ["x", "w", "offsets", "b"], ["y"], kernel_shape=[3, 3], pads=[1] * 4
@@ -173,7 +174,7 @@ def _openvino_ways(x: np.ndarray, offsets: np.ndarray, weight: np.ndarray) -> di
         "openvino-grouped-columns bf16": grouped_columns(),
         "openvino-gridsample-columns bf16": gridsample_columns(),
     }
-    from hodor.engine.backends.deform_columns import ExtensionUnavailable
+    from hodor.engine.backends.openvino_ops import ExtensionUnavailable
 
     try:
         ways["openvino-engine-columns bf16"] = engine_columns()

@@ -87,7 +87,7 @@ def test_deform_ways_compute_the_same_function(monkeypatch):
     lines, errors = module.compare_ways(64, 1, lambda msg: None)
     assert {"torch-grid fp32", "torch-gather fp32", "torch-grid bf16", "torch-gather bf16"} <= set(errors)
     if importlib.util.find_spec("openvino") is not None:
-        from hodor.engine.backends.deform_columns import ExtensionUnavailable, extension_library
+        from hodor.engine.backends.openvino_ops import ExtensionUnavailable, extension_library
 
         try:
             extension_library()

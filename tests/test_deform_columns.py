@@ -1,5 +1,6 @@
 """The bf16 decoder's deformable convolutions as sampled columns and a bf16 product on OpenVINO
-(:mod:`hodor.engine.backends.deform_columns`).
+(:mod:`hodor.engine.backends.deform_columns`), and the build of the engine's OpenVINO operations
+(:mod:`hodor.engine.backends.openvino_ops`).
 
 The columns operation is built here with the machine's C++ compiler (as the backend builds it on
 first use). Its sampling is checked exactly in its fp32 mode against the model's deformable
@@ -25,15 +26,10 @@ pytest.importorskip("openvino", reason="the columns operation runs in OpenVINO")
 
 import openvino  # noqa: E402
 
-from hodor.engine.backends import deform_columns  # noqa: E402
-from hodor.engine.backends.deform_columns import (  # noqa: E402
-    OP_DOMAIN,
-    OP_TYPE,
-    ExtensionUnavailable,
-    extension_library,
-    rewrite_as_columns,
-)
+from hodor.engine.backends import openvino_ops  # noqa: E402
+from hodor.engine.backends.deform_columns import OP_TYPE, rewrite_as_columns  # noqa: E402
 from hodor.engine.backends.openvino_backend import OpenVinoBackend, cpu_supports_bf16  # noqa: E402
+from hodor.engine.backends.openvino_ops import OP_DOMAIN, ExtensionUnavailable, extension_library  # noqa: E402
 from hodor.model.deform_conv import deform_conv2d  # noqa: E402
 from tests.test_export_shared import ExportRun, shared_export, shared_network  # noqa: E402
 
@@ -137,12 +133,12 @@ def test_other_deformable_convolutions_are_left_alone():
 
 
 def test_the_library_is_built_once_and_kept(tmp_path, monkeypatch):
-    version = deform_columns._compiler_version(deform_columns._compiler())
+    version = openvino_ops._compiler_version(openvino_ops._compiler())
     first = extension_library(tmp_path)
     built = first.stat().st_mtime
     os.utime(first, (built - 86400, built - 86400))
-    monkeypatch.setattr(deform_columns, "_compiler_version", lambda compiler: version)
-    monkeypatch.setattr(deform_columns.subprocess, "run", _compiler_must_not_run)
+    monkeypatch.setattr(openvino_ops, "_compiler_version", lambda compiler: version)
+    monkeypatch.setattr(openvino_ops.subprocess, "run", _compiler_must_not_run)
     assert extension_library(tmp_path) == first  # found, not built again
     assert first.stat().st_mtime > time.time() - 60  # marked as used
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # nothing half-written left
@@ -160,7 +156,7 @@ def test_a_failing_build_says_why_and_leaves_nothing(tmp_path, monkeypatch):
     broken.chmod(0o755)
     monkeypatch.setenv("CXX", str(broken))
     cache = tmp_path / "cache"
-    with pytest.raises(ExtensionUnavailable, match="failed to build deform_columns.cpp: no good"):
+    with pytest.raises(ExtensionUnavailable, match="failed to build openvino_ops.cpp: no good"):
         extension_library(cache)
     assert not any(cache.iterdir())
     empty = tmp_path / "empty"
@@ -189,7 +185,7 @@ def test_the_bf16_backend_uses_it_and_falls_back_without_it(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
     columns = OpenVinoBackend(exported.directory, precision="bf16", cache_dir=tmp_path / "a")
     assert columns.deform_columns_convs == columns.deform_convs_rewritten > 0
-    assert columns.columns_unavailable is None
+    assert columns.ops_unavailable is None
     fused = OpenVinoBackend(
         exported.directory, precision="bf16", cache_dir=tmp_path / "a", deform_columns=False
     )
@@ -219,7 +215,7 @@ def test_the_bf16_backend_uses_it_and_falls_back_without_it(
     with pytest.warns(RuntimeWarning, match="keep OpenVINO's fp32 kernel .*no C\\+\\+ compiler"):
         plain = OpenVinoBackend(exported.directory, precision="bf16", cache_dir=tmp_path / "b")
     assert plain.deform_columns_convs == 0 and plain.stage_precisions["decoder"] == "bf16"
-    assert "no C++ compiler" in plain.columns_unavailable
+    assert "no C++ compiler" in plain.ops_unavailable
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         OpenVinoBackend(exported.directory, cache_dir=tmp_path / "c")  # fp32 never looks for it

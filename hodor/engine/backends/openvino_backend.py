@@ -101,7 +101,7 @@ growing-history length once every third video, and the compilations pushed one a
 steady state's) out of the few kept: 9 compilations, 5-6 s, in a third 20-frame video at 480p."""
 STATIC_SHAPES_KEPT = 4
 """How many fixed-shape compilations each of those stages keeps."""
-REWRITES_VERSION = 2
+REWRITES_VERSION = 3
 """Part of the key of the graphs kept in the cache: raised whenever a rewrite's output changes."""
 _LOWEST = torch.finfo(torch.float32).min
 
@@ -148,17 +148,20 @@ class OpenVinoBackend(HostGraphSeam):
         ``bf16_stages``: the stages ``bf16`` applies to (a decoder whose deformable convolutions
         were not rewritten stays fp32 regardless); ``native_deform_conv=False`` runs the decoder
         graph as exported (for comparison); ``static_shapes=False`` keeps every stage on its
-        shape-free compilation; ``winograd=False`` runs the dense 3x3 convolutions of the fp32
-        stages as exported instead of as Winograd F(4x4, 3x3); ``deform_columns=False`` keeps a bf16
+        shape-free compilation; ``winograd=False`` runs the dense 3x3 convolutions as exported
+        instead of as Winograd (F(4x4, 3x3) in fp32 stages, F(2x2, 3x3) in bf16 ones, see
+        :mod:`hodor.engine.backends.winograd_conv`); ``deform_columns=False`` keeps a bf16
         decoder's deformable convolutions on OpenVINO's fp32 ``DeformableConvolution`` instead of
         sampled columns and a bf16 product (:mod:`hodor.engine.backends.deform_columns`);
         ``extra_properties``: more OpenVINO compile properties (``{"PERF_COUNT": True}`` for
         :meth:`profile`). ``startup_s`` records how long reading, checking and compiling the graphs
         took; ``deform_convs_rewritten`` how many deformable convolutions OpenVINO runs as its own
-        (``deform_columns_convs`` of them as columns and a bf16 product; ``columns_unavailable``
-        says why none are where bf16 asked for them); ``winograd_convs`` how many
-        convolutions run as Winograd; ``static_compiles`` and ``static_compile_s`` how
-        many fixed-shape compilations were made while running, and the seconds they took."""
+        (``deform_columns_convs`` of them as columns and a bf16 product); ``winograd_convs`` how many
+        convolutions run as Winograd (``winograd_2x2_convs`` of them, in bf16 stages, as F(2x2, 3x3)
+        through the engine's operations); ``ops_unavailable`` says why the engine's operations
+        (:mod:`hodor.engine.backends.openvino_ops`) are not used where bf16 asked for them;
+        ``static_compiles`` and ``static_compile_s`` how many fixed-shape compilations were made
+        while running, and the seconds they took."""
         start = time.perf_counter()
         ov = _import_openvino()
         self.export_dir = Path(export_dir)
@@ -212,11 +215,13 @@ class OpenVinoBackend(HostGraphSeam):
         self.deform_convs_rewritten = 0
         self.deform_columns_convs = 0
         self.winograd_convs = 0
+        self.winograd_2x2_convs = 0
         self._deform_extension_added = False
-        self.columns_library: Path | None = None  # when set, loaded into self._core
-        self.columns_unavailable: str | None = None
-        if self.precision == "bf16" and "decoder" in bf16_stages and native_deform_conv and deform_columns:
-            self.columns_library = self._columns_library()
+        self._deform_columns = deform_columns and native_deform_conv and "decoder" in bf16_stages
+        self.ops_library: Path | None = None  # when set, loaded into self._core
+        self.ops_unavailable: str | None = None
+        if self.precision == "bf16" and bf16_stages and (self._deform_columns or winograd):
+            self.ops_library = self._ops_library()
         for stage in STAGES:
             entry = self.manifest.graph(stage, "fp32")
             wants_bf16 = self.precision == "bf16" and stage in bf16_stages
@@ -233,6 +238,7 @@ class OpenVinoBackend(HostGraphSeam):
                 self.deform_convs_rewritten = prepared.deform_convs
                 self.deform_columns_convs = prepared.columns_convs
             self.winograd_convs += prepared.winograd_convs
+            self.winograd_2x2_convs += prepared.winograd_2x2_convs
             self.stage_precisions[stage] = "bf16" if prepared.bf16 else "fp32"
             hint = {"INFERENCE_PRECISION_HINT": "bf16" if prepared.bf16 else "f32"}
             try:
@@ -276,10 +282,14 @@ class OpenVinoBackend(HostGraphSeam):
         OpenVINO finds its compiled model by the kept file's path without reading the graph."""
         graph = read_graph(self.export_dir, entry)
         deform = native_deform_conv and stage == "decoder"
-        columns = deform and wants_bf16 and self.columns_library is not None
+        ops = wants_bf16 and self.ops_library is not None
+        columns = deform and ops and self._deform_columns
+        winograd_2x2 = winograd and ops
         files = None
         if cached and self.cache_dir is not None:
-            key = json.dumps([entry.sha256, REWRITES_VERSION, stage, deform, winograd, wants_bf16, columns])
+            key = json.dumps(
+                [entry.sha256, REWRITES_VERSION, stage, deform, winograd, wants_bf16, columns, winograd_2x2]
+            )
             stem = f"{Path(entry.file).stem}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"
             files = (self.cache_dir / f"{stem}.onnx", self.cache_dir / f"{stem}.json")
             found = _kept_graph(*files)
@@ -287,7 +297,7 @@ class OpenVinoBackend(HostGraphSeam):
                 self._note_deform_convs(found)
                 return found
         if deform or winograd:
-            prepared = _rewritten(graph, stage, wants_bf16, deform, winograd, columns)
+            prepared = _rewritten(graph, stage, wants_bf16, deform, winograd, columns, winograd_2x2)
         else:
             prepared = _Prepared(graph, 0, 0, _compiles_in_bf16(wants_bf16, stage, deform_convs=0))
         self._note_deform_convs(prepared)
@@ -301,14 +311,14 @@ class OpenVinoBackend(HostGraphSeam):
 
             self._core.add_extension(openvino_deform_conv())
             self._deform_extension_added = True
-        if prepared.columns_convs and self.columns_library is None:
-            raise HodorError("internal: a graph with the columns operation but no library loaded for it")
+        if (prepared.columns_convs or prepared.winograd_2x2_convs) and self.ops_library is None:
+            raise HodorError("internal: a graph with the engine's operations but no library loaded for them")
 
-    def _columns_library(self) -> Path | None:
-        """The columns operation's library (built on first use), loaded into this backend's OpenVINO;
-        or None with a warning saying why the bf16 decoder keeps OpenVINO's fp32 deformable
-        convolution."""
-        from hodor.engine.backends.deform_columns import ExtensionUnavailable, extension_library
+    def _ops_library(self) -> Path | None:
+        """The engine's operations' library (built on first use), loaded into this backend's
+        OpenVINO; or None with a warning saying why the bf16 stages keep OpenVINO's own operations
+        (fp32 deformable convolutions, direct 3x3 convolutions)."""
+        from hodor.engine.backends.openvino_ops import ExtensionUnavailable, extension_library
 
         try:
             for attempt in range(2):
@@ -325,10 +335,10 @@ class OpenVinoBackend(HostGraphSeam):
                 return library
             raise ExtensionUnavailable(f"OpenVINO cannot load {library}: {reason}")
         except ExtensionUnavailable as exc:
-            self.columns_unavailable = str(exc)
+            self.ops_unavailable = str(exc)
             warnings.warn(
-                f"the bf16 decoder's deformable convolutions keep OpenVINO's fp32 kernel ({exc}); "
-                "everything else runs in bf16",
+                f"the bf16 decoder's deformable convolutions keep OpenVINO's fp32 kernel and the 3x3 "
+                f"convolutions run direct ({exc}); everything else runs in bf16",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -437,6 +447,7 @@ class _Prepared:
     winograd_convs: int
     bf16: bool
     columns_convs: int = 0
+    winograd_2x2_convs: int = 0
 
 
 def _compiles_in_bf16(wants_bf16: bool, stage: str, deform_convs: int) -> bool:
@@ -446,12 +457,20 @@ def _compiles_in_bf16(wants_bf16: bool, stage: str, deform_convs: int) -> bool:
 
 
 def _rewritten(
-    graph: bytes, stage: str, wants_bf16: bool, deform: bool, winograd: bool, columns: bool = False
+    graph: bytes,
+    stage: str,
+    wants_bf16: bool,
+    deform: bool,
+    winograd: bool,
+    columns: bool = False,
+    winograd_2x2: bool = False,
 ) -> _Prepared:
     """The rewrites on ``graph``, parsed once and serialised once (the bytes unchanged when none
     applies). A decoder whose deformable convolutions are not in the exporter's shape keeps its
     exported form, in fp32 (its absolute sampling positions cannot take bf16). With ``columns``
-    a bf16 decoder's deformable convolutions become sampled columns and a bf16 product."""
+    a bf16 decoder's deformable convolutions become sampled columns and a bf16 product; with
+    ``winograd_2x2`` a bf16 stage's dense 3x3 convolutions become F(2x2, 3x3) (both through the
+    engine's operations)."""
     try:
         import onnx
     except ImportError:
@@ -461,7 +480,7 @@ def _rewritten(
         ) from None
 
     from hodor.engine.backends.native_deform_conv import UnexpectedGraph, rewrite_deform_convs
-    from hodor.engine.backends.winograd_conv import rewrite_winograd_convs
+    from hodor.engine.backends.winograd_conv import rewrite_winograd_bf16, rewrite_winograd_convs
 
     model = onnx.load_from_string(graph)
     deform_convs = 0
@@ -476,11 +495,15 @@ def _rewritten(
         from hodor.engine.backends.deform_columns import rewrite_as_columns
 
         columns_convs = rewrite_as_columns(model)
-    # Not in bf16: there the transformed values lose too much (see winograd_conv).
-    winograd_convs = rewrite_winograd_convs(model) if winograd and not bf16 else 0
+    # F(4x4, 3x3) in fp32 only: in bf16 its transformed values lose too much (see winograd_conv).
+    winograd_convs = winograd_2x2_convs = 0
+    if winograd and not bf16:
+        winograd_convs = rewrite_winograd_convs(model)
+    elif winograd_2x2 and bf16:
+        winograd_convs = winograd_2x2_convs = rewrite_winograd_bf16(model)
     if deform_convs or winograd_convs:
         graph = model.SerializeToString()
-    return _Prepared(graph, deform_convs, winograd_convs, bf16, columns_convs)
+    return _Prepared(graph, deform_convs, winograd_convs, bf16, columns_convs, winograd_2x2_convs)
 
 
 def _kept_graph(graph_file: Path, about_file: Path) -> _Prepared | None:
@@ -490,9 +513,12 @@ def _kept_graph(graph_file: Path, about_file: Path) -> _Prepared | None:
         counts = (int(about["deform_convs"]), int(about["winograd_convs"]))
         bf16 = bool(about["bf16"])
         columns_convs = int(about["columns_convs"])
+        winograd_2x2_convs = int(about["winograd_2x2_convs"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return _Prepared(graph_file, *counts, bf16, columns_convs) if graph_file.is_file() else None
+    if not graph_file.is_file():
+        return None
+    return _Prepared(graph_file, *counts, bf16, columns_convs, winograd_2x2_convs)
 
 
 def _keep_graph(prepared: _Prepared, graph_file: Path, about_file: Path) -> _Prepared:
@@ -504,6 +530,7 @@ def _keep_graph(prepared: _Prepared, graph_file: Path, about_file: Path) -> _Pre
         "winograd_convs": prepared.winograd_convs,
         "bf16": prepared.bf16,
         "columns_convs": prepared.columns_convs,
+        "winograd_2x2_convs": prepared.winograd_2x2_convs,
     }
     try:
         with atomic_write(graph_file) as tmp:

@@ -1,0 +1,123 @@
+"""The engine's own OpenVINO operations, built on first use for bf16 stages on the CPU.
+
+``openvino_ops.cpp`` beside this file defines three small operations that OpenVINO runs inside a
+stage's graph: ``HodorDeformColumns`` (the sampling half of a deformable convolution, used by
+:mod:`hodor.engine.backends.deform_columns`), and ``HodorWinogradTiles`` and
+``HodorWinogradUntile`` (the transforms of a 3x3 convolution as Winograd F(2x2, 3x3), used by
+:mod:`hodor.engine.backends.winograd_conv`). Between them OpenVINO runs a bf16 matrix product
+with its own kernels; what the operations do is move and add values, which OpenVINO's graph
+operations do with more passes over memory.
+
+The library is compiled on first use with the machine's C++ compiler (``$CXX``, else ``c++`` or
+``g++``) against the headers and libraries the ``openvino`` package ships, for this CPU
+(``-march=native``), and kept in ``$XDG_CACHE_HOME/hodor-engine/openvino-ext/`` (by default
+``~/.cache/...``), keyed by the source, the OpenVINO version, the compiler and the CPU; entries no
+start used for :data:`~hodor.engine.backends.export_files.CACHE_IDLE_DAYS` days are removed. Where
+it cannot be built (no compiler, not Linux, a failed build), :func:`extension_library` raises
+:class:`ExtensionUnavailable` and the backend keeps OpenVINO's own operations for those stages,
+with a warning saying why.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import onnx
+from onnx import helper
+
+from hodor.engine.backends.export_files import cpu_flags, mark_used, prune_idle, writable_cache_dir
+from hodor.engine.io.files import atomic_write
+from hodor.engine.pipeline.kernel_cache import user_cache_dir
+
+SOURCE = Path(__file__).with_name("openvino_ops.cpp")
+OP_DOMAIN = "ai.hodor"
+CACHE_NAME = "openvino-ext"
+LIBRARY_NAME = re.compile(r"(?:hodor_ops|deform_columns)\.[0-9a-f]{16}\.so")
+"""The library's file names, and those of earlier versions (one operation, under another name),
+pruned alike."""
+BUILD_TIMEOUT_S = 300
+
+_lock = threading.Lock()
+
+
+class ExtensionUnavailable(RuntimeError):
+    """The operations cannot be built or loaded here; the message says why."""
+
+
+def _compiler() -> str:
+    for candidate in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if candidate and (found := shutil.which(candidate)):
+            return found
+    raise ExtensionUnavailable("no C++ compiler found (set CXX, or install g++)")
+
+
+@functools.cache  # asked once per process, not at every backend's start
+def _compiler_version(compiler: str) -> str:
+    try:
+        done = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ExtensionUnavailable(f"the C++ compiler {compiler} does not run: {exc}") from None
+    return done.stdout.splitlines()[0] if done.returncode == 0 and done.stdout else compiler
+
+
+def extension_library(cache_root: Path | None = None) -> Path:
+    """The built operations' library for this machine: found in the cache, or compiled now (a few
+    seconds, once). Raises :class:`ExtensionUnavailable` when it cannot be."""
+    if not sys.platform.startswith("linux"):
+        raise ExtensionUnavailable(
+            f"the engine's OpenVINO operations are built on Linux only, not on {sys.platform}"
+        )
+    import openvino
+
+    ov_dir = Path(openvino.__file__).parent
+    include = ov_dir / "include"
+    libs = ov_dir / "libs"
+    libraries = sorted(libs.glob("libopenvino.so.*")) + sorted(libs.glob("libtbb.so.*"))
+    if not (include / "openvino" / "op" / "op.hpp").is_file() or len(libraries) < 2:
+        raise ExtensionUnavailable(f"the openvino package at {ov_dir} has no C++ headers or libraries")
+    compiler = _compiler()
+    key_text = "\n".join(
+        [SOURCE.read_text(), openvino.__version__, _compiler_version(compiler), cpu_flags(), str(ov_dir)]
+    )
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+    root = cache_root if cache_root is not None else user_cache_dir() / CACHE_NAME
+    with _lock:
+        target = root / f"hodor_ops.{key}.so"
+        if target.is_file():
+            mark_used(target)
+            return target
+        if writable_cache_dir(root) is None:
+            raise ExtensionUnavailable(f"no writable directory for the built operation at {root}")
+        command = [
+            compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
+            "-I", str(include), str(SOURCE), *map(str, libraries), f"-Wl,-rpath,{libs}",
+        ]  # fmt: skip
+        try:
+            with atomic_write(target) as tmp:
+                done = subprocess.run(
+                    [*command, "-o", str(tmp)], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
+                )
+                if done.returncode != 0:
+                    said = " ".join((done.stderr or done.stdout).split())[-400:]
+                    raise ExtensionUnavailable(f"{compiler} failed to build {SOURCE.name}: {said}")
+        except subprocess.TimeoutExpired:
+            took = f"{compiler} took over {BUILD_TIMEOUT_S} s to build {SOURCE.name}"
+            raise ExtensionUnavailable(took) from None
+        except OSError as exc:
+            raise ExtensionUnavailable(f"could not build {SOURCE.name} into {root}: {exc}") from None
+        prune_idle(root, LIBRARY_NAME, keep=target)
+        return target
+
+
+def declare_domain(model: onnx.ModelProto) -> None:
+    """Make ``model`` import the operations' domain (once)."""
+    if not any(opset.domain == OP_DOMAIN for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(OP_DOMAIN, 1))
