@@ -57,6 +57,14 @@ static inline float from_bf16(uint16_t v) {
     return f;
 }
 
+static inline float value(const float* p, size_t i) {
+    return p[i];
+}
+
+static inline float value(const uint16_t* p, size_t i) {
+    return from_bf16(p[i]);
+}
+
 class DeformColumns : public ov::op::Op {
 public:
     OPENVINO_OP("HodorDeformColumns");
@@ -234,25 +242,16 @@ public:
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
         const auto& x = inputs[0];
-        if (x.get_element_type() != ov::element::f32) {
-            return false;
-        }
         const auto s = x.get_shape();
         const Tiling g{s[0], s[1], s[2], s[3], (s[1] + 1) / 2, (s[2] + 1) / 2};
         outputs[0].set_shape({16, g.tiles(), g.c});
-        const float* xd = x.data<const float>();
-        if (m_bf16) {
-            auto* out = static_cast<uint16_t*>(outputs[0].data());
-            ov::parallel_for(g.n * g.th, [&](size_t row) {
-                tile_row<uint16_t>(g, xd, out, row);
-            });
-        } else {
-            auto* out = outputs[0].data<float>();
-            ov::parallel_for(g.n * g.th, [&](size_t row) {
-                tile_row<float>(g, xd, out, row);
-            });
+        if (x.get_element_type() == ov::element::f32) {
+            return tile_all(g, x.data<const float>(), outputs[0]);
         }
-        return true;
+        if (x.get_element_type() == ov::element::bf16) {
+            return tile_all(g, static_cast<const uint16_t*>(x.data()), outputs[0]);
+        }
+        return false;
     }
 
     struct Tiling {
@@ -263,18 +262,35 @@ public:
     };
 
 private:
-    template <typename T>
-    static void tile_row(const Tiling& g, const float* xd, T* out, size_t row) {
+    template <typename S>
+    bool tile_all(const Tiling& g, const S* xd, ov::Tensor& out) const {
+        if (m_bf16) {
+            auto* od = static_cast<uint16_t*>(out.data());
+            ov::parallel_for(g.n * g.th, [&](size_t row) {
+                tile_row<uint16_t, S>(g, xd, od, row);
+            });
+        } else {
+            auto* od = out.data<float>();
+            ov::parallel_for(g.n * g.th, [&](size_t row) {
+                tile_row<float, S>(g, xd, od, row);
+            });
+        }
+        return true;
+    }
+
+    template <typename T, typename S>
+    static void tile_row(const Tiling& g, const S* xd, T* out, size_t row) {
         const size_t b = row / g.th, ty = row % g.th, c = g.c, tiles = g.tiles();
-        std::vector<float> zero(c, 0.f), col(4 * c);
-        const float* rows[4];
+        std::vector<S> zero(c, S(0));
+        std::vector<float> col(4 * c);
+        const S* rows[4];
         for (int i = 0; i < 4; ++i) {
             const long y = 2 * static_cast<long>(ty) - 1 + i;
             rows[i] = (y >= 0 && y < static_cast<long>(g.h)) ? xd + (b * g.h + static_cast<size_t>(y)) * g.w * c
                                                              : nullptr;
         }
         for (size_t tx = 0; tx < g.tw; ++tx) {
-            const float* d[4][4];
+            const S* d[4][4];
             for (int i = 0; i < 4; ++i) {
                 for (int j = 0; j < 4; ++j) {
                     const long x = 2 * static_cast<long>(tx) - 1 + j;
@@ -285,13 +301,13 @@ private:
             for (int s = 0; s < 4; ++s) {
                 // column s of d B for each of the four rows, then B^T of that column
                 for (int i = 0; i < 4; ++i) {
-                    const float *a0 = d[i][0], *a1 = d[i][1], *a2 = d[i][2], *a3 = d[i][3];
+                    const S *a0 = d[i][0], *a1 = d[i][1], *a2 = d[i][2], *a3 = d[i][3];
                     float* dst = col.data() + i * c;
                     switch (s) {
-                        case 0: for (size_t k = 0; k < c; ++k) dst[k] = a0[k] - a2[k]; break;
-                        case 1: for (size_t k = 0; k < c; ++k) dst[k] = a1[k] + a2[k]; break;
-                        case 2: for (size_t k = 0; k < c; ++k) dst[k] = a2[k] - a1[k]; break;
-                        default: for (size_t k = 0; k < c; ++k) dst[k] = a1[k] - a3[k]; break;
+                        case 0: for (size_t k = 0; k < c; ++k) dst[k] = value(a0, k) - value(a2, k); break;
+                        case 1: for (size_t k = 0; k < c; ++k) dst[k] = value(a1, k) + value(a2, k); break;
+                        case 2: for (size_t k = 0; k < c; ++k) dst[k] = value(a2, k) - value(a1, k); break;
+                        default: for (size_t k = 0; k < c; ++k) dst[k] = value(a1, k) - value(a3, k); break;
                     }
                 }
                 const float *q0 = col.data(), *q1 = q0 + c, *q2 = q0 + 2 * c, *q3 = q0 + 3 * c;
@@ -322,8 +338,10 @@ public:
 
     WinogradUntile() = default;
 
-    WinogradUntile(const ov::Output<ov::Node>& m, const ov::Output<ov::Node>& x, const ov::Output<ov::Node>& bias)
-        : Op({m, x, bias}) {
+    WinogradUntile(const ov::Output<ov::Node>& m, const ov::Output<ov::Node>& x, const ov::Output<ov::Node>& bias,
+                   int64_t bf16)
+        : Op({m, x, bias}),
+          m_bf16(bf16) {
         constructor_validate_and_infer_types();
     }
 
@@ -337,15 +355,16 @@ public:
             out = xs;
             out[3] = ms.rank().is_static() ? ms[2] : ov::Dimension::dynamic();
         }
-        set_output_type(0, ov::element::f32, out);
+        set_output_type(0, m_bf16 ? ov::element::bf16 : ov::element::f32, out);
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
         check_new_args_count(this, args);
-        return std::make_shared<WinogradUntile>(args.at(0), args.at(1), args.at(2));
+        return std::make_shared<WinogradUntile>(args.at(0), args.at(1), args.at(2), m_bf16);
     }
 
-    bool visit_attributes(ov::AttributeVisitor&) override {
+    bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        visitor.on_attribute("bf16", m_bf16);
         return true;
     }
 
@@ -364,35 +383,43 @@ public:
             return false;
         }
         outputs[0].set_shape({g.n, g.h, g.w, g.c});
-        float* y = outputs[0].data<float>();
         const float* bias = inputs[2].data<const float>();
         if (m.get_element_type() == ov::element::f32) {
-            const float* md = m.data<const float>();
+            return untile_all(g, m.data<const float>(), bias, outputs[0]);
+        }
+        if (m.get_element_type() == ov::element::bf16) {
+            return untile_all(g, static_cast<const uint16_t*>(m.data()), bias, outputs[0]);
+        }
+        return false;
+    }
+
+private:
+    static inline void store(float* p, size_t i, float v) {
+        p[i] = v;
+    }
+
+    static inline void store(uint16_t* p, size_t i, float v) {
+        p[i] = to_bf16(v);
+    }
+
+    template <typename T>
+    bool untile_all(const WinogradTiles::Tiling& g, const T* md, const float* bias, ov::Tensor& out) const {
+        if (m_bf16) {
+            auto* y = static_cast<uint16_t*>(out.data());
             ov::parallel_for(g.n * g.th, [&](size_t row) {
-                untile_row<float>(g, md, bias, y, row);
-            });
-        } else if (m.get_element_type() == ov::element::bf16) {
-            const auto* md = static_cast<const uint16_t*>(m.data());
-            ov::parallel_for(g.n * g.th, [&](size_t row) {
-                untile_row<uint16_t>(g, md, bias, y, row);
+                untile_row(g, md, bias, y, row);
             });
         } else {
-            return false;
+            auto* y = out.data<float>();
+            ov::parallel_for(g.n * g.th, [&](size_t row) {
+                untile_row(g, md, bias, y, row);
+            });
         }
         return true;
     }
 
-private:
-    static inline float value(const float* p, size_t i) {
-        return p[i];
-    }
-
-    static inline float value(const uint16_t* p, size_t i) {
-        return from_bf16(p[i]);
-    }
-
-    template <typename T>
-    static void untile_row(const WinogradTiles::Tiling& g, const T* md, const float* bias, float* y, size_t row) {
+    template <typename T, typename O>
+    static void untile_row(const WinogradTiles::Tiling& g, const T* md, const float* bias, O* y, size_t row) {
         const size_t b = row / g.th, ty = row % g.th, k = g.c, tiles = g.tiles();
         std::vector<float> half(8 * k);  // A^T M: 2 rows x 4 columns of K values
         for (size_t tx = 0; tx < g.tw; ++tx) {
@@ -412,19 +439,21 @@ private:
             }
             for (size_t i = 0; i < 2 && 2 * ty + i < g.h; ++i) {
                 const float *r0 = half.data() + i * 4 * k, *r1 = r0 + k, *r2 = r0 + 2 * k, *r3 = r0 + 3 * k;
-                float* left = y + ((b * g.h + 2 * ty + i) * g.w + 2 * tx) * k;
+                O* left = y + ((b * g.h + 2 * ty + i) * g.w + 2 * tx) * k;
                 for (size_t o = 0; o < k; ++o) {
-                    left[o] = r0[o] + r1[o] + r2[o] + bias[o];
+                    store(left, o, r0[o] + r1[o] + r2[o] + bias[o]);
                 }
                 if (2 * tx + 1 < g.w) {
-                    float* right = left + k;
+                    O* right = left + k;
                     for (size_t o = 0; o < k; ++o) {
-                        right[o] = r1[o] - r2[o] - r3[o] + bias[o];
+                        store(right, o, r1[o] - r2[o] - r3[o] + bias[o]);
                     }
                 }
             }
         }
     }
+
+    int64_t m_bf16 = 0;
 };
 
 }  // namespace hodor

@@ -27,11 +27,14 @@ convolution's error (F(4x4, 3x3) 10x). Its transforms are two of the engine's ow
 operations (:mod:`hodor.engine.backends.openvino_ops`): written as graph operations they took
 longer than the product they save. Each convolution becomes
 
-    x -> Transpose (channels last) -> HodorWinogradTiles -> MatMul (16 products, bf16 weights)
-      -> HodorWinogradUntile (+ bias) -> Transpose (NCHW)
+    x -> Transpose (channels last) -> Cast (bf16) -> HodorWinogradTiles -> MatMul (16 products,
+      bf16 weights) -> HodorWinogradUntile (+ bias) -> Transpose (NCHW) -> Cast (float32)
 
-the product's operands and result in bf16 (its weights are a bf16 constant, so OpenVINO reads the
-tiles and hands the products on without converting them).
+every tensor between the casts in bf16, which is how OpenVINO keeps a bf16 stage's maps (channels
+last): declared so, the maps reach the operations and come back with no conversion or
+transposition (those took longer than the transforms), and the product's bf16 weights let
+OpenVINO read the tiles and hand the products on as they are. In a bf16 stage every product's
+operands and every operation's result are rounded to bf16 anyway.
 
 The arithmetic is exact in real numbers; in fp32 the result differs from a direct convolution
 by a few units in 1e-6 relative (the transforms scale values by up to 100 and back).
@@ -254,8 +257,17 @@ def _winograd_2x2_nodes(
         return out
 
     x = op("Transpose", [conv.input[0]], "nhwc", perm=[0, 2, 3, 1])
+    if bf16:
+        # Declared bf16 in and out, OpenVINO hands the operations its bf16 maps (channels last,
+        # as it keeps them) with no conversion or transposition, which take longer than the
+        # transforms themselves.
+        x = op("Cast", [x], "nhwc_bf16", to=TensorProto.BFLOAT16)
     tiles = op("HodorWinogradTiles", [x], "tiles", domain=OP_DOMAIN, bf16=int(bf16))
     products = op("MatMul", [tiles, f"{prefix}_weight"], "products")  # [16, tiles, K]
-    y = op("HodorWinogradUntile", [products, x, f"{prefix}_bias"], "untile", domain=OP_DOMAIN)
-    op("Transpose", [y], "nchw", output=conv.output[0], perm=[0, 3, 1, 2])
+    y = op("HodorWinogradUntile", [products, x, f"{prefix}_bias"], "untile", domain=OP_DOMAIN, bf16=int(bf16))
+    if bf16:
+        y = op("Transpose", [y], "nchw_bf16", perm=[0, 3, 1, 2])
+        op("Cast", [y], "nchw", output=conv.output[0], to=TensorProto.FLOAT)
+    else:
+        op("Transpose", [y], "nchw", output=conv.output[0], perm=[0, 3, 1, 2])
     return nodes, initializers

@@ -1,0 +1,168 @@
+"""Dense 3x3 convolutions of bf16 stages as Winograd F(2x2, 3x3) through the engine's OpenVINO
+operations (:func:`hodor.engine.backends.winograd_conv.rewrite_winograd_bf16`).
+
+The operations are built here with the machine's C++ compiler (as the backend builds them on first
+use). With every value kept float32 (``bf16=False``) the rewritten graph is the convolution to
+float32 rounding: within 1e-5 of float64 (``max |a - b| / max |b|``; F(2x2, 3x3)'s transforms
+only add and subtract), at sizes odd and even, down to 1x1, batches of several. In bf16 within
+1e-2 (a direct bf16 convolution's error is about 3e-3 on these inputs, F(2x2, 3x3)'s about 1.6x
+that); the backend's stages in bf16 are held to 5e-2 by ``tests/test_openvino_backend.py`` and
+``tests/test_deform_columns.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+pytest.importorskip("openvino", reason="the operations run in OpenVINO")
+
+import openvino  # noqa: E402
+
+from hodor.engine.backends.openvino_backend import cpu_supports_bf16  # noqa: E402
+from hodor.engine.backends.openvino_ops import extension_library  # noqa: E402
+from hodor.engine.backends.winograd_conv import (  # noqa: E402
+    MIN_CHANNELS,
+    bf16_tensor,
+    rewrite_winograd_bf16,
+    transformed_weights_2x2,
+)
+
+needs_bf16 = pytest.mark.skipif(
+    not cpu_supports_bf16(openvino.Core()), reason="this CPU has neither AVX-512 BF16 nor AMX"
+)
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> str:
+    return str(extension_library(tmp_path_factory.mktemp("ov-ext")))
+
+
+def _relative(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def _conv_model(out_ch: int, in_ch: int, bias: bool, seed: int = 0, **attrs) -> onnx.ModelProto:
+    """``y = Relu(Conv(x))``, weights scaled as a trained layer's would be."""
+    rng = np.random.default_rng(seed)
+    kernel = attrs.pop("kernel", 3)
+    group = attrs.get("group", 1)
+    weight = (
+        rng.standard_normal((out_ch, in_ch // group, kernel, kernel)) * (2 / (in_ch * kernel * kernel)) ** 0.5
+    )
+    inits = [numpy_helper.from_array(weight.astype(np.float32), "w")]
+    inputs = ["x", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array((0.1 * rng.standard_normal(out_ch)).astype(np.float32), "b"))
+        inputs.append("b")
+    attrs.setdefault("pads", [kernel // 2] * 4)
+    nodes = [
+        helper.make_node("Conv", inputs, ["c"], kernel_shape=[kernel, kernel], **attrs),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", in_ch, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def _float64(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """What ``model`` (as :func:`_conv_model` builds it) computes, in float64."""
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    bias = torch.tensor(inits["b"], dtype=torch.float64) if "b" in inits else None
+    y = torch.nn.functional.conv2d(
+        torch.from_numpy(x).double(), torch.tensor(inits["w"], dtype=torch.float64), bias, padding=1
+    )
+    return torch.relu(y).numpy()
+
+
+def _run(model: onnx.ModelProto, library: str, precision: str, x: np.ndarray) -> np.ndarray:
+    core = openvino.Core()
+    core.add_extension(library)
+    compiled = core.compile_model(
+        core.read_model(model.SerializeToString(), b""), "CPU", {"INFERENCE_PRECISION_HINT": precision}
+    )
+    return compiled.create_infer_request().infer({"x": x})[0]
+
+
+@pytest.mark.parametrize("out_ch,in_ch,bias", [(64, 64, True), (96, 64, False), (64, 128, True)])
+def test_the_transforms_compute_the_convolution(library, out_ch, in_ch, bias):
+    model = _conv_model(out_ch, in_ch, bias)
+    want_model = onnx.ModelProto()
+    want_model.CopyFrom(model)
+    assert rewrite_winograd_bf16(model, bf16=False) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert "Conv" not in ops and {"HodorWinogradTiles", "HodorWinogradUntile", "MatMul"} <= set(ops)
+    assert {i.name for i in model.graph.initializer}.isdisjoint({"w", "b"})  # read by nothing now
+    rng = np.random.default_rng(1)
+    for n, h, w in [(1, 7, 11), (2, 16, 16), (1, 1, 1), (3, 13, 30), (1, 4, 5), (1, 2, 9)]:
+        x = rng.standard_normal((n, in_ch, h, w)).astype(np.float32)
+        want = _float64(want_model, x)
+        got = _run(model, library, "f32", x)
+        assert got.shape == want.shape
+        assert _relative(got, want) <= 1e-5, ((n, h, w), _relative(got, want))
+
+
+@needs_bf16
+def test_in_bf16_within_a_bf16_products_error(library):
+    model = _conv_model(128, 128, True, seed=3)
+    want_model = onnx.ModelProto()
+    want_model.CopyFrom(model)
+    assert rewrite_winograd_bf16(model) == 1
+    types = {i.name: i.data_type for i in model.graph.initializer}
+    assert TensorProto.BFLOAT16 in types.values()  # the transformed weights
+    rng = np.random.default_rng(4)
+    for shape in [(1, 128, 30, 52), (2, 128, 9, 13)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        error = _relative(_run(model, library, "bf16", x), _float64(want_model, x))
+        assert 1e-5 < error <= 1e-2, (shape, error)  # bf16 really is in use, and within its limit
+
+
+@pytest.mark.parametrize(
+    "case,attrs",
+    [
+        ("stride 2", {"strides": [2, 2]}),
+        ("no padding", {"pads": [0, 0, 0, 0]}),
+        ("dilated", {"dilations": [2, 2], "pads": [2, 2, 2, 2]}),
+        ("grouped", {"group": 2}),
+        ("1x1", {"kernel": 1}),
+        ("5x5", {"kernel": 5}),
+    ],
+)
+def test_other_convolutions_are_left_alone(case, attrs):
+    model = _conv_model(64, 64, True, **attrs)
+    before = model.SerializeToString()
+    assert rewrite_winograd_bf16(model) == 0, case
+    assert model.SerializeToString() == before
+    assert rewrite_winograd_bf16(_conv_model(MIN_CHANNELS // 2, 256, True)) == 0  # too narrow to pay
+
+
+def test_weight_transform_is_g_g_gt():
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal((5, 3, 3, 3))
+    u = transformed_weights_2x2(weight).reshape(4, 4, 3, 5)
+    g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    assert np.allclose(u[:, :, 2, 4], g @ weight[4, 2] @ g.T, rtol=1e-6, atol=1e-6)
+    assert u.dtype == np.float32
+
+
+def test_bf16_constants_round_to_nearest_even():
+    rng = np.random.default_rng(5)
+    values = np.concatenate(
+        [
+            rng.standard_normal(1000) * 10.0 ** rng.integers(-8, 8, 1000),
+            [0.0, -0.0, 1.0, 1 + 2**-8, 1 + 3 * 2**-8],
+        ]
+    ).astype(np.float32)
+    tensor = bf16_tensor("t", values.reshape(5, -1))
+    assert tensor.data_type == TensorProto.BFLOAT16 and list(tensor.dims) == [5, len(values) // 5]
+    got = np.frombuffer(tensor.raw_data, np.uint16)
+    want = torch.from_numpy(values).bfloat16().view(torch.int16).numpy().view(np.uint16)
+    assert np.array_equal(got, want)
