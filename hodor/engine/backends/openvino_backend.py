@@ -16,16 +16,19 @@ its absolute sampling positions (pixel coordinates up to the map's width) to bf1
 by a sizeable fraction of a pixel (relative error of the logits about 0.6 at 480p).
 OpenVINO's ``DeformableConvolution`` computes its product in fp32 even then, so with ``bf16`` each
 becomes instead sampled columns (a small operation built on first use with the machine's C++
-compiler, :mod:`hodor.engine.backends.deform_columns`) and one bf16 matrix product: the bf16
-decoder 1.25x faster at 480p; without a compiler the fp32 ``DeformableConvolution`` stays, with a
-warning.
+compiler, :mod:`hodor.engine.backends.openvino_ops` and
+:mod:`hodor.engine.backends.deform_columns`) and one bf16 matrix product: the bf16 decoder 1.25x
+faster at 480p. The bf16 stages' dense 3x3 convolutions run as Winograd F(2x2, 3x3) through two
+more operations of that library (:func:`hodor.engine.backends.winograd_conv.rewrite_winograd_bf16`):
+2.25x fewer multiplications at about 1.6x a direct bf16 convolution's error. Without a compiler
+both keep OpenVINO's own operations, with a warning.
 
 In the fp32 stages the dense 3x3 convolutions (the FPN's outputs, the decoder's 1/4-map and
 catch-all ones) are rewritten as Winograd F(4x4, 3x3) (:mod:`hodor.engine.backends.winograd_conv`):
 4x fewer multiplications, which OpenVINO runs faster than its own fp32 convolution (whole frames
 1.29x against 1.21x the issue-time ONNX Runtime settings at 480p in ``benchmarks/cpu_backends.py``),
 results within 6e-6 of PyTorch; the rewritten graphs are kept (below), so a warm start does not
-redo it. Not in bf16, where the transformed values lose too much.
+redo it. Not in bf16, where its transformed values lose too much (F(2x2, 3x3) there, above).
 
 The graphs are compiled for any input shape. OpenVINO runs a graph compiled for fixed shapes
 faster (at 480p in ``benchmarks/cpu_backends.py``: the encoder's CPU time 22-27 % less, the
