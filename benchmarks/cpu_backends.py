@@ -277,8 +277,15 @@ CANDIDATES: dict[str, Candidate] = {
         ),
         Candidate(
             "openvino",
-            "OpenVINO, fp32 (deformable convolutions as OpenVINO's own, dense 3x3 ones as Winograd)",
+            "OpenVINO, fp32 (deformable convolutions as OpenVINO's own, dense 3x3 ones as Winograd "
+            "F(4x4, 3x3) through the engine's operations)",
             _openvino("fp32"),
+        ),
+        Candidate(
+            "openvino-graph-winograd",
+            "OpenVINO, fp32, Winograd F(4x4, 3x3) in plain graph operations (no engine operations): "
+            "before its transforms became operations, and where no C++ compiler is found",
+            _openvino("fp32", engine_ops=False),
         ),
         Candidate(
             "openvino-direct",

@@ -148,6 +148,8 @@ def test_backend_implements_the_seam(backend, exported):
     # The dense 3x3 convolutions of 256 channels run as Winograd: the backbone's two FPN outputs,
     # the decoder's 1/4-map and catch-all ones.
     assert backend.winograd_convs == 4
+    # through the engine's operations where they build (here: tests/test_winograd_ops.py builds them)
+    assert backend.winograd_ops_convs == (4 if backend.ops_library is not None else 0)
     assert backend.config == load_manifest(exported.directory, verify=False).hodor_config
     assert backend.threads == usable_cores()
     for compiled in backend.compiled.values():
@@ -210,7 +212,7 @@ def test_bf16_stages_within_their_limit(exported, net, tmp_path):
     bf16 = OpenVinoBackend(exported.directory, precision="bf16", cache_dir=tmp_path)
     assert bf16.stage_precisions == {"backbone": "bf16", "encoder": "bf16", "decoder": "bf16"}
     # F(2x2, 3x3) through the engine's operations where they build (F(4x4, 3x3) would lose too much)
-    assert bf16.winograd_convs == bf16.winograd_2x2_convs == (4 if bf16.ops_library is not None else 0)
+    assert bf16.winograd_convs == bf16.winograd_ops_convs == (4 if bf16.ops_library is not None else 0)
     for compiled in bf16.compiled.values():
         assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'bfloat16'>"
     inputs = _chained_inputs(net, 7, 256, 448)

@@ -19,16 +19,17 @@ becomes instead sampled columns (a small operation built on first use with the m
 compiler, :mod:`hodor.engine.backends.openvino_ops` and
 :mod:`hodor.engine.backends.deform_columns`) and one bf16 matrix product: the bf16 decoder 1.25x
 faster at 480p. The bf16 stages' dense 3x3 convolutions run as Winograd F(2x2, 3x3) through two
-more operations of that library (:func:`hodor.engine.backends.winograd_conv.rewrite_winograd_bf16`):
+more operations of that library (:func:`hodor.engine.backends.winograd_conv.rewrite_winograd_ops`):
 2.25x fewer multiplications at about 1.6x a direct bf16 convolution's error. Without a compiler
 both keep OpenVINO's own operations, with a warning.
 
 In the fp32 stages the dense 3x3 convolutions (the FPN's outputs, the decoder's 1/4-map and
 catch-all ones) are rewritten as Winograd F(4x4, 3x3) (:mod:`hodor.engine.backends.winograd_conv`):
-4x fewer multiplications, which OpenVINO runs faster than its own fp32 convolution (whole frames
-1.29x against 1.21x the issue-time ONNX Runtime settings at 480p in ``benchmarks/cpu_backends.py``),
-results within 6e-6 of PyTorch; the rewritten graphs are kept (below), so a warm start does not
-redo it. Not in bf16, where its transformed values lose too much (F(2x2, 3x3) there, above).
+4x fewer multiplications, its transforms through the same library's operations (in plain graph
+operations, slower, where it cannot be built), which OpenVINO runs faster than its own fp32
+convolution; results within 6e-6 of PyTorch. The rewritten graphs are kept (below), so a warm
+start does not redo it. Not in bf16, where its transformed values lose too much (F(2x2, 3x3)
+there, above).
 
 The graphs are compiled for any input shape. OpenVINO runs a graph compiled for fixed shapes
 faster (at 480p in ``benchmarks/cpu_backends.py``: the encoder's CPU time 22-27 % less, the
@@ -143,6 +144,7 @@ class OpenVinoBackend(HostGraphSeam):
         static_shapes: bool = True,
         winograd: bool = True,
         deform_columns: bool = True,
+        engine_ops: bool = True,
         extra_properties: dict[str, Any] | None = None,
     ) -> None:
         """``config`` overrides the manifest's (e.g. run-time ``--min-dim``); ``precision``: ``fp32``
@@ -156,13 +158,15 @@ class OpenVinoBackend(HostGraphSeam):
         :mod:`hodor.engine.backends.winograd_conv`); ``deform_columns=False`` keeps a bf16
         decoder's deformable convolutions on OpenVINO's fp32 ``DeformableConvolution`` instead of
         sampled columns and a bf16 product (:mod:`hodor.engine.backends.deform_columns`);
+        ``engine_ops=False`` never uses the engine's operations (as where they cannot be built,
+        without the warning: the fp32 Winograd in graph operations, bf16 as if both flags were off);
         ``extra_properties``: more OpenVINO compile properties (``{"PERF_COUNT": True}`` for
         :meth:`profile`). ``startup_s`` records how long reading, checking and compiling the graphs
         took; ``deform_convs_rewritten`` how many deformable convolutions OpenVINO runs as its own
         (``deform_columns_convs`` of them as columns and a bf16 product); ``winograd_convs`` how many
-        convolutions run as Winograd (``winograd_2x2_convs`` of them, in bf16 stages, as F(2x2, 3x3)
-        through the engine's operations); ``ops_unavailable`` says why the engine's operations
-        (:mod:`hodor.engine.backends.openvino_ops`) are not used where bf16 asked for them;
+        convolutions run as Winograd (``winograd_ops_convs`` of them through the engine's operations:
+        F(4x4, 3x3) in fp32 stages, F(2x2, 3x3) in bf16 ones); ``ops_unavailable`` says why the
+        engine's operations (:mod:`hodor.engine.backends.openvino_ops`) are not used where asked for;
         ``static_compiles`` and ``static_compile_s`` how many fixed-shape compilations were made
         while running, and the seconds they took."""
         start = time.perf_counter()
@@ -218,12 +222,12 @@ class OpenVinoBackend(HostGraphSeam):
         self.deform_convs_rewritten = 0
         self.deform_columns_convs = 0
         self.winograd_convs = 0
-        self.winograd_2x2_convs = 0
+        self.winograd_ops_convs = 0
         self._deform_extension_added = False
         self._deform_columns = deform_columns and native_deform_conv and "decoder" in bf16_stages
         self.ops_library: Path | None = None  # when set, loaded into self._core
         self.ops_unavailable: str | None = None
-        if self.precision == "bf16" and bf16_stages and (self._deform_columns or winograd):
+        if engine_ops and (winograd or (self.precision == "bf16" and bf16_stages and self._deform_columns)):
             self.ops_library = self._ops_library()
         for stage in STAGES:
             entry = self.manifest.graph(stage, "fp32")
@@ -241,7 +245,7 @@ class OpenVinoBackend(HostGraphSeam):
                 self.deform_convs_rewritten = prepared.deform_convs
                 self.deform_columns_convs = prepared.columns_convs
             self.winograd_convs += prepared.winograd_convs
-            self.winograd_2x2_convs += prepared.winograd_2x2_convs
+            self.winograd_ops_convs += prepared.winograd_ops_convs
             self.stage_precisions[stage] = "bf16" if prepared.bf16 else "fp32"
             hint = {"INFERENCE_PRECISION_HINT": "bf16" if prepared.bf16 else "f32"}
             try:
@@ -285,13 +289,12 @@ class OpenVinoBackend(HostGraphSeam):
         OpenVINO finds its compiled model by the kept file's path without reading the graph."""
         graph = read_graph(self.export_dir, entry)
         deform = native_deform_conv and stage == "decoder"
-        ops = wants_bf16 and self.ops_library is not None
-        columns = deform and ops and self._deform_columns
-        winograd_2x2 = winograd and ops
+        ops = self.ops_library is not None
+        columns = deform and ops and wants_bf16 and self._deform_columns
         files = None
         if cached and self.cache_dir is not None:
             key = json.dumps(
-                [entry.sha256, REWRITES_VERSION, stage, deform, winograd, wants_bf16, columns, winograd_2x2]
+                [entry.sha256, REWRITES_VERSION, stage, deform, winograd, wants_bf16, columns, ops]
             )
             stem = f"{Path(entry.file).stem}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"
             files = (self.cache_dir / f"{stem}.onnx", self.cache_dir / f"{stem}.json")
@@ -300,7 +303,7 @@ class OpenVinoBackend(HostGraphSeam):
                 self._note_deform_convs(found)
                 return found
         if deform or winograd:
-            prepared = _rewritten(graph, stage, wants_bf16, deform, winograd, columns, winograd_2x2)
+            prepared = _rewritten(graph, stage, wants_bf16, deform, winograd, columns, ops)
         else:
             prepared = _Prepared(graph, 0, 0, _compiles_in_bf16(wants_bf16, stage, deform_convs=0))
         self._note_deform_convs(prepared)
@@ -314,13 +317,14 @@ class OpenVinoBackend(HostGraphSeam):
 
             self._core.add_extension(openvino_deform_conv())
             self._deform_extension_added = True
-        if (prepared.columns_convs or prepared.winograd_2x2_convs) and self.ops_library is None:
+        if (prepared.columns_convs or prepared.winograd_ops_convs) and self.ops_library is None:
             raise HodorError("internal: a graph with the engine's operations but no library loaded for them")
 
     def _ops_library(self) -> Path | None:
         """The engine's operations' library (built on first use), loaded into this backend's
-        OpenVINO; or None with a warning saying why the bf16 stages keep OpenVINO's own operations
-        (fp32 deformable convolutions, direct 3x3 convolutions)."""
+        OpenVINO; or None with a warning saying why, and what runs instead: in fp32, Winograd in
+        graph operations (slower); in bf16, OpenVINO's own operations (fp32 deformable
+        convolutions, direct 3x3 convolutions)."""
         from hodor.engine.backends.openvino_ops import ExtensionUnavailable, extension_library
 
         try:
@@ -339,9 +343,14 @@ class OpenVinoBackend(HostGraphSeam):
             raise ExtensionUnavailable(f"OpenVINO cannot load {library}: {reason}")
         except ExtensionUnavailable as exc:
             self.ops_unavailable = str(exc)
+            instead = (
+                "the bf16 decoder's deformable convolutions keep OpenVINO's fp32 kernel and the 3x3 "
+                "convolutions run direct; everything else runs in bf16"
+                if self.precision == "bf16"
+                else "the 3x3 convolutions run as Winograd in plain graph operations, slower"
+            )
             warnings.warn(
-                f"the bf16 decoder's deformable convolutions keep OpenVINO's fp32 kernel and the 3x3 "
-                f"convolutions run direct ({exc}); everything else runs in bf16",
+                f"the engine's OpenVINO operations are unavailable ({exc}): {instead}",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -450,7 +459,7 @@ class _Prepared:
     winograd_convs: int
     bf16: bool
     columns_convs: int = 0
-    winograd_2x2_convs: int = 0
+    winograd_ops_convs: int = 0
 
 
 def _compiles_in_bf16(wants_bf16: bool, stage: str, deform_convs: int) -> bool:
@@ -466,14 +475,15 @@ def _rewritten(
     deform: bool,
     winograd: bool,
     columns: bool = False,
-    winograd_2x2: bool = False,
+    ops: bool = False,
 ) -> _Prepared:
     """The rewrites on ``graph``, parsed once and serialised once (the bytes unchanged when none
     applies). A decoder whose deformable convolutions are not in the exporter's shape keeps its
     exported form, in fp32 (its absolute sampling positions cannot take bf16). With ``columns``
     a bf16 decoder's deformable convolutions become sampled columns and a bf16 product; with
-    ``winograd_2x2`` a bf16 stage's dense 3x3 convolutions become F(2x2, 3x3) (both through the
-    engine's operations)."""
+    ``ops`` (the engine's operations loaded) the dense 3x3 convolutions' Winograd runs through them
+    (F(4x4, 3x3) in fp32, F(2x2, 3x3) in bf16; without, F(4x4, 3x3) in graph operations in fp32
+    and direct convolutions in bf16)."""
     try:
         import onnx
     except ImportError:
@@ -483,7 +493,7 @@ def _rewritten(
         ) from None
 
     from hodor.engine.backends.native_deform_conv import UnexpectedGraph, rewrite_deform_convs
-    from hodor.engine.backends.winograd_conv import rewrite_winograd_bf16, rewrite_winograd_convs
+    from hodor.engine.backends.winograd_conv import rewrite_winograd_convs, rewrite_winograd_ops
 
     model = onnx.load_from_string(graph)
     deform_convs = 0
@@ -499,14 +509,16 @@ def _rewritten(
 
         columns_convs = rewrite_as_columns(model)
     # F(4x4, 3x3) in fp32 only: in bf16 its transformed values lose too much (see winograd_conv).
-    winograd_convs = winograd_2x2_convs = 0
-    if winograd and not bf16:
+    winograd_convs = winograd_ops_convs = 0
+    if winograd and not bf16 and ops:
+        winograd_convs = winograd_ops_convs = rewrite_winograd_ops(model, tile=4, bf16=False)
+    elif winograd and not bf16:
         winograd_convs = rewrite_winograd_convs(model)
-    elif winograd_2x2 and bf16:
-        winograd_convs = winograd_2x2_convs = rewrite_winograd_bf16(model)
+    elif winograd and bf16 and ops:
+        winograd_convs = winograd_ops_convs = rewrite_winograd_ops(model, tile=2, bf16=True)
     if deform_convs or winograd_convs:
         graph = model.SerializeToString()
-    return _Prepared(graph, deform_convs, winograd_convs, bf16, columns_convs, winograd_2x2_convs)
+    return _Prepared(graph, deform_convs, winograd_convs, bf16, columns_convs, winograd_ops_convs)
 
 
 def _kept_graph(graph_file: Path, about_file: Path) -> _Prepared | None:
@@ -516,12 +528,12 @@ def _kept_graph(graph_file: Path, about_file: Path) -> _Prepared | None:
         counts = (int(about["deform_convs"]), int(about["winograd_convs"]))
         bf16 = bool(about["bf16"])
         columns_convs = int(about["columns_convs"])
-        winograd_2x2_convs = int(about["winograd_2x2_convs"])
+        winograd_ops_convs = int(about["winograd_ops_convs"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not graph_file.is_file():
         return None
-    return _Prepared(graph_file, *counts, bf16, columns_convs, winograd_2x2_convs)
+    return _Prepared(graph_file, *counts, bf16, columns_convs, winograd_ops_convs)
 
 
 def _keep_graph(prepared: _Prepared, graph_file: Path, about_file: Path) -> _Prepared:
@@ -533,7 +545,7 @@ def _keep_graph(prepared: _Prepared, graph_file: Path, about_file: Path) -> _Pre
         "winograd_convs": prepared.winograd_convs,
         "bf16": prepared.bf16,
         "columns_convs": prepared.columns_convs,
-        "winograd_2x2_convs": prepared.winograd_2x2_convs,
+        "winograd_ops_convs": prepared.winograd_ops_convs,
     }
     try:
         with atomic_write(graph_file) as tmp:

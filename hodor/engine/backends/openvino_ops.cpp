@@ -1,4 +1,4 @@
-// The engine's own OpenVINO operations, for bf16 stages on the CPU. Built on first use by
+// The engine's own OpenVINO operations (CPU). Built on first use by
 // hodor/engine/backends/openvino_ops.py; see that module.
 //
 // HodorDeformColumns: the sampling half of a deformable 3x3 convolution.
@@ -15,20 +15,22 @@
 // nearest even; 0: f32). Used by hodor/engine/backends/deform_columns.py.
 //
 // HodorWinogradTiles and HodorWinogradUntile: the two transforms of a 3x3 convolution (stride 1,
-// padding 1) computed as Winograd F(2x2, 3x3), whose product between them OpenVINO runs in bf16.
-// Each 2x2 block of outputs (tile ty, tx) reads the 4x4 input block at rows 2 ty - 1 .. 2 ty + 2,
-// columns 2 tx - 1 .. 2 tx + 2 (zeros outside). The tiles operation writes V = B^T d B of every
-// block, position p = 4 r + s major: V[p, tile, c], tile = (b th + ty) tw + tx, th = ceil(H / 2),
-// tw = ceil(W / 2); with U[p] = (G g G^T)[p] as a [C, K] matrix, M[p] = V[p] U[p] is a batch of
-// 16 products; the untile operation writes y = A^T M A of every tile plus the bias, channels last,
-// cropped to H x W. B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], A^T = [1 1 1 0; 0 1 -1 -1]:
-// additions only, so rounding the transformed values to bf16 costs about 1.6x a direct bf16
-// convolution's error (larger tiles, F(4x4, 3x3), cost 10x). Used by
-// hodor/engine/backends/winograd_conv.py.
+// padding 1) computed as Winograd F(m x m, 3 x 3), m = 2 or 4 (attribute tile), n = m + 2; OpenVINO
+// runs the n^2 products between them with its own kernels. Each m x m block of outputs (tile ty,
+// tx) reads the n x n input block at rows m ty - 1 .. m ty + m, columns m tx - 1 .. m tx + m (zeros
+// outside). The tiles operation writes V = B^T d B of every block, position p = n r + s major:
+// V[p, tile, c], tile = (b th + ty) tw + tx, th = ceil(H / m), tw = ceil(W / m); with
+// U[p] = (G g G^T)[p] as a [C, K] matrix, M[p] = V[p] U[p] is a batch of n^2 products; the untile
+// operation writes y = A^T M A of every tile plus the bias, channels last, cropped to H x W.
+// F(2x2, 3x3) (for bf16 stages) only adds and subtracts, so rounding the transformed values to bf16
+// costs about 1.6x a direct bf16 convolution's error; F(4x4, 3x3) (fp32 stages) multiplies by up
+// to 8 and would cost 10x in bf16. Used by hodor/engine/backends/winograd_conv.py, which also
+// computes the transformed weights.
 //
-// HodorWinogradTiles: input x [N, H, W, C] f32; attribute bf16 (1: V in bf16; 0: f32); output
-// V [16, N th tw, C]. HodorWinogradUntile: inputs M [16, N th tw, K] (bf16 or f32), x (read for
-// its shape only), bias [K] f32; output y [N, H, W, K] f32.
+// HodorWinogradTiles: input x [N, H, W, C] (f32 or bf16); attributes tile (m), bf16 (1: V in bf16;
+// 0: f32); output V [n^2, N th tw, C]. HodorWinogradUntile: inputs M [n^2, N th tw, K] (bf16 or f32),
+// x (read for its shape only), bias [K] f32; attributes tile, bf16 (the output's type); output
+// y [N, H, W, K].
 
 #include <openvino/core/extension.hpp>
 #include <openvino/core/op_extension.hpp>
@@ -203,24 +205,91 @@ private:
     int64_t m_bf16 = 1;
 };
 
+// The transforms of Winograd F(m x m, 3 x 3), m = 2 or 4 (n = m + 2 inputs a side): B^T (n x n)
+// and A^T (m x n), row-major. F(2x2, 3x3)'s add and subtract only; F(4x4, 3x3)'s are those of
+// hodor/engine/backends/winograd_conv.py (points 0, 1, -1, 2, -2).
+struct Transforms {
+    int m, n;
+    const float* bt;
+    const float* at;
+};
+
+static constexpr float kBt2[16] = {1, 0, -1, 0, 0, 1, 1, 0, 0, -1, 1, 0, 0, 1, 0, -1};
+static constexpr float kAt2[8] = {1, 1, 1, 0, 0, 1, -1, -1};
+static constexpr float kBt4[36] = {4, 0, -5, 0, 1, 0,  0, -4, -4, 1, 1, 0, 0, 4, -4, -1, 1, 0,
+                                   0, -2, -1, 2, 1, 0, 0, 2, -1, -2, 1, 0, 0, 4, 0, -5, 0, 1};
+static constexpr float kAt4[24] = {1, 1, 1, 1, 1, 0, 0, 1, -1, 2, -2, 0, 0, 1, 1, 4, 4, 0, 0, 1, -1, 8, -8, 1};
+
+static Transforms transforms(int64_t tile) {
+    OPENVINO_ASSERT(tile == 2 || tile == 4, "Winograd tiles of 2 or 4 outputs a side, not ", tile);
+    return tile == 2 ? Transforms{2, 4, kBt2, kAt2} : Transforms{4, 6, kBt4, kAt4};
+}
+
+static inline void store(float* p, size_t i, float v) {
+    p[i] = v;
+}
+
+static inline void store(uint16_t* p, size_t i, float v) {
+    p[i] = to_bf16(v);
+}
+
+// dst[k] = sum over j < N of coef[j] * src[j][k], in one pass (the terms unrolled, k vectorised).
+template <int N, typename S, typename O>
+static inline void combine(O* dst, const float* coef, const S* const* src, size_t count) {
+    float a[N];
+    const S* p[N];
+    for (int j = 0; j < N; ++j) {
+        a[j] = coef[j];
+        p[j] = src[j];
+    }
+    for (size_t k = 0; k < count; ++k) {
+        float acc = 0.f;
+        for (int j = 0; j < N; ++j) {
+            acc += a[j] * value(p[j], k);
+        }
+        store(dst, k, acc);
+    }
+}
+
+// The geometry both operations share: tiles of m x m outputs over an N x H x W map.
+struct Tiling {
+    size_t n, h, w, c, th, tw;
+    Tiling(const ov::Shape& x, size_t channels, size_t m)
+        : n(x[0]),
+          h(x[1]),
+          w(x[2]),
+          c(channels),
+          th((x[1] + m - 1) / m),
+          tw((x[2] + m - 1) / m) {}
+    size_t tiles() const {
+        return n * th * tw;
+    }
+};
+
 class WinogradTiles : public ov::op::Op {
 public:
     OPENVINO_OP("HodorWinogradTiles");
 
     WinogradTiles() = default;
 
-    WinogradTiles(const ov::Output<ov::Node>& x, int64_t bf16) : Op({x}), m_bf16(bf16) {
+    WinogradTiles(const ov::Output<ov::Node>& x, int64_t tile, int64_t bf16)
+        : Op({x}),
+          m_tile(tile),
+          m_bf16(bf16) {
         constructor_validate_and_infer_types();
     }
 
     void validate_and_infer_types() override {
+        NODE_VALIDATION_CHECK(this, m_tile == 2 || m_tile == 4, "tile must be 2 or 4");
         const auto& xs = get_input_partial_shape(0);
         NODE_VALIDATION_CHECK(this, xs.rank().compatible(4), "x [N, H, W, C] must be 4-D");
-        ov::PartialShape out{16, ov::Dimension::dynamic(), ov::Dimension::dynamic()};
+        const int64_t n = m_tile + 2;
+        ov::PartialShape out{n * n, ov::Dimension::dynamic(), ov::Dimension::dynamic()};
         if (xs.rank().is_static()) {
             out[2] = xs[3];
             if (xs[0].is_static() && xs[1].is_static() && xs[2].is_static()) {
-                out[1] = xs[0].get_length() * ((xs[1].get_length() + 1) / 2) * ((xs[2].get_length() + 1) / 2);
+                out[1] = xs[0].get_length() * ((xs[1].get_length() + m_tile - 1) / m_tile) *
+                         ((xs[2].get_length() + m_tile - 1) / m_tile);
             }
         }
         set_output_type(0, m_bf16 ? ov::element::bf16 : ov::element::f32, out);
@@ -228,10 +297,11 @@ public:
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
         check_new_args_count(this, args);
-        return std::make_shared<WinogradTiles>(args.at(0), m_bf16);
+        return std::make_shared<WinogradTiles>(args.at(0), m_tile, m_bf16);
     }
 
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        visitor.on_attribute("tile", m_tile);
         visitor.on_attribute("bf16", m_bf16);
         return true;
     }
@@ -242,93 +312,77 @@ public:
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
         const auto& x = inputs[0];
-        const auto s = x.get_shape();
-        const Tiling g{s[0], s[1], s[2], s[3], (s[1] + 1) / 2, (s[2] + 1) / 2};
-        outputs[0].set_shape({16, g.tiles(), g.c});
+        const Transforms t = transforms(m_tile);
+        const Tiling g(x.get_shape(), x.get_shape()[3], static_cast<size_t>(t.m));
+        outputs[0].set_shape({static_cast<size_t>(t.n * t.n), g.tiles(), g.c});
         if (x.get_element_type() == ov::element::f32) {
-            return tile_all(g, x.data<const float>(), outputs[0]);
+            return tile_all(t, g, x.data<const float>(), outputs[0]);
         }
         if (x.get_element_type() == ov::element::bf16) {
-            return tile_all(g, static_cast<const uint16_t*>(x.data()), outputs[0]);
+            return tile_all(t, g, static_cast<const uint16_t*>(x.data()), outputs[0]);
         }
         return false;
     }
 
-    struct Tiling {
-        size_t n, h, w, c, th, tw;
-        size_t tiles() const {
-            return n * th * tw;
-        }
-    };
-
 private:
     template <typename S>
-    bool tile_all(const Tiling& g, const S* xd, ov::Tensor& out) const {
+    bool tile_all(const Transforms& t, const Tiling& g, const S* xd, ov::Tensor& out) const {
         if (m_bf16) {
-            auto* od = static_cast<uint16_t*>(out.data());
-            ov::parallel_for(g.n * g.th, [&](size_t row) {
-                tile_row<uint16_t, S>(g, xd, od, row);
-            });
+            tile_rows(t, g, xd, static_cast<uint16_t*>(out.data()));
         } else {
-            auto* od = out.data<float>();
-            ov::parallel_for(g.n * g.th, [&](size_t row) {
-                tile_row<float, S>(g, xd, od, row);
-            });
+            tile_rows(t, g, xd, out.data<float>());
         }
         return true;
     }
 
-    template <typename T, typename S>
-    static void tile_row(const Tiling& g, const S* xd, T* out, size_t row) {
+    template <typename S, typename T>
+    static void tile_rows(const Transforms& t, const Tiling& g, const S* xd, T* out) {
+        ov::parallel_for(g.n * g.th, [&](size_t row) {
+            if (t.n == 4) {
+                tile_row<4>(t, g, xd, out, row);
+            } else {
+                tile_row<6>(t, g, xd, out, row);
+            }
+        });
+    }
+
+    // V = B^T d B for every tile of one row of tiles: d B row by row, then B^T of each column.
+    template <int n, typename S, typename T>
+    static void tile_row(const Transforms& t, const Tiling& g, const S* xd, T* out, size_t row) {
         const size_t b = row / g.th, ty = row % g.th, c = g.c, tiles = g.tiles();
+        const int m = t.m;
         std::vector<S> zero(c, S(0));
-        std::vector<float> col(4 * c);
-        const S* rows[4];
-        for (int i = 0; i < 4; ++i) {
-            const long y = 2 * static_cast<long>(ty) - 1 + i;
+        std::vector<float> db(static_cast<size_t>(n * n) * c);
+        const S *rows[n], *d[n];
+        const float* cols[n];
+        for (int i = 0; i < n; ++i) {
+            const long y = static_cast<long>(ty) * m - 1 + i;
             rows[i] = (y >= 0 && y < static_cast<long>(g.h)) ? xd + (b * g.h + static_cast<size_t>(y)) * g.w * c
                                                              : nullptr;
         }
         for (size_t tx = 0; tx < g.tw; ++tx) {
-            const S* d[4][4];
-            for (int i = 0; i < 4; ++i) {
-                for (int j = 0; j < 4; ++j) {
-                    const long x = 2 * static_cast<long>(tx) - 1 + j;
-                    d[i][j] = (rows[i] && x >= 0 && x < static_cast<long>(g.w)) ? rows[i] + x * c : zero.data();
+            const size_t tile = (b * g.th + ty) * g.tw + tx;
+            for (int i = 0; i < n; ++i) {
+                for (int j = 0; j < n; ++j) {
+                    const long x = static_cast<long>(tx) * m - 1 + j;
+                    d[j] = (rows[i] && x >= 0 && x < static_cast<long>(g.w)) ? rows[i] + x * c : zero.data();
+                }
+                for (int s = 0; s < n; ++s) {  // (d B)[i][s] = sum_j d[i][j] B^T[s][j]
+                    combine<n>(db.data() + static_cast<size_t>(i * n + s) * c, t.bt + s * n, d, c);
                 }
             }
-            const size_t tile = (b * g.th + ty) * g.tw + tx;
-            for (int s = 0; s < 4; ++s) {
-                // column s of d B for each of the four rows, then B^T of that column
-                for (int i = 0; i < 4; ++i) {
-                    const S *a0 = d[i][0], *a1 = d[i][1], *a2 = d[i][2], *a3 = d[i][3];
-                    float* dst = col.data() + i * c;
-                    switch (s) {
-                        case 0: for (size_t k = 0; k < c; ++k) dst[k] = value(a0, k) - value(a2, k); break;
-                        case 1: for (size_t k = 0; k < c; ++k) dst[k] = value(a1, k) + value(a2, k); break;
-                        case 2: for (size_t k = 0; k < c; ++k) dst[k] = value(a2, k) - value(a1, k); break;
-                        default: for (size_t k = 0; k < c; ++k) dst[k] = value(a1, k) - value(a3, k); break;
-                    }
+            for (int s = 0; s < n; ++s) {
+                for (int i = 0; i < n; ++i) {
+                    cols[i] = db.data() + static_cast<size_t>(i * n + s) * c;
                 }
-                const float *q0 = col.data(), *q1 = q0 + c, *q2 = q0 + 2 * c, *q3 = q0 + 3 * c;
-                T* o[4];
-                for (int r = 0; r < 4; ++r) {
-                    o[r] = out + ((static_cast<size_t>(4 * r + s)) * tiles + tile) * c;
-                }
-                for (size_t k = 0; k < c; ++k) {
-                    const float v[4] = {q0[k] - q2[k], q1[k] + q2[k], q2[k] - q1[k], q1[k] - q3[k]};
-                    for (int r = 0; r < 4; ++r) {
-                        if constexpr (sizeof(T) == 2) {
-                            o[r][k] = to_bf16(v[r]);
-                        } else {
-                            o[r][k] = v[r];
-                        }
-                    }
+                for (int r = 0; r < n; ++r) {  // V[r][s] = sum_i B^T[r][i] (d B)[i][s]
+                    combine<n>(out + (static_cast<size_t>(r * n + s) * tiles + tile) * c, t.bt + r * n, cols, c);
                 }
             }
         }
     }
 
+    int64_t m_tile = 2;
     int64_t m_bf16 = 1;
 };
 
@@ -339,17 +393,19 @@ public:
     WinogradUntile() = default;
 
     WinogradUntile(const ov::Output<ov::Node>& m, const ov::Output<ov::Node>& x, const ov::Output<ov::Node>& bias,
-                   int64_t bf16)
+                   int64_t tile, int64_t bf16)
         : Op({m, x, bias}),
+          m_tile(tile),
           m_bf16(bf16) {
         constructor_validate_and_infer_types();
     }
 
     void validate_and_infer_types() override {
+        NODE_VALIDATION_CHECK(this, m_tile == 2 || m_tile == 4, "tile must be 2 or 4");
         const auto& ms = get_input_partial_shape(0);
         const auto& xs = get_input_partial_shape(1);
         NODE_VALIDATION_CHECK(this, ms.rank().compatible(3) && xs.rank().compatible(4),
-                              "products [16, tiles, K] and x [N, H, W, C] expected");
+                              "products [n n, tiles, K] and x [N, H, W, C] expected");
         ov::PartialShape out = ov::PartialShape::dynamic(4);
         if (xs.rank().is_static()) {
             out = xs;
@@ -360,10 +416,11 @@ public:
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
         check_new_args_count(this, args);
-        return std::make_shared<WinogradUntile>(args.at(0), args.at(1), args.at(2), m_bf16);
+        return std::make_shared<WinogradUntile>(args.at(0), args.at(1), args.at(2), m_tile, m_bf16);
     }
 
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        visitor.on_attribute("tile", m_tile);
         visitor.on_attribute("bf16", m_bf16);
         return true;
     }
@@ -374,85 +431,84 @@ public:
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
         const auto& m = inputs[0];
-        const auto s = inputs[1].get_shape();
         const auto ms = m.get_shape();
-        const WinogradTiles::Tiling g{s[0], s[1], s[2], ms[2], (s[1] + 1) / 2, (s[2] + 1) / 2};
-        OPENVINO_ASSERT(ms.size() == 3 && ms[0] == 16 && ms[1] == g.tiles() && inputs[2].get_size() == g.c,
-                        "HodorWinogradUntile: products of shape ", ms, " for x of shape ", s);
+        const Transforms t = transforms(m_tile);
+        const Tiling g(inputs[1].get_shape(), ms.size() == 3 ? ms[2] : 0, static_cast<size_t>(t.m));
+        OPENVINO_ASSERT(ms.size() == 3 && ms[0] == static_cast<size_t>(t.n * t.n) && ms[1] == g.tiles() &&
+                            inputs[2].get_size() == g.c,
+                        "HodorWinogradUntile: products of shape ", ms, " for x of shape ", inputs[1].get_shape());
         if (inputs[2].get_element_type() != ov::element::f32) {
             return false;
         }
         outputs[0].set_shape({g.n, g.h, g.w, g.c});
         const float* bias = inputs[2].data<const float>();
         if (m.get_element_type() == ov::element::f32) {
-            return untile_all(g, m.data<const float>(), bias, outputs[0]);
+            return untile_all(t, g, m.data<const float>(), bias, outputs[0]);
         }
         if (m.get_element_type() == ov::element::bf16) {
-            return untile_all(g, static_cast<const uint16_t*>(m.data()), bias, outputs[0]);
+            return untile_all(t, g, static_cast<const uint16_t*>(m.data()), bias, outputs[0]);
         }
         return false;
     }
 
 private:
-    static inline void store(float* p, size_t i, float v) {
-        p[i] = v;
-    }
-
-    static inline void store(uint16_t* p, size_t i, float v) {
-        p[i] = to_bf16(v);
-    }
-
     template <typename T>
-    bool untile_all(const WinogradTiles::Tiling& g, const T* md, const float* bias, ov::Tensor& out) const {
+    bool untile_all(const Transforms& t, const Tiling& g, const T* md, const float* bias, ov::Tensor& out) const {
         if (m_bf16) {
-            auto* y = static_cast<uint16_t*>(out.data());
-            ov::parallel_for(g.n * g.th, [&](size_t row) {
-                untile_row(g, md, bias, y, row);
-            });
+            untile_rows(t, g, md, bias, static_cast<uint16_t*>(out.data()));
         } else {
-            auto* y = out.data<float>();
-            ov::parallel_for(g.n * g.th, [&](size_t row) {
-                untile_row(g, md, bias, y, row);
-            });
+            untile_rows(t, g, md, bias, out.data<float>());
         }
         return true;
     }
 
     template <typename T, typename O>
-    static void untile_row(const WinogradTiles::Tiling& g, const T* md, const float* bias, O* y, size_t row) {
+    static void untile_rows(const Transforms& t, const Tiling& g, const T* md, const float* bias, O* y) {
+        ov::parallel_for(g.n * g.th, [&](size_t row) {
+            if (t.n == 4) {
+                untile_row<4>(t, g, md, bias, y, row);
+            } else {
+                untile_row<6>(t, g, md, bias, y, row);
+            }
+        });
+    }
+
+    // y = A^T M A (+ bias) for every tile of one row of tiles: A^T M column by column, then A.
+    template <int n, typename T, typename O>
+    static void untile_row(const Transforms& t, const Tiling& g, const T* md, const float* bias, O* y, size_t row) {
         const size_t b = row / g.th, ty = row % g.th, k = g.c, tiles = g.tiles();
-        std::vector<float> half(8 * k);  // A^T M: 2 rows x 4 columns of K values
+        const int m = t.m;
+        std::vector<float> am(static_cast<size_t>(m * n) * k);
+        const T* p[n + 1];
+        const float* q[n + 1];
+        float one_and_coef[n + 1];
         for (size_t tx = 0; tx < g.tw; ++tx) {
             const size_t tile = (b * g.th + ty) * g.tw + tx;
-            for (int s = 0; s < 4; ++s) {
-                const T* p0 = md + ((static_cast<size_t>(0 + s)) * tiles + tile) * k;
-                const T* p1 = md + ((static_cast<size_t>(4 + s)) * tiles + tile) * k;
-                const T* p2 = md + ((static_cast<size_t>(8 + s)) * tiles + tile) * k;
-                const T* p3 = md + ((static_cast<size_t>(12 + s)) * tiles + tile) * k;
-                float* t0 = half.data() + s * k;
-                float* t1 = half.data() + (4 + s) * k;
-                for (size_t o = 0; o < k; ++o) {
-                    const float v1 = value(p1, o), v2 = value(p2, o);
-                    t0[o] = value(p0, o) + v1 + v2;
-                    t1[o] = v1 - v2 - value(p3, o);
+            for (int s = 0; s < n; ++s) {
+                for (int i = 0; i < n; ++i) {
+                    p[i] = md + (static_cast<size_t>(i * n + s) * tiles + tile) * k;
+                }
+                for (int r = 0; r < m; ++r) {  // (A^T M)[r][s] = sum_i A^T[r][i] M[i][s]
+                    combine<n>(am.data() + static_cast<size_t>(r * n + s) * k, t.at + r * n, p, k);
                 }
             }
-            for (size_t i = 0; i < 2 && 2 * ty + i < g.h; ++i) {
-                const float *r0 = half.data() + i * 4 * k, *r1 = r0 + k, *r2 = r0 + 2 * k, *r3 = r0 + 3 * k;
-                O* left = y + ((b * g.h + 2 * ty + i) * g.w + 2 * tx) * k;
-                for (size_t o = 0; o < k; ++o) {
-                    store(left, o, r0[o] + r1[o] + r2[o] + bias[o]);
+            for (int r = 0; r < m && ty * m + r < g.h; ++r) {
+                for (int s = 0; s < n; ++s) {
+                    q[s] = am.data() + static_cast<size_t>(r * n + s) * k;
                 }
-                if (2 * tx + 1 < g.w) {
-                    O* right = left + k;
-                    for (size_t o = 0; o < k; ++o) {
-                        store(right, o, r1[o] - r2[o] - r3[o] + bias[o]);
+                q[n] = bias;  // the bias, as one more term with coefficient 1
+                one_and_coef[n] = 1.f;
+                for (int u = 0; u < m && tx * m + u < g.w; ++u) {  // y[r][u] = sum_s (A^T M)[r][s] A^T[u][s]
+                    for (int s = 0; s < n; ++s) {
+                        one_and_coef[s] = t.at[u * n + s];
                     }
+                    combine<n + 1>(y + ((b * g.h + ty * m + r) * g.w + tx * m + u) * k, one_and_coef, q, k);
                 }
             }
         }
     }
 
+    int64_t m_tile = 2;
     int64_t m_bf16 = 0;
 };
 

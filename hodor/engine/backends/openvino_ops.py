@@ -1,12 +1,12 @@
-"""The engine's own OpenVINO operations, built on first use for bf16 stages on the CPU.
+"""The engine's own OpenVINO operations, built on first use for the OpenVINO backend.
 
 ``openvino_ops.cpp`` beside this file defines three small operations that OpenVINO runs inside a
-stage's graph: ``HodorDeformColumns`` (the sampling half of a deformable convolution, used by
-:mod:`hodor.engine.backends.deform_columns`), and ``HodorWinogradTiles`` and
-``HodorWinogradUntile`` (the transforms of a 3x3 convolution as Winograd F(2x2, 3x3), used by
-:mod:`hodor.engine.backends.winograd_conv`). Between them OpenVINO runs a bf16 matrix product
-with its own kernels; what the operations do is move and add values, which OpenVINO's graph
-operations do with more passes over memory.
+stage's graph: ``HodorDeformColumns`` (the sampling half of a deformable convolution in bf16 stages,
+used by :mod:`hodor.engine.backends.deform_columns`), and ``HodorWinogradTiles`` and
+``HodorWinogradUntile`` (the transforms of a 3x3 convolution as Winograd, F(4x4, 3x3) in fp32
+stages and F(2x2, 3x3) in bf16 ones, used by :mod:`hodor.engine.backends.winograd_conv`). Between
+them OpenVINO runs the matrix products with its own kernels; what the operations do is move and
+add values, which OpenVINO's graph operations do with more passes over memory.
 
 The library is compiled on first use with the machine's C++ compiler (``$CXX``, else ``c++`` or
 ``g++``) against the headers and libraries the ``openvino`` package ships, for this CPU
@@ -14,8 +14,8 @@ The library is compiled on first use with the machine's C++ compiler (``$CXX``, 
 ``~/.cache/...``), keyed by the source, the OpenVINO version, the compiler and the CPU; entries no
 start used for :data:`~hodor.engine.backends.export_files.CACHE_IDLE_DAYS` days are removed. Where
 it cannot be built (no compiler, not Linux, a failed build), :func:`extension_library` raises
-:class:`ExtensionUnavailable` and the backend keeps OpenVINO's own operations for those stages,
-with a warning saying why.
+:class:`ExtensionUnavailable` and the backend keeps OpenVINO's own operations (in fp32 the
+Winograd convolutions in graph operations, slower), with a warning saying why.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Dense 3x3 convolutions of an exported graph rewritten as Winograd F(4x4, 3x3) (for OpenVINO, fp32).
+"""Dense 3x3 convolutions of an exported graph rewritten as Winograd convolutions (for OpenVINO).
 
 A 3x3 convolution computes each output pixel from nine products per input channel. Winograd's
 F(4x4, 3x3) computes a 4x4 block of outputs from a 6x6 block of input: the block is transformed
@@ -6,35 +6,36 @@ F(4x4, 3x3) computes a 4x4 block of outputs from a 6x6 block of input: the block
 weights (``G g G^T``, computed here once from the graph's constant weights), and transformed
 back (``A^T m A``). Summed over the input channels, the element-wise products become 36 matrix
 products of (tiles x C) by (C x K): 36 multiplications per 16 outputs instead of 144, 4x fewer.
-What it costs is memory traffic: the transformed input is 2.25x the input.
+What it costs is memory traffic: the transformed input is 2.25x the input. F(2x2, 3x3) does the
+same with 4x4 input blocks: 16 products per 4 outputs, 2.25x fewer multiplications.
 
-:func:`rewrite_winograd_convs` replaces each eligible ``Conv`` node of an ONNX graph (3x3,
+:func:`rewrite_winograd_ops` replaces each eligible ``Conv`` node of an ONNX graph (3x3,
 stride 1, padding 1, no dilation or groups, constant weights, at least ``min_channels`` in and
-out) by that computation written in plain ONNX operations, channels last: the 36 entries of
-every tile gathered by strided slices, then three matrix products (the input transform as
-``B^T kron B^T`` times the 36 planes, the 36 products with the weights, the output transform
-as ``A^T kron A^T``). About 90 nodes a convolution; written as sums of slices instead, the
-transforms took 500 nodes, compiled 2-3x slower and ran slower. Shapes stay free (any batch,
-height, width). OpenVINO's CPU plugin runs the result faster than its own direct fp32
-convolution of the model's 256-channel maps (``benchmarks/cpu_winograd.py``); ONNX Runtime does not, and in
-bf16 the transformed values lose too much (relative error about 3e-2 a convolution), so the
-OpenVINO backend applies it to fp32 stages only.
+out) by the transforms as two of the engine's own OpenVINO operations
+(:mod:`hodor.engine.backends.openvino_ops`) around one batched ``MatMul``:
 
-For bf16 stages, :func:`rewrite_winograd_bf16` uses F(2x2, 3x3) instead: 4x4 tiles, 16 products
-per 4 outputs instead of 36, 2.25x fewer multiplications, and transforms that only add and
-subtract, so rounding the transformed values to bf16 costs about 1.6x a direct bf16
-convolution's error (F(4x4, 3x3) 10x). Its transforms are two of the engine's own OpenVINO
-operations (:mod:`hodor.engine.backends.openvino_ops`): written as graph operations they took
-longer than the product they save. Each convolution becomes
+    x -> Transpose (channels last) -> HodorWinogradTiles -> MatMul (the products with the
+      transformed weights) -> HodorWinogradUntile (+ bias) -> Transpose (NCHW)
 
-    x -> Transpose (channels last) -> Cast (bf16) -> HodorWinogradTiles -> MatMul (16 products,
-      bf16 weights) -> HodorWinogradUntile (+ bias) -> Transpose (NCHW) -> Cast (float32)
-
+F(4x4, 3x3) for fp32 stages; F(2x2, 3x3) for bf16 ones, where F(4x4, 3x3)'s transformed values
+lose too much (relative error about 3e-2 a convolution) and F(2x2, 3x3)'s transforms, which only
+add and subtract, cost about 1.6x a direct bf16 convolution's error. In bf16 a ``Cast`` to bf16
+follows the first ``Transpose`` and one to float32 the last, the weights are a bf16 constant:
 every tensor between the casts in bf16, which is how OpenVINO keeps a bf16 stage's maps (channels
-last): declared so, the maps reach the operations and come back with no conversion or
-transposition (those took longer than the transforms), and the product's bf16 weights let
-OpenVINO read the tiles and hand the products on as they are. In a bf16 stage every product's
-operands and every operation's result are rounded to bf16 anyway.
+last), so the maps reach the operations and come back with no conversion or transposition (those
+took longer than the transforms), and OpenVINO reads the tiles and hands the products on as they
+are. In a bf16 stage every product's operands and every operation's result are rounded to bf16
+anyway.
+
+:func:`rewrite_winograd_convs`, for where the operations cannot be built (no C++ compiler),
+writes F(4x4, 3x3) in plain ONNX operations instead, channels last: the 36 entries of every tile
+gathered by strided slices, then three matrix products (the input transform as
+``B^T kron B^T`` times the 36 planes, the 36 products with the weights, the output transform as
+``A^T kron A^T``). About 90 nodes a convolution (as sums of slices, 500 nodes, slower to compile
+and to run), and its transforms took longer than the operations' (``benchmarks/cpu_winograd.py``).
+Shapes stay free (any batch, height, width) either way. OpenVINO's CPU plugin runs both faster
+than its own direct fp32 convolution of the model's 256-channel maps; ONNX Runtime gains little
+from the graph form and cannot load the operations, so its graphs stay as exported.
 
 The arithmetic is exact in real numbers; in fp32 the result differs from a direct convolution
 by a few units in 1e-6 relative (the transforms scale values by up to 100 and back).
@@ -221,14 +222,19 @@ def bf16_tensor(name: str, values: np.ndarray) -> onnx.TensorProto:
     return helper.make_tensor(name, TensorProto.BFLOAT16, values.shape, rounded.tobytes(), raw=True)
 
 
-def rewrite_winograd_bf16(model: onnx.ModelProto, min_channels: int = MIN_CHANNELS, bf16: bool = True) -> int:
+def rewrite_winograd_ops(
+    model: onnx.ModelProto, tile: int = 2, bf16: bool = True, min_channels: int = MIN_CHANNELS
+) -> int:
     """Replace, in place, every eligible 3x3 ``Conv`` of ``model`` (as :func:`rewrite_winograd_convs`
-    takes them) by F(2x2, 3x3) through the engine's OpenVINO operations, the product in bf16;
-    returns how many. ``bf16=False`` keeps every value float32 (for checking the transforms)."""
+    takes them) by Winograd F(tile x tile, 3x3) through the engine's OpenVINO operations; returns
+    how many. ``tile`` 2 with ``bf16`` (the bf16 stages' form) or 4 without (the fp32 stages');
+    ``bf16=False`` keeps every value float32."""
+    if tile not in (2, 4):
+        raise ValueError(f"Winograd tiles of 2 or 4 outputs a side, not {tile}")
 
     def replace(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> Replacement | None:
         found = _eligible(node, initializers, min_channels) if node.op_type == "Conv" else None
-        return None if found is None else _winograd_2x2_nodes(node, *found, bf16)
+        return None if found is None else _winograd_ops_nodes(node, *found, tile, bf16)
 
     count = rewrite_each(model.graph, replace)
     if count:
@@ -236,12 +242,12 @@ def rewrite_winograd_bf16(model: onnx.ModelProto, min_channels: int = MIN_CHANNE
     return count
 
 
-def _winograd_2x2_nodes(
-    conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray | None, bf16: bool
+def _winograd_ops_nodes(
+    conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray | None, tile: int, bf16: bool
 ) -> Replacement:
     out_ch = int(weight.shape[0])
-    prefix = f"{conv.name or conv.output[0]}/winograd2"
-    u = transformed_weights_2x2(weight)
+    prefix = f"{conv.name or conv.output[0]}/winograd{tile}"
+    u = transformed_weights_2x2(weight) if tile == 2 else transformed_weights(weight)
     initializers = [
         bf16_tensor(f"{prefix}_weight", u) if bf16 else numpy_helper.from_array(u, f"{prefix}_weight"),
         numpy_helper.from_array(
@@ -262,9 +268,16 @@ def _winograd_2x2_nodes(
         # as it keeps them) with no conversion or transposition, which take longer than the
         # transforms themselves.
         x = op("Cast", [x], "nhwc_bf16", to=TensorProto.BFLOAT16)
-    tiles = op("HodorWinogradTiles", [x], "tiles", domain=OP_DOMAIN, bf16=int(bf16))
+    tiles = op("HodorWinogradTiles", [x], "tiles", domain=OP_DOMAIN, tile=tile, bf16=int(bf16))
     products = op("MatMul", [tiles, f"{prefix}_weight"], "products")  # [16, tiles, K]
-    y = op("HodorWinogradUntile", [products, x, f"{prefix}_bias"], "untile", domain=OP_DOMAIN, bf16=int(bf16))
+    y = op(
+        "HodorWinogradUntile",
+        [products, x, f"{prefix}_bias"],
+        "untile",
+        domain=OP_DOMAIN,
+        tile=tile,
+        bf16=int(bf16),
+    )
     if bf16:
         y = op("Transpose", [y], "nchw_bf16", perm=[0, 3, 1, 2])
         op("Cast", [y], "nchw", output=conv.output[0], to=TensorProto.FLOAT)
