@@ -132,14 +132,16 @@ def test_other_deformable_convolutions_are_left_alone():
     assert rewrite_as_columns(masked) == 0
 
 
-def test_the_library_is_built_once_and_kept(tmp_path, monkeypatch):
+def test_the_library_is_built_once_and_kept(tmp_path, monkeypatch, capsys):
     version = openvino_ops._compiler_version(openvino_ops._compiler())
     first = extension_library(tmp_path)
+    assert "building the OpenVINO operations for this machine" in capsys.readouterr().err  # said once
     built = first.stat().st_mtime
     os.utime(first, (built - 86400, built - 86400))
     monkeypatch.setattr(openvino_ops, "_compiler_version", lambda compiler: version)
     monkeypatch.setattr(openvino_ops.subprocess, "run", _compiler_must_not_run)
     assert extension_library(tmp_path) == first  # found, not built again
+    assert capsys.readouterr().err == ""
     assert first.stat().st_mtime > time.time() - 60  # marked as used
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # nothing half-written left
 

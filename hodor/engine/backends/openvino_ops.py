@@ -96,6 +96,13 @@ def extension_library(cache_root: Path | None = None) -> Path:
             return target
         if writable_cache_dir(root) is None:
             raise ExtensionUnavailable(f"no writable directory for the built operation at {root}")
+        # Once per machine (and OpenVINO version or compiler): say why this start takes longer.
+        print(
+            f"hodor-engine: building the OpenVINO operations for this machine with {Path(compiler).name} "
+            f"(once, a few seconds) into {root}",
+            file=sys.stderr,
+            flush=True,
+        )
         command = [
             compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
             "-I", str(include), str(SOURCE), *map(str, libraries), f"-Wl,-rpath,{libs}",
