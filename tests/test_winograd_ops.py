@@ -25,10 +25,9 @@ pytest.importorskip("openvino", reason="the operations run in OpenVINO")
 import openvino  # noqa: E402
 
 from hodor.engine.backends.openvino_backend import cpu_supports_bf16  # noqa: E402
-from hodor.engine.backends.openvino_ops import extension_library  # noqa: E402
+from hodor.engine.backends.openvino_ops import bf16_tensor, extension_library  # noqa: E402
 from hodor.engine.backends.winograd_conv import (  # noqa: E402
     MIN_CHANNELS,
-    bf16_tensor,
     rewrite_winograd_ops,
     transformed_weights_2x2,
 )

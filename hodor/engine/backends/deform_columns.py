@@ -5,7 +5,8 @@ the decoder's deformable convolutions to) has an fp32 kernel only: with ``--prec
 products, 37 of the decoder's 102 GFLOP at 480p, stay fp32, the largest piece of a bf16 frame.
 Here each ``DeformConv`` node (as that rewrite writes it) becomes
 
-    x -> Transpose (channels last) -> HodorDeformColumns(x, offsets) -> MatMul(weights) -> + bias -> NCHW
+    x -> Transpose (channels last) -> Cast (bf16) -> HodorDeformColumns(x, offsets) -> MatMul(weights)
+      -> + bias -> NCHW
 
 ``HodorDeformColumns`` (``openvino_ops.cpp`` beside this file) is a small OpenVINO operation that
 samples every tap of every pixel bilinearly at its offset position, zeros outside, and writes the
@@ -26,7 +27,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from hodor.engine.backends.onnx_edit import Replacement, rewrite_each
-from hodor.engine.backends.openvino_ops import OP_DOMAIN, declare_domain
+from hodor.engine.backends.openvino_ops import OP_DOMAIN, bf16_tensor, declare_domain
 
 OP_TYPE = "HodorDeformColumns"
 
@@ -78,13 +79,15 @@ def _columns_nodes(conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray) -
     out_ch, in_ch, k = int(weight.shape[0]), int(weight.shape[1]), int(weight.shape[2])
     prefix = f"{conv.name or conv.output[0]}/columns"
     constants = {
-        # the weights [O, C, i, j] as [(i, j, c), O], the columns' order
-        "weight": weight.transpose(2, 3, 1, 0).reshape(k * k * in_ch, out_ch).astype(np.float32),
         "bias": bias.astype(np.float32),
         "flat": np.array([0, -1, k * k * in_ch], np.int64),
         "channels": np.array([out_ch], np.int64),
     }
     initializers = [numpy_helper.from_array(value, f"{prefix}_{what}") for what, value in constants.items()]
+    # the weights [O, C, i, j] as [(i, j, c), O], the columns' order, in bf16 as the columns are: the
+    # product then reads the columns as they are and hands its result on in bf16
+    columns_order = weight.transpose(2, 3, 1, 0).reshape(k * k * in_ch, out_ch)
+    initializers.append(bf16_tensor(f"{prefix}_weight", columns_order))
     nodes: list[onnx.NodeProto] = []
 
     def op(kind: str, inputs: list[str], what: str, output: str | None = None, **attrs: object) -> str:
@@ -94,11 +97,13 @@ def _columns_nodes(conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray) -
         return out
 
     x = op("Transpose", [conv.input[0]], "nhwc", perm=[0, 2, 3, 1])
+    # Declared bf16, OpenVINO hands the operation its bf16 map (channels last) with no conversion.
+    x = op("Cast", [x], "nhwc_bf16", to=TensorProto.BFLOAT16)
     columns = op(OP_TYPE, [x, conv.input[2]], "sample", domain=OP_DOMAIN, kernel=k, pad=k // 2, bf16=1)
     grid = op("Shape", [columns], "grid", end=3)  # [N, H, W]
-    # A float32 view for the product: in the bf16 stage OpenVINO reads the bf16 columns directly.
-    flat = op("Reshape", [op("Cast", [columns], "cast", to=TensorProto.FLOAT), f"{prefix}_flat"], "flat")
-    product = op("Add", [op("MatMul", [flat, f"{prefix}_weight"], "matmul"), f"{prefix}_bias"], "bias")
+    flat = op("Reshape", [columns, f"{prefix}_flat"], "flat")
+    product = op("Cast", [op("MatMul", [flat, f"{prefix}_weight"], "matmul")], "cast", to=TensorProto.FLOAT)
+    product = op("Add", [product, f"{prefix}_bias"], "bias")
     nhwo = op("Reshape", [product, op("Concat", [grid, f"{prefix}_channels"], "shape", axis=0)], "unflat")
     op("Transpose", [nhwo], "nchw", output=conv.output[0], perm=[0, 3, 1, 2])
     return nodes, initializers

@@ -105,7 +105,7 @@ growing-history length once every third video, and the compilations pushed one a
 steady state's) out of the few kept: 9 compilations, 5-6 s, in a third 20-frame video at 480p."""
 STATIC_SHAPES_KEPT = 4
 """How many fixed-shape compilations each of those stages keeps."""
-REWRITES_VERSION = 3
+REWRITES_VERSION = 4
 """Part of the key of the graphs kept in the cache: raised whenever a rewrite's output changes."""
 _LOWEST = torch.finfo(torch.float32).min
 

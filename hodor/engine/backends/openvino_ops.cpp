@@ -10,7 +10,7 @@
 // is then one matrix product of these columns with the weights laid out [(i, j, c), o], which
 // OpenVINO runs in bf16; its own DeformableConvolution computes the product in fp32 only.
 //
-// Inputs: x [N, H, W, C] f32 (channels last), offsets [N, 2 k k, H, W] f32 (dy of tap t at channel
+// Inputs: x [N, H, W, C] f32 or bf16 (channels last), offsets [N, 2 k k, H, W] f32 (dy of tap t at channel
 // 2 t, dx at 2 t + 1). Attributes: kernel (k), pad, bf16 (1: the columns are bf16, rounded to
 // nearest even; 0: f32). Used by hodor/engine/backends/deform_columns.py.
 //
@@ -67,6 +67,14 @@ static inline float value(const uint16_t* p, size_t i) {
     return from_bf16(p[i]);
 }
 
+static inline void store(float* p, size_t i, float v) {
+    p[i] = v;
+}
+
+static inline void store(uint16_t* p, size_t i, float v) {
+    p[i] = to_bf16(v);
+}
+
 class DeformColumns : public ov::op::Op {
 public:
     OPENVINO_OP("HodorDeformColumns");
@@ -119,7 +127,8 @@ public:
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
         const auto& x = inputs[0];
         const auto& offsets = inputs[1];
-        if (x.get_element_type() != ov::element::f32 || offsets.get_element_type() != ov::element::f32) {
+        const bool x16 = x.get_element_type() == ov::element::bf16;
+        if ((!x16 && x.get_element_type() != ov::element::f32) || offsets.get_element_type() != ov::element::f32) {
             return false;
         }
         const auto shape = x.get_shape();
@@ -130,18 +139,11 @@ public:
                             offset_shape[2] == g.h && offset_shape[3] == g.w,
                         "HodorDeformColumns: offsets of shape ", offset_shape, " for x of shape ", shape);
         outputs[0].set_shape({g.n, g.h, g.w, g.c * taps});
-        const float* xd = x.data<const float>();
         const float* od = offsets.data<const float>();
-        if (m_bf16) {
-            auto* out = static_cast<uint16_t*>(outputs[0].data());
-            ov::parallel_for(g.n * g.h, [&](size_t row) {
-                fill_row<uint16_t>(g, xd, od, out, row);
-            });
+        if (x16) {
+            fill(g, static_cast<const uint16_t*>(x.data()), od, outputs[0]);
         } else {
-            auto* out = outputs[0].data<float>();
-            ov::parallel_for(g.n * g.h, [&](size_t row) {
-                fill_row<float>(g, xd, od, out, row);
-            });
+            fill(g, x.data<const float>(), od, outputs[0]);
         }
         return true;
     }
@@ -151,10 +153,25 @@ private:
         size_t n, h, w, c, taps;
     };
 
-    template <typename T>
-    void fill_row(const Geometry& g, const float* xd, const float* od, T* out, size_t row) const {
+    template <typename S>
+    void fill(const Geometry& g, const S* xd, const float* od, ov::Tensor& out) const {
+        if (m_bf16) {
+            auto* o = static_cast<uint16_t*>(out.data());
+            ov::parallel_for(g.n * g.h, [&](size_t row) {
+                fill_row(g, xd, od, o, row);
+            });
+        } else {
+            auto* o = out.data<float>();
+            ov::parallel_for(g.n * g.h, [&](size_t row) {
+                fill_row(g, xd, od, o, row);
+            });
+        }
+    }
+
+    template <typename S, typename T>
+    void fill_row(const Geometry& g, const S* xd, const float* od, T* out, size_t row) const {
         const size_t b = row / g.h, y = row % g.h, plane = g.h * g.w;
-        const float* xb = xd + b * plane * g.c;
+        const S* xb = xd + b * plane * g.c;
         const float* ob = od + b * 2 * g.taps * plane;
         std::vector<float> acc(g.c);
         const long h = static_cast<long>(g.h), w = static_cast<long>(g.w);
@@ -180,21 +197,15 @@ private:
                     if (ys[q] < 0 || ys[q] >= h || xs[q] < 0 || xs[q] >= w) {
                         continue;  // zeros outside the map
                     }
-                    const float* src = xb + (static_cast<size_t>(ys[q]) * g.w + static_cast<size_t>(xs[q])) * g.c;
+                    const S* src = xb + (static_cast<size_t>(ys[q]) * g.w + static_cast<size_t>(xs[q])) * g.c;
                     const float wq = weights[q];
                     for (size_t k = 0; k < g.c; ++k) {
-                        a[k] += wq * src[k];
+                        a[k] += wq * value(src, k);
                     }
                 }
                 T* d = dst + t * g.c;
-                if constexpr (sizeof(T) == 2) {
-                    for (size_t k = 0; k < g.c; ++k) {
-                        d[k] = to_bf16(a[k]);
-                    }
-                } else {
-                    for (size_t k = 0; k < g.c; ++k) {
-                        d[k] = a[k];
-                    }
+                for (size_t k = 0; k < g.c; ++k) {
+                    store(d, k, a[k]);
                 }
             }
         }
@@ -223,14 +234,6 @@ static constexpr float kAt4[24] = {1, 1, 1, 1, 1, 0, 0, 1, -1, 2, -2, 0, 0, 1, 1
 static Transforms transforms(int64_t tile) {
     OPENVINO_ASSERT(tile == 2 || tile == 4, "Winograd tiles of 2 or 4 outputs a side, not ", tile);
     return tile == 2 ? Transforms{2, 4, kBt2, kAt2} : Transforms{4, 6, kBt4, kAt4};
-}
-
-static inline void store(float* p, size_t i, float v) {
-    p[i] = v;
-}
-
-static inline void store(uint16_t* p, size_t i, float v) {
-    p[i] = to_bf16(v);
 }
 
 // dst[k] = sum over j < N of coef[j] * src[j][k], in one pass (the terms unrolled, k vectorised).

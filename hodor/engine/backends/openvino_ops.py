@@ -30,8 +30,9 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import TensorProto, helper
 
 from hodor.engine.backends.export_files import cpu_flags, mark_used, prune_idle, writable_cache_dir
 from hodor.engine.io.files import atomic_write
@@ -128,3 +129,10 @@ def declare_domain(model: onnx.ModelProto) -> None:
     """Make ``model`` import the operations' domain (once)."""
     if not any(opset.domain == OP_DOMAIN for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid(OP_DOMAIN, 1))
+
+
+def bf16_tensor(name: str, values: np.ndarray) -> onnx.TensorProto:
+    """``values`` (float32) as an ONNX bfloat16 constant, rounded to nearest, ties to even."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return helper.make_tensor(name, TensorProto.BFLOAT16, values.shape, rounded.tobytes(), raw=True)

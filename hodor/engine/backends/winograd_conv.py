@@ -50,7 +50,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from hodor.engine.backends.onnx_edit import Replacement, rewrite_each
-from hodor.engine.backends.openvino_ops import OP_DOMAIN, declare_domain
+from hodor.engine.backends.openvino_ops import OP_DOMAIN, bf16_tensor, declare_domain
 
 # F(4x4, 3x3): input transform B^T (6x6), weight transform G (6x3), output transform A^T (4x6).
 B_T = np.array(
@@ -213,13 +213,6 @@ def transformed_weights_2x2(weight: np.ndarray) -> np.ndarray:
     4x4 positions row-major first, computed in float64."""
     u = (G_2 @ weight.astype(np.float64) @ G_2.T).transpose(2, 3, 1, 0)  # [4, 4, C, K]
     return u.reshape(16, weight.shape[1], weight.shape[0]).astype(np.float32)
-
-
-def bf16_tensor(name: str, values: np.ndarray) -> onnx.TensorProto:
-    """``values`` (float32) as an ONNX bfloat16 constant, rounded to nearest, ties to even."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    return helper.make_tensor(name, TensorProto.BFLOAT16, values.shape, rounded.tobytes(), raw=True)
 
 
 def rewrite_winograd_ops(
