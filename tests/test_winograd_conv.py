@@ -79,17 +79,18 @@ def test_a_convolution_computes_the_same_at_any_size(out_ch, in_ch, bias):
         assert _error(got, want) <= TOLERANCE, (shape, _error(got, want))
 
 
-@pytest.mark.parametrize(
-    "case,attrs",
-    [
-        ("stride 2", {"strides": [2, 2]}),
-        ("no padding", {"pads": [0, 0, 0, 0]}),
-        ("dilated", {"dilations": [2, 2], "pads": [2, 2, 2, 2]}),
-        ("grouped", {"group": 2}),
-        ("1x1", {"kernel": 1}),
-        ("5x5", {"kernel": 5}),
-    ],
-)
+OTHER_CONVOLUTIONS = [
+    ("stride 2", {"strides": [2, 2]}),
+    ("no padding", {"pads": [0, 0, 0, 0]}),
+    ("dilated", {"dilations": [2, 2], "pads": [2, 2, 2, 2]}),
+    ("grouped", {"group": 2}),
+    ("1x1", {"kernel": 1}),
+    ("5x5", {"kernel": 5}),
+]
+"""Convolutions no Winograd rewrite takes (also ``tests/test_winograd_ops.py``)."""
+
+
+@pytest.mark.parametrize("case,attrs", OTHER_CONVOLUTIONS)
 def test_other_convolutions_are_left_alone(case, attrs):
     model = _conv_model(64, 64, True, **attrs)
     before = model.SerializeToString()

@@ -31,6 +31,7 @@ from hodor.engine.backends.winograd_conv import (  # noqa: E402
     rewrite_winograd_ops,
     transformed_weights_2x2,
 )
+from tests.test_winograd_conv import OTHER_CONVOLUTIONS  # noqa: E402
 
 needs_bf16 = pytest.mark.skipif(
     not cpu_supports_bf16(openvino.Core()), reason="this CPU has neither AVX-512 BF16 nor AMX"
@@ -127,17 +128,7 @@ def test_in_bf16_within_a_bf16_products_error(library):
         assert 1e-5 < error <= 1e-2, (shape, error)  # bf16 really is in use, and within its limit
 
 
-@pytest.mark.parametrize(
-    "case,attrs",
-    [
-        ("stride 2", {"strides": [2, 2]}),
-        ("no padding", {"pads": [0, 0, 0, 0]}),
-        ("dilated", {"dilations": [2, 2], "pads": [2, 2, 2, 2]}),
-        ("grouped", {"group": 2}),
-        ("1x1", {"kernel": 1}),
-        ("5x5", {"kernel": 5}),
-    ],
-)
+@pytest.mark.parametrize("case,attrs", OTHER_CONVOLUTIONS)
 def test_other_convolutions_are_left_alone(case, attrs):
     model = _conv_model(64, 64, True, **attrs)
     before = model.SerializeToString()

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from hodor.engine.backends.onnx_edit import Replacement, rewrite_each
+from hodor.engine.backends.onnx_edit import NodeWriter, Replacement, rewrite_each
 from hodor.engine.backends.openvino_ops import OP_DOMAIN, bf16_tensor, declare_domain
 
 OP_TYPE = "HodorDeformColumns"
@@ -88,14 +88,8 @@ def _columns_nodes(conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray) -
     # product then reads the columns as they are and hands its result on in bf16
     columns_order = weight.transpose(2, 3, 1, 0).reshape(k * k * in_ch, out_ch)
     initializers.append(bf16_tensor(f"{prefix}_weight", columns_order))
-    nodes: list[onnx.NodeProto] = []
-
-    def op(kind: str, inputs: list[str], what: str, output: str | None = None, **attrs: object) -> str:
-        name = f"{prefix}_{what}"
-        out = output or f"{name}:0"
-        nodes.append(helper.make_node(kind, inputs, [out], name=name, **attrs))
-        return out
-
+    writer = NodeWriter(prefix)
+    op = writer.op
     x = op("Transpose", [conv.input[0]], "nhwc", perm=[0, 2, 3, 1])
     # Declared bf16, OpenVINO hands the operation its bf16 map (channels last) with no conversion.
     x = op("Cast", [x], "nhwc_bf16", to=TensorProto.BFLOAT16)
@@ -106,4 +100,4 @@ def _columns_nodes(conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray) -
     product = op("Add", [product, f"{prefix}_bias"], "bias")
     nhwo = op("Reshape", [product, op("Concat", [grid, f"{prefix}_channels"], "shape", axis=0)], "unflat")
     op("Transpose", [nhwo], "nchw", output=conv.output[0], perm=[0, 3, 1, 2])
-    return nodes, initializers
+    return writer.nodes, initializers

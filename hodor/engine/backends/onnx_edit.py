@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import onnx
+from onnx import helper
 
 Replacement = tuple[list[onnx.NodeProto], list[onnx.TensorProto]]
 """The nodes that replace one node, and the constants they add."""
@@ -47,3 +48,21 @@ def rewrite_each(
     if count:
         replace_nodes(graph, nodes, added)
     return count
+
+
+class NodeWriter:
+    """Nodes written under one name prefix, for a replacement: :meth:`op` appends one."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.nodes: list[onnx.NodeProto] = []
+
+    def op(
+        self, kind: str, inputs: Sequence[str], what: str, output: str | None = None, **attrs: object
+    ) -> str:
+        """Append a ``kind`` node named ``<prefix>_<what>`` reading ``inputs``; returns its output's
+        name (``output`` when given, else one made from its name)."""
+        name = f"{self.prefix}_{what}"
+        out = output or f"{name}:0"
+        self.nodes.append(helper.make_node(kind, list(inputs), [out], name=name, **attrs))
+        return out

@@ -269,21 +269,44 @@ struct Tiling {
     }
 };
 
-class WinogradTiles : public ov::op::Op {
+// What both Winograd operations share: their attributes (tile, bf16), evaluated on the CPU.
+class WinogradOp : public ov::op::Op {
+public:
+    WinogradOp() = default;
+
+    WinogradOp(const ov::OutputVector& args, int64_t tile, int64_t bf16) : Op(args), m_tile(tile), m_bf16(bf16) {}
+
+    bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        visitor.on_attribute("tile", m_tile);
+        visitor.on_attribute("bf16", m_bf16);
+        return true;
+    }
+
+    bool has_evaluate() const override {
+        return true;
+    }
+
+protected:
+    void check_tile() {
+        NODE_VALIDATION_CHECK(this, m_tile == 2 || m_tile == 4, "tile must be 2 or 4");
+    }
+
+    int64_t m_tile = 2;
+    int64_t m_bf16 = 1;
+};
+
+class WinogradTiles : public WinogradOp {
 public:
     OPENVINO_OP("HodorWinogradTiles");
 
     WinogradTiles() = default;
 
-    WinogradTiles(const ov::Output<ov::Node>& x, int64_t tile, int64_t bf16)
-        : Op({x}),
-          m_tile(tile),
-          m_bf16(bf16) {
+    WinogradTiles(const ov::Output<ov::Node>& x, int64_t tile, int64_t bf16) : WinogradOp({x}, tile, bf16) {
         constructor_validate_and_infer_types();
     }
 
     void validate_and_infer_types() override {
-        NODE_VALIDATION_CHECK(this, m_tile == 2 || m_tile == 4, "tile must be 2 or 4");
+        check_tile();
         const auto& xs = get_input_partial_shape(0);
         NODE_VALIDATION_CHECK(this, xs.rank().compatible(4), "x [N, H, W, C] must be 4-D");
         const int64_t n = m_tile + 2;
@@ -301,16 +324,6 @@ public:
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
         check_new_args_count(this, args);
         return std::make_shared<WinogradTiles>(args.at(0), m_tile, m_bf16);
-    }
-
-    bool visit_attributes(ov::AttributeVisitor& visitor) override {
-        visitor.on_attribute("tile", m_tile);
-        visitor.on_attribute("bf16", m_bf16);
-        return true;
-    }
-
-    bool has_evaluate() const override {
-        return true;
     }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
@@ -385,11 +398,9 @@ private:
         }
     }
 
-    int64_t m_tile = 2;
-    int64_t m_bf16 = 1;
 };
 
-class WinogradUntile : public ov::op::Op {
+class WinogradUntile : public WinogradOp {
 public:
     OPENVINO_OP("HodorWinogradUntile");
 
@@ -397,14 +408,12 @@ public:
 
     WinogradUntile(const ov::Output<ov::Node>& m, const ov::Output<ov::Node>& x, const ov::Output<ov::Node>& bias,
                    int64_t tile, int64_t bf16)
-        : Op({m, x, bias}),
-          m_tile(tile),
-          m_bf16(bf16) {
+        : WinogradOp({m, x, bias}, tile, bf16) {
         constructor_validate_and_infer_types();
     }
 
     void validate_and_infer_types() override {
-        NODE_VALIDATION_CHECK(this, m_tile == 2 || m_tile == 4, "tile must be 2 or 4");
+        check_tile();
         const auto& ms = get_input_partial_shape(0);
         const auto& xs = get_input_partial_shape(1);
         NODE_VALIDATION_CHECK(this, ms.rank().compatible(3) && xs.rank().compatible(4),
@@ -420,16 +429,6 @@ public:
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
         check_new_args_count(this, args);
         return std::make_shared<WinogradUntile>(args.at(0), args.at(1), args.at(2), m_tile, m_bf16);
-    }
-
-    bool visit_attributes(ov::AttributeVisitor& visitor) override {
-        visitor.on_attribute("tile", m_tile);
-        visitor.on_attribute("bf16", m_bf16);
-        return true;
-    }
-
-    bool has_evaluate() const override {
-        return true;
     }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
@@ -511,8 +510,6 @@ private:
         }
     }
 
-    int64_t m_tile = 2;
-    int64_t m_bf16 = 0;
 };
 
 }  // namespace hodor

@@ -49,7 +49,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from hodor.engine.backends.onnx_edit import Replacement, rewrite_each
+from hodor.engine.backends.onnx_edit import NodeWriter, Replacement, rewrite_each
 from hodor.engine.backends.openvino_ops import OP_DOMAIN, bf16_tensor, declare_domain
 
 # F(4x4, 3x3): input transform B^T (6x6), weight transform G (6x3), output transform A^T (4x6).
@@ -247,14 +247,8 @@ def _winograd_ops_nodes(
             (bias if bias is not None else np.zeros(out_ch)).astype(np.float32), f"{prefix}_bias"
         ),
     ]
-    nodes: list[onnx.NodeProto] = []
-
-    def op(kind: str, inputs: list[str], what: str, output: str | None = None, **attrs: object) -> str:
-        name = f"{prefix}_{what}"
-        out = output or f"{name}:0"
-        nodes.append(helper.make_node(kind, inputs, [out], name=name, **attrs))
-        return out
-
+    writer = NodeWriter(prefix)
+    op = writer.op
     x = op("Transpose", [conv.input[0]], "nhwc", perm=[0, 2, 3, 1])
     if bf16:
         # Declared bf16 in and out, OpenVINO hands the operations its bf16 maps (channels last,
@@ -276,4 +270,4 @@ def _winograd_ops_nodes(
         op("Cast", [y], "nchw", output=conv.output[0], to=TensorProto.FLOAT)
     else:
         op("Transpose", [y], "nchw", output=conv.output[0], perm=[0, 3, 1, 2])
-    return nodes, initializers
+    return writer.nodes, initializers
