@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=tuple(PRECISIONS),
         help="compute precision (default: fp32). torch backend: fp16 needs --device cuda, bf16 a GPU or "
         "a CPU with AVX-512 BF16 or AMX. With an export: openvino takes fp32 or bf16 (all three stages; "
-        "a C++ compiler, if present, builds the bf16 deformable and Winograd convolutions' operations once), "
+        "a C++ compiler, if present, builds the engine's OpenVINO operations once, for either precision), "
         "onnxruntime the "
         "export's fp32 or fp16 graphs",
     )
