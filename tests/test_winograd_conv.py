@@ -36,16 +36,24 @@ def _error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
-def _conv_model(out_ch: int, in_ch: int, bias: bool, seed: int = 0, **attrs) -> onnx.ModelProto:
-    """``y = Relu(Conv(x))``, the weights (and bias) initializers."""
+def _conv_model(
+    out_ch: int, in_ch: int, bias: bool, seed: int = 0, trained_scale: bool = False, **attrs
+) -> onnx.ModelProto:
+    """``y = Relu(Conv(x))``, the weights (and bias) initializers; ``trained_scale``: the weights
+    scaled as a trained layer's would be (``sqrt(2 / fan-in)``), the bias by 0.1."""
     rng = np.random.default_rng(seed)
     kernel = attrs.pop("kernel", 3)
     group = attrs.get("group", 1)
-    weight = rng.standard_normal((out_ch, in_ch // group, kernel, kernel)).astype(np.float32)
-    inits = [numpy_helper.from_array(weight, "w")]
+    weight = rng.standard_normal((out_ch, in_ch // group, kernel, kernel))
+    if trained_scale:
+        weight = weight * (2 / (in_ch * kernel * kernel)) ** 0.5
+    inits = [numpy_helper.from_array(weight.astype(np.float32), "w")]
     inputs = ["x", "w"]
     if bias:
-        inits.append(numpy_helper.from_array(rng.standard_normal(out_ch).astype(np.float32), "b"))
+        values = rng.standard_normal(out_ch)
+        inits.append(
+            numpy_helper.from_array((0.1 * values if trained_scale else values).astype(np.float32), "b")
+        )
         inputs.append("b")
     attrs.setdefault("pads", [kernel // 2] * 4)
     nodes = [helper.make_node("Conv", inputs, ["c"], kernel_shape=[kernel, kernel], **attrs)]

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 
 pytest.importorskip("openvino", reason="the operations run in OpenVINO")
 
@@ -32,6 +32,7 @@ from hodor.engine.backends.winograd_conv import (  # noqa: E402
     transformed_weights_2x2,
 )
 from tests.test_winograd_conv import OTHER_CONVOLUTIONS  # noqa: E402
+from tests.test_winograd_conv import _conv_model as conv_model  # noqa: E402
 
 needs_bf16 = pytest.mark.skipif(
     not cpu_supports_bf16(openvino.Core()), reason="this CPU has neither AVX-512 BF16 nor AMX"
@@ -49,30 +50,7 @@ def _relative(got: np.ndarray, want: np.ndarray) -> float:
 
 def _conv_model(out_ch: int, in_ch: int, bias: bool, seed: int = 0, **attrs) -> onnx.ModelProto:
     """``y = Relu(Conv(x))``, weights scaled as a trained layer's would be."""
-    rng = np.random.default_rng(seed)
-    kernel = attrs.pop("kernel", 3)
-    group = attrs.get("group", 1)
-    weight = (
-        rng.standard_normal((out_ch, in_ch // group, kernel, kernel)) * (2 / (in_ch * kernel * kernel)) ** 0.5
-    )
-    inits = [numpy_helper.from_array(weight.astype(np.float32), "w")]
-    inputs = ["x", "w"]
-    if bias:
-        inits.append(numpy_helper.from_array((0.1 * rng.standard_normal(out_ch)).astype(np.float32), "b"))
-        inputs.append("b")
-    attrs.setdefault("pads", [kernel // 2] * 4)
-    nodes = [
-        helper.make_node("Conv", inputs, ["c"], kernel_shape=[kernel, kernel], **attrs),
-        helper.make_node("Relu", ["c"], ["y"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", in_ch, "h", "w"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    return conv_model(out_ch, in_ch, bias, seed, trained_scale=True, **attrs)
 
 
 def _float64(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

@@ -227,7 +227,7 @@ class OpenVinoBackend(HostGraphSeam):
         self._deform_columns = deform_columns and native_deform_conv and "decoder" in bf16_stages
         self.ops_library: Path | None = None  # when set, loaded into self._core
         self.ops_unavailable: str | None = None
-        if engine_ops and (winograd or (self.precision == "bf16" and bf16_stages and self._deform_columns)):
+        if engine_ops and (winograd or (self.precision == "bf16" and self._deform_columns)):
             self.ops_library = self._ops_library()
         for stage in STAGES:
             entry = self.manifest.graph(stage, "fp32")

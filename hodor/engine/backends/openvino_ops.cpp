@@ -75,6 +75,31 @@ static inline void store(uint16_t* p, size_t i, float v) {
     p[i] = to_bf16(v);
 }
 
+// f(data) with the tensor's values as const float* (f32) or const uint16_t* (bf16); false, f not
+// called, for any other element type.
+template <typename F>
+static bool with_values(const ov::Tensor& t, F&& f) {
+    if (t.get_element_type() == ov::element::f32) {
+        f(t.data<const float>());
+        return true;
+    }
+    if (t.get_element_type() == ov::element::bf16) {
+        f(static_cast<const uint16_t*>(t.data()));
+        return true;
+    }
+    return false;
+}
+
+// f(data) with an output's values as uint16_t* (bf16 true) or float*.
+template <typename F>
+static void with_output(ov::Tensor& t, bool bf16, F&& f) {
+    if (bf16) {
+        f(static_cast<uint16_t*>(t.data()));
+    } else {
+        f(t.data<float>());
+    }
+}
+
 class DeformColumns : public ov::op::Op {
 public:
     OPENVINO_OP("HodorDeformColumns");
@@ -127,8 +152,7 @@ public:
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
         const auto& x = inputs[0];
         const auto& offsets = inputs[1];
-        const bool x16 = x.get_element_type() == ov::element::bf16;
-        if ((!x16 && x.get_element_type() != ov::element::f32) || offsets.get_element_type() != ov::element::f32) {
+        if (offsets.get_element_type() != ov::element::f32) {
             return false;
         }
         const auto shape = x.get_shape();
@@ -140,33 +164,19 @@ public:
                         "HodorDeformColumns: offsets of shape ", offset_shape, " for x of shape ", shape);
         outputs[0].set_shape({g.n, g.h, g.w, g.c * taps});
         const float* od = offsets.data<const float>();
-        if (x16) {
-            fill(g, static_cast<const uint16_t*>(x.data()), od, outputs[0]);
-        } else {
-            fill(g, x.data<const float>(), od, outputs[0]);
-        }
-        return true;
+        return with_values(x, [&](const auto* xd) {
+            with_output(outputs[0], m_bf16, [&](auto* out) {
+                ov::parallel_for(g.n * g.h, [&](size_t row) {
+                    fill_row(g, xd, od, out, row);
+                });
+            });
+        });
     }
 
 private:
     struct Geometry {
         size_t n, h, w, c, taps;
     };
-
-    template <typename S>
-    void fill(const Geometry& g, const S* xd, const float* od, ov::Tensor& out) const {
-        if (m_bf16) {
-            auto* o = static_cast<uint16_t*>(out.data());
-            ov::parallel_for(g.n * g.h, [&](size_t row) {
-                fill_row(g, xd, od, o, row);
-            });
-        } else {
-            auto* o = out.data<float>();
-            ov::parallel_for(g.n * g.h, [&](size_t row) {
-                fill_row(g, xd, od, o, row);
-            });
-        }
-    }
 
     template <typename S, typename T>
     void fill_row(const Geometry& g, const S* xd, const float* od, T* out, size_t row) const {
@@ -331,26 +341,14 @@ public:
         const Transforms t = transforms(m_tile);
         const Tiling g(x.get_shape(), x.get_shape()[3], static_cast<size_t>(t.m));
         outputs[0].set_shape({static_cast<size_t>(t.n * t.n), g.tiles(), g.c});
-        if (x.get_element_type() == ov::element::f32) {
-            return tile_all(t, g, x.data<const float>(), outputs[0]);
-        }
-        if (x.get_element_type() == ov::element::bf16) {
-            return tile_all(t, g, static_cast<const uint16_t*>(x.data()), outputs[0]);
-        }
-        return false;
+        return with_values(x, [&](const auto* xd) {
+            with_output(outputs[0], m_bf16, [&](auto* out) {
+                tile_rows(t, g, xd, out);
+            });
+        });
     }
 
 private:
-    template <typename S>
-    bool tile_all(const Transforms& t, const Tiling& g, const S* xd, ov::Tensor& out) const {
-        if (m_bf16) {
-            tile_rows(t, g, xd, static_cast<uint16_t*>(out.data()));
-        } else {
-            tile_rows(t, g, xd, out.data<float>());
-        }
-        return true;
-    }
-
     template <typename S, typename T>
     static void tile_rows(const Transforms& t, const Tiling& g, const S* xd, T* out) {
         ov::parallel_for(g.n * g.th, [&](size_t row) {
@@ -444,26 +442,14 @@ public:
         }
         outputs[0].set_shape({g.n, g.h, g.w, g.c});
         const float* bias = inputs[2].data<const float>();
-        if (m.get_element_type() == ov::element::f32) {
-            return untile_all(t, g, m.data<const float>(), bias, outputs[0]);
-        }
-        if (m.get_element_type() == ov::element::bf16) {
-            return untile_all(t, g, static_cast<const uint16_t*>(m.data()), bias, outputs[0]);
-        }
-        return false;
+        return with_values(m, [&](const auto* md) {
+            with_output(outputs[0], m_bf16, [&](auto* y) {
+                untile_rows(t, g, md, bias, y);
+            });
+        });
     }
 
 private:
-    template <typename T>
-    bool untile_all(const Transforms& t, const Tiling& g, const T* md, const float* bias, ov::Tensor& out) const {
-        if (m_bf16) {
-            untile_rows(t, g, md, bias, static_cast<uint16_t*>(out.data()));
-        } else {
-            untile_rows(t, g, md, bias, out.data<float>());
-        }
-        return true;
-    }
-
     template <typename T, typename O>
     static void untile_rows(const Transforms& t, const Tiling& g, const T* md, const float* bias, O* y) {
         ov::parallel_for(g.n * g.th, [&](size_t row) {

@@ -83,60 +83,57 @@ def transformed_weights(weight: np.ndarray) -> np.ndarray:
     return u.reshape(IN_TILE * IN_TILE, weight.shape[1], weight.shape[0]).astype(np.float32)
 
 
-class _Builder:
-    """Appends nodes and initializers under one name prefix."""
+class _Builder(NodeWriter):
+    """A :class:`NodeWriter` whose nodes and constants are numbered in order, and the constants
+    it adds."""
 
     def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.nodes: list[onnx.NodeProto] = []
+        super().__init__(prefix)
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
 
-    def _name(self, what: str) -> str:
+    def _what(self, kind: str) -> str:
         self._count += 1
-        return f"{self.prefix}/{what}_{self._count}"
+        return f"{kind}_{self._count}"
 
     def const(self, value: np.ndarray | Sequence[int] | int | float, dtype: type = np.int64) -> str:
-        array = np.asarray(value, dtype=dtype)
-        name = self._name("const")
-        self.initializers.append(numpy_helper.from_array(array, name))
+        name = f"{self.prefix}_{self._what('const')}"
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
 
-    def op(self, op_type: str, inputs: Sequence[str], output: str | None = None, **attrs: object) -> str:
-        name = self._name(op_type)
-        out = output if output is not None else f"{name}:0"
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=name, **attrs))
-        return out
+    def node(self, kind: str, inputs: Sequence[str], output: str | None = None, **attrs: object) -> str:
+        """:meth:`op` under the next number."""
+        return self.op(kind, inputs, self._what(kind), output, **attrs)
 
     def slice(self, x: str, axis: int, start: int, end: int) -> str:
-        return self.op("Slice", [x, self.const([start]), self.const([end]), self.const([axis])])
+        return self.node("Slice", [x, self.const([start]), self.const([end]), self.const([axis])])
 
     def take(self, x: str, axis: int, index: int) -> str:
         """``x`` at ``index`` along ``axis``, that axis removed."""
-        return self.op("Gather", [x, self.const(index)], axis=axis)
+        return self.node("Gather", [x, self.const(index)], axis=axis)
 
 
 def _winograd_nodes(conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray | None) -> _Builder:
     """The nodes computing ``conv`` (NCHW in, NCHW out, same names) as F(4x4, 3x3)."""
     out_ch, in_ch = weight.shape[:2]
     nb = _Builder(conv.name or conv.output[0])
-    x = nb.op("Transpose", [conv.input[0]], perm=[0, 2, 3, 1])  # [b, h, w, c]
-    shape = nb.op("Shape", [x])
+    x = nb.node("Transpose", [conv.input[0]], perm=[0, 2, 3, 1])  # [b, h, w, c]
+    shape = nb.node("Shape", [x])
     h, w = nb.slice(shape, 0, 1, 2), nb.slice(shape, 0, 2, 3)  # 1-D, one value each
     # tiles per side t = ceil(n / 4); padded so that t + 1 blocks of 4 follow the one leading zero
     # (tile i reads blocks i and i + 1, the latter's first two rows): 4 (t + 1) - n - 1 after.
     three, four = nb.const([3]), nb.const([4])
-    tiles_h = nb.op("Div", [nb.op("Add", [h, three]), four])
-    tiles_w = nb.op("Div", [nb.op("Add", [w, three]), four])
-    after_h = nb.op("Sub", [nb.op("Add", [nb.op("Mul", [tiles_h, four]), three]), h])
-    after_w = nb.op("Sub", [nb.op("Add", [nb.op("Mul", [tiles_w, four]), three]), w])
-    pads = nb.op("Concat", [nb.const([0, 1, 1, 0, 0]), after_h, after_w, nb.const([0])], axis=0)
-    padded = nb.op("Pad", [x, pads])
-    blocks_w = nb.op("Add", [tiles_w, nb.const([1])])
-    block_shape = nb.op(
+    tiles_h = nb.node("Div", [nb.node("Add", [h, three]), four])
+    tiles_w = nb.node("Div", [nb.node("Add", [w, three]), four])
+    after_h = nb.node("Sub", [nb.node("Add", [nb.node("Mul", [tiles_h, four]), three]), h])
+    after_w = nb.node("Sub", [nb.node("Add", [nb.node("Mul", [tiles_w, four]), three]), w])
+    pads = nb.node("Concat", [nb.const([0, 1, 1, 0, 0]), after_h, after_w, nb.const([0])], axis=0)
+    padded = nb.node("Pad", [x, pads])
+    blocks_w = nb.node("Add", [tiles_w, nb.const([1])])
+    block_shape = nb.node(
         "Concat", [nb.const([0, -1, OUT_TILE]), blocks_w, nb.const([OUT_TILE, in_ch])], axis=0
     )
-    blocks = nb.op("Reshape", [padded, block_shape])  # [b, th+1, 4, tw+1, 4, c]
+    blocks = nb.node("Reshape", [padded, block_shape])  # [b, th+1, 4, tw+1, 4, c]
 
     # The 36 input planes: entry (r, s) of every tile, row r of block i (r < 4) or of block i + 1
     # (its first two rows), the same for the columns.
@@ -146,27 +143,27 @@ def _winograd_nodes(conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray |
     for row in rows:  # [b, th, tw+1, 4, c]
         left, right = nb.slice(row, 2, 0, -1), nb.slice(row, 2, 1, _INT64_MAX)
         planes += [nb.take(left, 3, k) for k in range(OUT_TILE)] + [nb.take(right, 3, k) for k in range(2)]
-    tile_grid = nb.slice(nb.op("Shape", [planes[0]]), 0, 0, 3)  # [b, th, tw]
-    stacked = nb.op("Concat", planes, axis=0)  # [36 b, th, tw, c], position-major
-    d = nb.op("Reshape", [stacked, nb.const([IN_TILE * IN_TILE, -1])])
+    tile_grid = nb.slice(nb.node("Shape", [planes[0]]), 0, 0, 3)  # [b, th, tw]
+    stacked = nb.node("Concat", planes, axis=0)  # [36 b, th, tw, c], position-major
+    d = nb.node("Reshape", [stacked, nb.const([IN_TILE * IN_TILE, -1])])
     # B^T d B for every tile and channel at once: (B^T kron B^T) times the planes.
-    v = nb.op("MatMul", [nb.const(np.kron(B_T, B_T), np.float32), d])
-    v = nb.op("Reshape", [v, nb.const([IN_TILE * IN_TILE, -1, in_ch])])
-    m = nb.op("MatMul", [v, nb.const(transformed_weights(weight), np.float32)])  # [36, tiles, K]
+    v = nb.node("MatMul", [nb.const(np.kron(B_T, B_T), np.float32), d])
+    v = nb.node("Reshape", [v, nb.const([IN_TILE * IN_TILE, -1, in_ch])])
+    m = nb.node("MatMul", [v, nb.const(transformed_weights(weight), np.float32)])  # [36, tiles, K]
     # A^T m A likewise: (A^T kron A^T) times the 36 products -> the 16 outputs of every tile.
-    m = nb.op("Reshape", [m, nb.const([IN_TILE * IN_TILE, -1])])
-    y = nb.op("MatMul", [nb.const(np.kron(A_T, A_T), np.float32), m])  # [16, tiles K]
-    y = nb.op(
+    m = nb.node("Reshape", [m, nb.const([IN_TILE * IN_TILE, -1])])
+    y = nb.node("MatMul", [nb.const(np.kron(A_T, A_T), np.float32), m])  # [16, tiles K]
+    y = nb.node(
         "Reshape",
-        [y, nb.op("Concat", [nb.const([OUT_TILE, OUT_TILE]), tile_grid, nb.const([out_ch])], axis=0)],
+        [y, nb.node("Concat", [nb.const([OUT_TILE, OUT_TILE]), tile_grid, nb.const([out_ch])], axis=0)],
     )  # [4, 4, b, th, tw, K]
-    y = nb.op("Transpose", [y], perm=[2, 3, 0, 4, 1, 5])  # [b, th, 4, tw, 4, K]
-    width = nb.op("Mul", [tiles_w, four])
-    y = nb.op("Reshape", [y, nb.op("Concat", [nb.const([0, -1]), width, nb.const([out_ch])], axis=0)])
-    y = nb.op("Slice", [y, nb.const([0, 0]), nb.op("Concat", [h, w], axis=0), nb.const([1, 2])])
+    y = nb.node("Transpose", [y], perm=[2, 3, 0, 4, 1, 5])  # [b, th, 4, tw, 4, K]
+    width = nb.node("Mul", [tiles_w, four])
+    y = nb.node("Reshape", [y, nb.node("Concat", [nb.const([0, -1]), width, nb.const([out_ch])], axis=0)])
+    y = nb.node("Slice", [y, nb.const([0, 0]), nb.node("Concat", [h, w], axis=0), nb.const([1, 2])])
     if bias is not None:
-        y = nb.op("Add", [y, nb.const(bias, np.float32)])
-    nb.op("Transpose", [y], output=conv.output[0], perm=[0, 3, 1, 2])
+        y = nb.node("Add", [y, nb.const(bias, np.float32)])
+    nb.node("Transpose", [y], output=conv.output[0], perm=[0, 3, 1, 2])
     return nb
 
 
