@@ -73,14 +73,20 @@ def _run(model: onnx.ModelProto, library: str, precision: str, x: np.ndarray) ->
 
 
 @pytest.mark.parametrize("tile,tolerance", [(2, 1e-5), (4, 2e-5)])
-@pytest.mark.parametrize("out_ch,in_ch,bias", [(64, 64, True), (96, 64, False), (64, 128, True)])
-def test_the_transforms_compute_the_convolution(library, tile, tolerance, out_ch, in_ch, bias):
+@pytest.mark.parametrize(
+    "out_ch,in_ch,bias,nchw",
+    [(64, 64, True, False), (96, 64, False, False), (64, 128, True, True), (40, 24, True, True)],
+)
+def test_the_transforms_compute_the_convolution(library, tile, tolerance, out_ch, in_ch, bias, nchw):
+    """Channels last (a ``Transpose`` either side) and channels first (the operations read and write
+    NCHW themselves; 24 channels: a last block of 8 in their 16-channel copies)."""
     model = _conv_model(out_ch, in_ch, bias)
     want_model = onnx.ModelProto()
     want_model.CopyFrom(model)
-    assert rewrite_winograd_ops(model, tile=tile, bf16=False) == 1
+    assert rewrite_winograd_ops(model, tile=tile, bf16=False, nchw=nchw, min_channels=16) == 1
     ops = [n.op_type for n in model.graph.node]
     assert "Conv" not in ops and {"HodorWinogradTiles", "HodorWinogradUntile", "MatMul"} <= set(ops)
+    assert ("Transpose" in ops) != nchw
     assert {i.name for i in model.graph.initializer}.isdisjoint({"w", "b"})  # read by nothing now
     rng = np.random.default_rng(1)
     for n, h, w in [(1, 7, 11), (2, 16, 16), (1, 1, 1), (3, 13, 30), (1, 4, 5), (1, 2, 9)]:
@@ -92,11 +98,12 @@ def test_the_transforms_compute_the_convolution(library, tile, tolerance, out_ch
 
 
 @needs_bf16
-def test_in_bf16_within_a_bf16_products_error(library):
+@pytest.mark.parametrize("nchw", [False, True])
+def test_in_bf16_within_a_bf16_products_error(library, nchw):
     model = _conv_model(128, 128, True, seed=3)
     want_model = onnx.ModelProto()
     want_model.CopyFrom(model)
-    assert rewrite_winograd_ops(model, tile=2, bf16=True) == 1
+    assert rewrite_winograd_ops(model, tile=2, bf16=True, nchw=nchw) == 1
     types = {i.name: i.data_type for i in model.graph.initializer}
     assert TensorProto.BFLOAT16 in types.values()  # the transformed weights
     rng = np.random.default_rng(4)

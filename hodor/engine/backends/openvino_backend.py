@@ -105,7 +105,7 @@ growing-history length once every third video, and the compilations pushed one a
 steady state's) out of the few kept: 9 compilations, 5-6 s, in a third 20-frame video at 480p."""
 STATIC_SHAPES_KEPT = 4
 """How many fixed-shape compilations each of those stages keeps."""
-REWRITES_VERSION = 4
+REWRITES_VERSION = 5
 """Part of the key of the graphs kept in the cache: raised whenever a rewrite's output changes."""
 _LOWEST = torch.finfo(torch.float32).min
 
@@ -510,12 +510,17 @@ def _rewritten(
         columns_convs = rewrite_as_columns(model)
     # F(4x4, 3x3) in fp32 only: in bf16 its transformed values lose too much (see winograd_conv).
     winograd_convs = winograd_ops_convs = 0
+    # The backbone's maps reach its two FPN convolutions as OpenVINO's sums of a lateral and an
+    # upsampled level, kept channels first, which its Transpose to channels last handled slowly:
+    # there the operations read and write channels first (bf16 backbone 400 against 415 ms,
+    # benchmarks/RESULTS.md). The decoder's maps come channels last, where that costs more.
+    nchw = stage == "backbone"
     if winograd and not bf16 and ops:
-        winograd_convs = winograd_ops_convs = rewrite_winograd_ops(model, tile=4, bf16=False)
+        winograd_convs = winograd_ops_convs = rewrite_winograd_ops(model, tile=4, bf16=False, nchw=nchw)
     elif winograd and not bf16:
         winograd_convs = rewrite_winograd_convs(model)
     elif winograd and bf16 and ops:
-        winograd_convs = winograd_ops_convs = rewrite_winograd_ops(model, tile=2, bf16=True)
+        winograd_convs = winograd_ops_convs = rewrite_winograd_ops(model, tile=2, bf16=True, nchw=nchw)
     if deform_convs or winograd_convs:
         graph = model.SerializeToString()
     return _Prepared(graph, deform_convs, winograd_convs, bf16, columns_convs, winograd_ops_convs)

@@ -27,10 +27,12 @@
 // to 8 and would cost 10x in bf16. Used by hodor/engine/backends/winograd_conv.py, which also
 // computes the transformed weights.
 //
-// HodorWinogradTiles: input x [N, H, W, C] (f32 or bf16); attributes tile (m), bf16 (1: V in bf16;
-// 0: f32); output V [n^2, N th tw, C]. HodorWinogradUntile: inputs M [n^2, N th tw, K] (bf16 or f32),
-// x (read for its shape only), bias [K] f32; attributes tile, bf16 (the output's type); output
-// y [N, H, W, K].
+// HodorWinogradTiles: input x [N, H, W, C] (f32 or bf16), or [N, C, H, W] with nchw = 1; attributes
+// tile (m), bf16 (1: V in bf16; 0: f32), nchw; output V [n^2, N th tw, C]. HodorWinogradUntile:
+// inputs M [n^2, N th tw, K] (bf16 or f32), x (read for its shape only), bias [K] f32; attributes
+// tile, bf16 (the output's type), nchw; output y [N, H, W, K], or [N, K, H, W] with nchw = 1. Channels
+// first, each tile row's input rows are first copied channels last, and its output rows written
+// channels last then copied out.
 
 #include <openvino/core/extension.hpp>
 #include <openvino/core/op_extension.hpp>
@@ -40,6 +42,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -264,31 +267,70 @@ static inline void combine(O* dst, const float* coef, const S* const* src, size_
     }
 }
 
-// The geometry both operations share: tiles of m x m outputs over an N x H x W map.
+// The geometry both operations share: tiles of m x m outputs over an N x H x W map of C channels.
 struct Tiling {
     size_t n, h, w, c, th, tw;
-    Tiling(const ov::Shape& x, size_t channels, size_t m)
+    // x: the map's shape, [N, C, H, W] (nchw) or [N, H, W, C].
+    Tiling(const ov::Shape& x, size_t channels, size_t m, bool nchw)
         : n(x[0]),
-          h(x[1]),
-          w(x[2]),
+          h(x[nchw ? 2 : 1]),
+          w(x[nchw ? 3 : 2]),
           c(channels),
-          th((x[1] + m - 1) / m),
-          tw((x[2] + m - 1) / m) {}
+          th((h + m - 1) / m),
+          tw((w + m - 1) / m) {}
     size_t tiles() const {
         return n * th * tw;
     }
 };
 
-// What both Winograd operations share: their attributes (tile, bf16), evaluated on the CPU.
+// One row of an N x C x H x W map's channels, [W, C] channels last: dst[x c + ch] = src[ch plane + x],
+// 16 channels at a time (16 rows read in step, 16 consecutive values written).
+template <typename S>
+static void row_to_channels_last(const S* src, size_t plane, size_t w, size_t c, S* dst) {
+    constexpr size_t block = 16;
+    for (size_t c0 = 0; c0 < c; c0 += block) {
+        const size_t cb = std::min(block, c - c0);
+        const S* s = src + c0 * plane;
+        for (size_t x = 0; x < w; ++x) {
+            S* d = dst + x * c + c0;
+            for (size_t k = 0; k < cb; ++k) {
+                d[k] = s[k * plane + x];
+            }
+        }
+    }
+}
+
+// The inverse: [W, C] channels last into one row of each channel's plane.
+template <typename O>
+static void row_to_channels_first(const O* src, size_t w, size_t c, size_t plane, O* dst) {
+    constexpr size_t block = 16;
+    for (size_t c0 = 0; c0 < c; c0 += block) {
+        const size_t cb = std::min(block, c - c0);
+        O* d = dst + c0 * plane;
+        for (size_t x = 0; x < w; ++x) {
+            const O* s = src + x * c + c0;
+            for (size_t k = 0; k < cb; ++k) {
+                d[k * plane + x] = s[k];
+            }
+        }
+    }
+}
+
+// What both Winograd operations share: their attributes (tile, bf16, nchw), evaluated on the CPU.
 class WinogradOp : public ov::op::Op {
 public:
     WinogradOp() = default;
 
-    WinogradOp(const ov::OutputVector& args, int64_t tile, int64_t bf16) : Op(args), m_tile(tile), m_bf16(bf16) {}
+    WinogradOp(const ov::OutputVector& args, int64_t tile, int64_t bf16, int64_t nchw)
+        : Op(args),
+          m_tile(tile),
+          m_bf16(bf16),
+          m_nchw(nchw) {}
 
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
         visitor.on_attribute("tile", m_tile);
         visitor.on_attribute("bf16", m_bf16);
+        visitor.on_attribute("nchw", m_nchw);
         return true;
     }
 
@@ -297,12 +339,23 @@ public:
     }
 
 protected:
-    void check_tile() {
+    void check_attributes() {
         NODE_VALIDATION_CHECK(this, m_tile == 2 || m_tile == 4, "tile must be 2 or 4");
+        NODE_VALIDATION_CHECK(this, m_nchw == 0 || m_nchw == 1, "nchw must be 0 or 1");
+    }
+
+    // The axes of a map's channels, height and width in this operation's layout.
+    int channel_axis() const {
+        return m_nchw ? 1 : 3;
+    }
+
+    int height_axis() const {
+        return m_nchw ? 2 : 1;
     }
 
     int64_t m_tile = 2;
     int64_t m_bf16 = 1;
+    int64_t m_nchw = 0;
 };
 
 class WinogradTiles : public WinogradOp {
@@ -311,21 +364,23 @@ public:
 
     WinogradTiles() = default;
 
-    WinogradTiles(const ov::Output<ov::Node>& x, int64_t tile, int64_t bf16) : WinogradOp({x}, tile, bf16) {
+    WinogradTiles(const ov::Output<ov::Node>& x, int64_t tile, int64_t bf16, int64_t nchw)
+        : WinogradOp({x}, tile, bf16, nchw) {
         constructor_validate_and_infer_types();
     }
 
     void validate_and_infer_types() override {
-        check_tile();
+        check_attributes();
         const auto& xs = get_input_partial_shape(0);
-        NODE_VALIDATION_CHECK(this, xs.rank().compatible(4), "x [N, H, W, C] must be 4-D");
+        NODE_VALIDATION_CHECK(this, xs.rank().compatible(4), "x [N, C, H, W] or [N, H, W, C] must be 4-D");
         const int64_t n = m_tile + 2;
         ov::PartialShape out{n * n, ov::Dimension::dynamic(), ov::Dimension::dynamic()};
         if (xs.rank().is_static()) {
-            out[2] = xs[3];
-            if (xs[0].is_static() && xs[1].is_static() && xs[2].is_static()) {
-                out[1] = xs[0].get_length() * ((xs[1].get_length() + m_tile - 1) / m_tile) *
-                         ((xs[2].get_length() + m_tile - 1) / m_tile);
+            const int hy = height_axis();
+            out[2] = xs[channel_axis()];
+            if (xs[0].is_static() && xs[hy].is_static() && xs[hy + 1].is_static()) {
+                out[1] = xs[0].get_length() * ((xs[hy].get_length() + m_tile - 1) / m_tile) *
+                         ((xs[hy + 1].get_length() + m_tile - 1) / m_tile);
             }
         }
         set_output_type(0, m_bf16 ? ov::element::bf16 : ov::element::f32, out);
@@ -333,46 +388,52 @@ public:
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
         check_new_args_count(this, args);
-        return std::make_shared<WinogradTiles>(args.at(0), m_tile, m_bf16);
+        return std::make_shared<WinogradTiles>(args.at(0), m_tile, m_bf16, m_nchw);
     }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
         const auto& x = inputs[0];
+        const auto xs = x.get_shape();
         const Transforms t = transforms(m_tile);
-        const Tiling g(x.get_shape(), x.get_shape()[3], static_cast<size_t>(t.m));
+        const Tiling g(xs, xs[channel_axis()], static_cast<size_t>(t.m), m_nchw != 0);
         outputs[0].set_shape({static_cast<size_t>(t.n * t.n), g.tiles(), g.c});
+        const bool nchw = m_nchw != 0;
         return with_values(x, [&](const auto* xd) {
             with_output(outputs[0], m_bf16, [&](auto* out) {
-                tile_rows(t, g, xd, out);
+                ov::parallel_for(g.n * g.th, [&](size_t row) {
+                    if (t.n == 4) {
+                        tile_row<4>(t, g, nchw, xd, out, row);
+                    } else {
+                        tile_row<6>(t, g, nchw, xd, out, row);
+                    }
+                });
             });
         });
     }
 
 private:
-    template <typename S, typename T>
-    static void tile_rows(const Transforms& t, const Tiling& g, const S* xd, T* out) {
-        ov::parallel_for(g.n * g.th, [&](size_t row) {
-            if (t.n == 4) {
-                tile_row<4>(t, g, xd, out, row);
-            } else {
-                tile_row<6>(t, g, xd, out, row);
-            }
-        });
-    }
-
-    // V = B^T d B for every tile of one row of tiles: d B row by row, then B^T of each column.
+    // V = B^T d B for every tile of one row of tiles: d B row by row, then B^T of each column. The
+    // n input rows are read in place (channels last) or first copied channels last (nchw).
     template <int n, typename S, typename T>
-    static void tile_row(const Transforms& t, const Tiling& g, const S* xd, T* out, size_t row) {
+    static void tile_row(const Transforms& t, const Tiling& g, bool nchw, const S* xd, T* out, size_t row) {
         const size_t b = row / g.th, ty = row % g.th, c = g.c, tiles = g.tiles();
         const int m = t.m;
         std::vector<S> zero(c, S(0));
+        std::vector<S> band(nchw ? static_cast<size_t>(n) * g.w * c : 0);
         std::vector<float> db(static_cast<size_t>(n * n) * c);
         const S *rows[n], *d[n];
         const float* cols[n];
         for (int i = 0; i < n; ++i) {
             const long y = static_cast<long>(ty) * m - 1 + i;
-            rows[i] = (y >= 0 && y < static_cast<long>(g.h)) ? xd + (b * g.h + static_cast<size_t>(y)) * g.w * c
-                                                             : nullptr;
+            if (y < 0 || y >= static_cast<long>(g.h)) {
+                rows[i] = nullptr;
+            } else if (nchw) {
+                S* dst = band.data() + static_cast<size_t>(i) * g.w * c;
+                row_to_channels_last(xd + (b * c * g.h + static_cast<size_t>(y)) * g.w, g.h * g.w, g.w, c, dst);
+                rows[i] = dst;
+            } else {
+                rows[i] = xd + (b * g.h + static_cast<size_t>(y)) * g.w * c;
+            }
         }
         for (size_t tx = 0; tx < g.tw; ++tx) {
             const size_t tile = (b * g.th + ty) * g.tw + tx;
@@ -395,7 +456,6 @@ private:
             }
         }
     }
-
 };
 
 class WinogradUntile : public WinogradOp {
@@ -405,68 +465,70 @@ public:
     WinogradUntile() = default;
 
     WinogradUntile(const ov::Output<ov::Node>& m, const ov::Output<ov::Node>& x, const ov::Output<ov::Node>& bias,
-                   int64_t tile, int64_t bf16)
-        : WinogradOp({m, x, bias}, tile, bf16) {
+                   int64_t tile, int64_t bf16, int64_t nchw)
+        : WinogradOp({m, x, bias}, tile, bf16, nchw) {
         constructor_validate_and_infer_types();
     }
 
     void validate_and_infer_types() override {
-        check_tile();
+        check_attributes();
         const auto& ms = get_input_partial_shape(0);
         const auto& xs = get_input_partial_shape(1);
         NODE_VALIDATION_CHECK(this, ms.rank().compatible(3) && xs.rank().compatible(4),
-                              "products [n n, tiles, K] and x [N, H, W, C] expected");
+                              "products [n n, tiles, K] and a 4-D x expected");
         ov::PartialShape out = ov::PartialShape::dynamic(4);
         if (xs.rank().is_static()) {
             out = xs;
-            out[3] = ms.rank().is_static() ? ms[2] : ov::Dimension::dynamic();
+            out[channel_axis()] = ms.rank().is_static() ? ms[2] : ov::Dimension::dynamic();
         }
         set_output_type(0, m_bf16 ? ov::element::bf16 : ov::element::f32, out);
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
         check_new_args_count(this, args);
-        return std::make_shared<WinogradUntile>(args.at(0), args.at(1), args.at(2), m_tile, m_bf16);
+        return std::make_shared<WinogradUntile>(args.at(0), args.at(1), args.at(2), m_tile, m_bf16, m_nchw);
     }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
         const auto& m = inputs[0];
         const auto ms = m.get_shape();
+        const auto xs = inputs[1].get_shape();
         const Transforms t = transforms(m_tile);
-        const Tiling g(inputs[1].get_shape(), ms.size() == 3 ? ms[2] : 0, static_cast<size_t>(t.m));
+        const bool nchw = m_nchw != 0;
+        const Tiling g(xs, ms.size() == 3 ? ms[2] : 0, static_cast<size_t>(t.m), nchw);
         OPENVINO_ASSERT(ms.size() == 3 && ms[0] == static_cast<size_t>(t.n * t.n) && ms[1] == g.tiles() &&
                             inputs[2].get_size() == g.c,
-                        "HodorWinogradUntile: products of shape ", ms, " for x of shape ", inputs[1].get_shape());
+                        "HodorWinogradUntile: products of shape ", ms, " for x of shape ", xs);
         if (inputs[2].get_element_type() != ov::element::f32) {
             return false;
         }
-        outputs[0].set_shape({g.n, g.h, g.w, g.c});
+        outputs[0].set_shape(nchw ? ov::Shape{g.n, g.c, g.h, g.w} : ov::Shape{g.n, g.h, g.w, g.c});
         const float* bias = inputs[2].data<const float>();
         return with_values(m, [&](const auto* md) {
             with_output(outputs[0], m_bf16, [&](auto* y) {
-                untile_rows(t, g, md, bias, y);
+                ov::parallel_for(g.n * g.th, [&](size_t row) {
+                    if (t.n == 4) {
+                        untile_row<4>(t, g, nchw, md, bias, y, row);
+                    } else {
+                        untile_row<6>(t, g, nchw, md, bias, y, row);
+                    }
+                });
             });
         });
     }
 
 private:
-    template <typename T, typename O>
-    static void untile_rows(const Transforms& t, const Tiling& g, const T* md, const float* bias, O* y) {
-        ov::parallel_for(g.n * g.th, [&](size_t row) {
-            if (t.n == 4) {
-                untile_row<4>(t, g, md, bias, y, row);
-            } else {
-                untile_row<6>(t, g, md, bias, y, row);
-            }
-        });
-    }
-
-    // y = A^T M A (+ bias) for every tile of one row of tiles: A^T M column by column, then A.
+    // y = A^T M A (+ bias) for every tile of one row of tiles: A^T M column by column, then A. The
+    // m output rows are written in place (channels last) or through a channels-last band (nchw).
     template <int n, typename T, typename O>
-    static void untile_row(const Transforms& t, const Tiling& g, const T* md, const float* bias, O* y, size_t row) {
+    static void untile_row(const Transforms& t, const Tiling& g, bool nchw, const T* md, const float* bias, O* y,
+                           size_t row) {
         const size_t b = row / g.th, ty = row % g.th, k = g.c, tiles = g.tiles();
         const int m = t.m;
+        const size_t rows = std::min(static_cast<size_t>(m), g.h - ty * m);
         std::vector<float> am(static_cast<size_t>(m * n) * k);
+        std::vector<O> band(nchw ? rows * g.w * k : 0);
+        O* out = nchw ? band.data() : y + (b * g.h + ty * m) * g.w * k;  // rows of [W, K]
         const T* p[n + 1];
         const float* q[n + 1];
         float one_and_coef[n + 1];
@@ -480,9 +542,9 @@ private:
                     combine<n>(am.data() + static_cast<size_t>(r * n + s) * k, t.at + r * n, p, k);
                 }
             }
-            for (int r = 0; r < m && ty * m + r < g.h; ++r) {
+            for (size_t r = 0; r < rows; ++r) {
                 for (int s = 0; s < n; ++s) {
-                    q[s] = am.data() + static_cast<size_t>(r * n + s) * k;
+                    q[s] = am.data() + (r * n + s) * k;
                 }
                 q[n] = bias;  // the bias, as one more term with coefficient 1
                 one_and_coef[n] = 1.f;
@@ -490,12 +552,17 @@ private:
                     for (int s = 0; s < n; ++s) {
                         one_and_coef[s] = t.at[u * n + s];
                     }
-                    combine<n + 1>(y + ((b * g.h + ty * m + r) * g.w + tx * m + u) * k, one_and_coef, q, k);
+                    combine<n + 1>(out + (r * g.w + tx * m + u) * k, one_and_coef, q, k);
                 }
             }
         }
+        if (nchw) {
+            for (size_t r = 0; r < rows; ++r) {
+                row_to_channels_first(band.data() + r * g.w * k, g.w, k, g.h * g.w,
+                                      y + b * k * g.h * g.w + (ty * m + r) * g.w);
+            }
+        }
     }
-
 };
 
 }  // namespace hodor

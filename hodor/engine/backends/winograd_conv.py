@@ -17,15 +17,22 @@ out) by the transforms as two of the engine's own OpenVINO operations
     x -> Transpose (channels last) -> HodorWinogradTiles -> MatMul (the products with the
       transformed weights) -> HodorWinogradUntile (+ bias) -> Transpose (NCHW)
 
+or, with ``nchw``, with no ``Transpose``: the operations read and write the map channels first
+themselves (each tile row's input rows copied channels last, 16 channels at a time). Which is
+faster depends on how OpenVINO keeps the map it hands over: the backend passes ``nchw`` for the
+backbone, whose FPN convolutions read sums OpenVINO keeps channels first (its ``Transpose`` of
+those took 10 ms of a bf16 backbone call), and not for the decoder, whose maps it keeps channels
+last (there the ``Transpose`` costs nothing).
+
 F(4x4, 3x3) for fp32 stages; F(2x2, 3x3) for bf16 ones, where F(4x4, 3x3)'s transformed values
 lose too much (relative error about 3e-2 a convolution) and F(2x2, 3x3)'s transforms, which only
-add and subtract, cost about 1.6x a direct bf16 convolution's error. In bf16 a ``Cast`` to bf16
-follows the first ``Transpose`` and one to float32 the last, the weights are a bf16 constant:
-every tensor between the casts in bf16, which is how OpenVINO keeps a bf16 stage's maps (channels
-last), so the maps reach the operations and come back with no conversion or transposition (those
-took longer than the transforms), and OpenVINO reads the tiles and hands the products on as they
-are. In a bf16 stage every product's operands and every operation's result are rounded to bf16
-anyway.
+add and subtract, cost about 1.6x a direct bf16 convolution's error (F(3x3, 3x3) about 5x, also
+too much). In bf16 a ``Cast`` to bf16 precedes the tiles and one to float32 follows the untile,
+the weights are a bf16 constant: every tensor between the casts in bf16, which is how OpenVINO
+keeps a bf16 stage's maps, so the maps reach the operations and come back with no further
+conversion (declared float32, the conversions took longer than the transforms), and OpenVINO
+reads the tiles and hands the products on as they are. In a bf16 stage every product's operands
+and every operation's result are rounded to bf16 anyway.
 
 :func:`rewrite_winograd_convs`, for where the operations cannot be built (no C++ compiler),
 writes F(4x4, 3x3) in plain ONNX operations instead, channels last: the 36 entries of every tile
@@ -213,18 +220,23 @@ def transformed_weights_2x2(weight: np.ndarray) -> np.ndarray:
 
 
 def rewrite_winograd_ops(
-    model: onnx.ModelProto, tile: int = 2, bf16: bool = True, min_channels: int = MIN_CHANNELS
+    model: onnx.ModelProto,
+    tile: int = 2,
+    bf16: bool = True,
+    nchw: bool = False,
+    min_channels: int = MIN_CHANNELS,
 ) -> int:
     """Replace, in place, every eligible 3x3 ``Conv`` of ``model`` (as :func:`rewrite_winograd_convs`
     takes them) by Winograd F(tile x tile, 3x3) through the engine's OpenVINO operations; returns
     how many. ``tile`` 2 with ``bf16`` (the bf16 stages' form) or 4 without (the fp32 stages');
-    ``bf16=False`` keeps every value float32."""
+    ``bf16=False`` keeps every value float32; ``nchw``: the operations take and give the map
+    channels first (no ``Transpose`` around them)."""
     if tile not in (2, 4):
         raise ValueError(f"Winograd tiles of 2 or 4 outputs a side, not {tile}")
 
     def replace(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> Replacement | None:
         found = _eligible(node, initializers, min_channels) if node.op_type == "Conv" else None
-        return None if found is None else _winograd_ops_nodes(node, *found, tile, bf16)
+        return None if found is None else _winograd_ops_nodes(node, *found, tile, bf16, nchw)
 
     count = rewrite_each(model.graph, replace)
     if count:
@@ -233,7 +245,7 @@ def rewrite_winograd_ops(
 
 
 def _winograd_ops_nodes(
-    conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray | None, tile: int, bf16: bool
+    conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray | None, tile: int, bf16: bool, nchw: bool
 ) -> Replacement:
     out_ch = int(weight.shape[0])
     prefix = f"{conv.name or conv.output[0]}/winograd{tile}"
@@ -246,25 +258,20 @@ def _winograd_ops_nodes(
     ]
     writer = NodeWriter(prefix)
     op = writer.op
-    x = op("Transpose", [conv.input[0]], "nhwc", perm=[0, 2, 3, 1])
+    x = conv.input[0]
+    if not nchw:
+        x = op("Transpose", [x], "nhwc", perm=[0, 2, 3, 1])
     if bf16:
-        # Declared bf16 in and out, OpenVINO hands the operations its bf16 maps (channels last,
-        # as it keeps them) with no conversion or transposition, which take longer than the
-        # transforms themselves.
-        x = op("Cast", [x], "nhwc_bf16", to=TensorProto.BFLOAT16)
-    tiles = op("HodorWinogradTiles", [x], "tiles", domain=OP_DOMAIN, tile=tile, bf16=int(bf16))
-    products = op("MatMul", [tiles, f"{prefix}_weight"], "products")  # [16, tiles, K]
-    y = op(
-        "HodorWinogradUntile",
-        [products, x, f"{prefix}_bias"],
-        "untile",
-        domain=OP_DOMAIN,
-        tile=tile,
-        bf16=int(bf16),
-    )
+        # Declared bf16 in and out, OpenVINO hands the operations its bf16 maps with no further
+        # conversion, which would take longer than the transforms themselves.
+        x = op("Cast", [x], "bf16", to=TensorProto.BFLOAT16)
+    attrs = {"domain": OP_DOMAIN, "tile": tile, "bf16": int(bf16), "nchw": int(nchw)}
+    tiles = op("HodorWinogradTiles", [x], "tiles", **attrs)
+    products = op("MatMul", [tiles, f"{prefix}_weight"], "products")  # [n^2, tiles, K]
+    untiled = conv.output[0] if nchw and not bf16 else None  # else a Transpose or Cast follows
+    y = op("HodorWinogradUntile", [products, x, f"{prefix}_bias"], "untile", untiled, **attrs)
+    if not nchw:
+        y = op("Transpose", [y], "nchw", None if bf16 else conv.output[0], perm=[0, 3, 1, 2])
     if bf16:
-        y = op("Transpose", [y], "nchw_bf16", perm=[0, 3, 1, 2])
-        op("Cast", [y], "nchw", output=conv.output[0], to=TensorProto.FLOAT)
-    else:
-        op("Transpose", [y], "nchw", output=conv.output[0], perm=[0, 3, 1, 2])
+        op("Cast", [y], "float", output=conv.output[0], to=TensorProto.FLOAT)
     return writer.nodes, initializers
