@@ -295,8 +295,14 @@ CANDIDATES: dict[str, Candidate] = {
         Candidate(
             "openvino-bf16",
             "OpenVINO, bf16 on all three stages (--precision bf16; deformable convolutions as sampled "
-            "columns and a bf16 product, dense 3x3 ones as Winograd F(2x2, 3x3))",
+            "columns and a bf16 product, dense 3x3 ones as Winograd F(3x3, 3x3))",
             _openvino("bf16"),
+        ),
+        Candidate(
+            "openvino-bf16-f2",
+            "OpenVINO, bf16, dense 3x3 convolutions as Winograd F(2x2, 3x3) (less error, more "
+            "products): before F(3x3, 3x3)",
+            _openvino("bf16", bf16_winograd_tile=2),
         ),
         Candidate(
             "openvino-bf16-direct",

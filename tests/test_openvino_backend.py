@@ -211,7 +211,7 @@ def test_direct_convolutions_on_request(exported, net, backend, tmp_path):
 def test_bf16_stages_within_their_limit(exported, net, tmp_path):
     bf16 = OpenVinoBackend(exported.directory, precision="bf16", cache_dir=tmp_path)
     assert bf16.stage_precisions == {"backbone": "bf16", "encoder": "bf16", "decoder": "bf16"}
-    # F(2x2, 3x3) through the engine's operations where they build (F(4x4, 3x3) would lose too much)
+    # F(3x3, 3x3) through the engine's operations where they build (F(4x4, 3x3) would lose too much)
     assert bf16.winograd_convs == bf16.winograd_ops_convs == (4 if bf16.ops_library is not None else 0)
     for compiled in bf16.compiled.values():
         assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'bfloat16'>"
@@ -224,6 +224,20 @@ def test_bf16_stages_within_their_limit(exported, net, tmp_path):
     assert bf16.static_compiles == 2
     # bf16 really is in use: neither the backbone nor the decoder is computed to fp32 accuracy.
     assert errors["backbone[0]"] > FP32_TOLERANCE and errors["decoder[0]"] > FP32_TOLERANCE, errors
+
+
+@pytest.mark.skipif(not _has_bf16(), reason="this CPU has neither AVX-512 BF16 nor AMX")
+def test_bf16_winograd_f2x2_on_request(exported, net, tmp_path):
+    """F(2x2, 3x3) instead of F(3x3, 3x3): graphs of its own (kept under their own key), within the
+    limit."""
+    f2 = OpenVinoBackend(exported.directory, precision="bf16", cache_dir=tmp_path, bf16_winograd_tile=2)
+    f3 = OpenVinoBackend(exported.directory, precision="bf16", cache_dir=tmp_path)
+    inputs = _chained_inputs(net, 7, 256, 448)
+    e2, e3 = _errors(f2, net, inputs), _errors(f3, net, inputs)
+    assert all(v <= BF16_TOLERANCE for v in e2.values()), e2
+    assert e2["backbone[0]"] != e3["backbone[0]"], (e2, e3)  # not one graph reused for both
+    with pytest.raises(ValueError, match="2 or 3"):
+        OpenVinoBackend(exported.directory, precision="bf16", cache=False, bf16_winograd_tile=4)
 
 
 @pytest.mark.skipif(not _has_bf16(), reason="this CPU has neither AVX-512 BF16 nor AMX")

@@ -1,14 +1,15 @@
 """Dense 3x3 convolutions as Winograd through the engine's OpenVINO operations
 (:func:`hodor.engine.backends.winograd_conv.rewrite_winograd_ops`): F(4x4, 3x3) for fp32 stages,
-F(2x2, 3x3) for bf16 ones.
+F(3x3, 3x3) for bf16 ones, F(2x2, 3x3) on request; channels last or, with ``nchw``, first.
 
 The operations are built here with the machine's C++ compiler (as the backend builds them on first
 use). With every value kept float32 (``bf16=False``) the rewritten graph is the convolution to
 float32 rounding: within 1e-5 of float64 (``max |a - b| / max |b|``) for F(2x2, 3x3), whose
-transforms only add and subtract, 2e-5 for F(4x4, 3x3) (its transforms scale values by up to 100
-and back), at sizes odd and even, down to 1x1, batches of several. F(2x2, 3x3) in bf16 within
-1e-2 (a direct bf16 convolution's error is about 3e-3 on these inputs, F(2x2, 3x3)'s about 1.6x
-that); the backend's stages in bf16 are held to 5e-2 by ``tests/test_openvino_backend.py`` and
+transforms only add and subtract, 2e-5 for F(3x3, 3x3) and F(4x4, 3x3) (their transforms scale
+values up and back), at sizes odd and even, down to 1x1, batches of several. In bf16 F(2x2, 3x3)
+within 1e-2 (about 6e-3 seen on these inputs), F(3x3, 3x3) within 5e-2, the bf16 stage limit
+(2.6e-2 and 3.6e-2 seen by this max-based measure; about 5x a direct bf16 convolution's error);
+the backend's stages in bf16 are held to 5e-2 by ``tests/test_openvino_backend.py`` and
 ``tests/test_deform_columns.py``.
 """
 
@@ -29,7 +30,7 @@ from hodor.engine.backends.openvino_ops import bf16_tensor, extension_library  #
 from hodor.engine.backends.winograd_conv import (  # noqa: E402
     MIN_CHANNELS,
     rewrite_winograd_ops,
-    transformed_weights_2x2,
+    transformed_weights_for,
 )
 from tests.test_winograd_conv import OTHER_CONVOLUTIONS  # noqa: E402
 from tests.test_winograd_conv import _conv_model as conv_model  # noqa: E402
@@ -72,7 +73,7 @@ def _run(model: onnx.ModelProto, library: str, precision: str, x: np.ndarray) ->
     return compiled.create_infer_request().infer({"x": x})[0]
 
 
-@pytest.mark.parametrize("tile,tolerance", [(2, 1e-5), (4, 2e-5)])
+@pytest.mark.parametrize("tile,tolerance", [(2, 1e-5), (3, 2e-5), (4, 2e-5)])
 @pytest.mark.parametrize(
     "out_ch,in_ch,bias,nchw",
     [(64, 64, True, False), (96, 64, False, False), (64, 128, True, True), (40, 24, True, True)],
@@ -98,37 +99,38 @@ def test_the_transforms_compute_the_convolution(library, tile, tolerance, out_ch
 
 
 @needs_bf16
+@pytest.mark.parametrize("tile,tolerance", [(2, 1e-2), (3, 5e-2)])
 @pytest.mark.parametrize("nchw", [False, True])
-def test_in_bf16_within_a_bf16_products_error(library, nchw):
+def test_in_bf16_within_a_bf16_products_error(library, tile, tolerance, nchw):
     model = _conv_model(128, 128, True, seed=3)
     want_model = onnx.ModelProto()
     want_model.CopyFrom(model)
-    assert rewrite_winograd_ops(model, tile=2, bf16=True, nchw=nchw) == 1
+    assert rewrite_winograd_ops(model, tile=tile, bf16=True, nchw=nchw) == 1
     types = {i.name: i.data_type for i in model.graph.initializer}
     assert TensorProto.BFLOAT16 in types.values()  # the transformed weights
     rng = np.random.default_rng(4)
     for shape in [(1, 128, 30, 52), (2, 128, 9, 13)]:
         x = rng.standard_normal(shape).astype(np.float32)
         error = _relative(_run(model, library, "bf16", x), _float64(want_model, x))
-        assert 1e-5 < error <= 1e-2, (shape, error)  # bf16 really is in use, and within its limit
+        assert 1e-5 < error <= tolerance, (shape, error)  # bf16 really is in use, and within its limit
 
 
 @pytest.mark.parametrize("case,attrs", OTHER_CONVOLUTIONS)
 def test_other_convolutions_are_left_alone(case, attrs):
     model = _conv_model(64, 64, True, **attrs)
     before = model.SerializeToString()
-    for tile in (2, 4):
+    for tile in (2, 3, 4):
         assert rewrite_winograd_ops(model, tile=tile) == 0, case
     assert model.SerializeToString() == before
     assert rewrite_winograd_ops(_conv_model(MIN_CHANNELS // 2, 256, True)) == 0  # too narrow to pay
-    with pytest.raises(ValueError, match="2 or 4"):
-        rewrite_winograd_ops(_conv_model(64, 64, True), tile=3)
+    with pytest.raises(ValueError, match="2, 3 or 4"):
+        rewrite_winograd_ops(_conv_model(64, 64, True), tile=5)
 
 
 def test_weight_transform_is_g_g_gt():
     rng = np.random.default_rng(2)
     weight = rng.standard_normal((5, 3, 3, 3))
-    u = transformed_weights_2x2(weight).reshape(4, 4, 3, 5)
+    u = transformed_weights_for(weight, 2).reshape(4, 4, 3, 5)
     g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
     assert np.allclose(u[:, :, 2, 4], g @ weight[4, 2] @ g.T, rtol=1e-6, atol=1e-6)
     assert u.dtype == np.float32

@@ -18,17 +18,18 @@ OpenVINO's ``DeformableConvolution`` computes its product in fp32 even then, so 
 becomes instead sampled columns (a small operation built on first use with the machine's C++
 compiler, :mod:`hodor.engine.backends.openvino_ops` and
 :mod:`hodor.engine.backends.deform_columns`) and one bf16 matrix product: the bf16 decoder 1.25x
-faster at 480p. The bf16 stages' dense 3x3 convolutions run as Winograd F(2x2, 3x3) through two
+faster at 480p. The bf16 stages' dense 3x3 convolutions run as Winograd F(3x3, 3x3) through two
 more operations of that library (:func:`hodor.engine.backends.winograd_conv.rewrite_winograd_ops`):
-2.25x fewer multiplications at about 1.6x a direct bf16 convolution's error. Without a compiler
-both keep OpenVINO's own operations, with a warning.
+3.2x fewer multiplications at about 5x a direct bf16 convolution's error (the stages' outputs
+within 2e-2 of fp32 at 480p, the limit 5e-2). Without a compiler both keep OpenVINO's own
+operations, with a warning.
 
 In the fp32 stages the dense 3x3 convolutions (the FPN's outputs, the decoder's 1/4-map and
 catch-all ones) are rewritten as Winograd F(4x4, 3x3) (:mod:`hodor.engine.backends.winograd_conv`):
 4x fewer multiplications, its transforms through the same library's operations (in plain graph
 operations, slower, where it cannot be built), which OpenVINO runs faster than its own fp32
 convolution; results within 6e-6 of PyTorch. The rewritten graphs are kept (below), so a warm
-start does not redo it. Not in bf16, where its transformed values lose too much (F(2x2, 3x3)
+start does not redo it. Not in bf16, where its transformed values lose too much (F(3x3, 3x3)
 there, above).
 
 The graphs are compiled for any input shape. OpenVINO runs a graph compiled for fixed shapes
@@ -105,7 +106,9 @@ growing-history length once every third video, and the compilations pushed one a
 steady state's) out of the few kept: 9 compilations, 5-6 s, in a third 20-frame video at 480p."""
 STATIC_SHAPES_KEPT = 4
 """How many fixed-shape compilations each of those stages keeps."""
-REWRITES_VERSION = 5
+BF16_WINOGRAD_TILE = 3
+"""The bf16 stages' Winograd: F(3x3, 3x3) (:mod:`hodor.engine.backends.winograd_conv` says why)."""
+REWRITES_VERSION = 6
 """Part of the key of the graphs kept in the cache: raised whenever a rewrite's output changes."""
 _LOWEST = torch.finfo(torch.float32).min
 
@@ -145,6 +148,7 @@ class OpenVinoBackend(HostGraphSeam):
         winograd: bool = True,
         deform_columns: bool = True,
         engine_ops: bool = True,
+        bf16_winograd_tile: int = BF16_WINOGRAD_TILE,
         extra_properties: dict[str, Any] | None = None,
     ) -> None:
         """``config`` overrides the manifest's (e.g. run-time ``--min-dim``); ``precision``: ``fp32``
@@ -154,18 +158,20 @@ class OpenVinoBackend(HostGraphSeam):
         were not rewritten stays fp32 regardless); ``native_deform_conv=False`` runs the decoder
         graph as exported (for comparison); ``static_shapes=False`` keeps every stage on its
         shape-free compilation; ``winograd=False`` runs the dense 3x3 convolutions as exported
-        instead of as Winograd (F(4x4, 3x3) in fp32 stages, F(2x2, 3x3) in bf16 ones, see
+        instead of as Winograd (F(4x4, 3x3) in fp32 stages, F(3x3, 3x3) in bf16 ones, see
         :mod:`hodor.engine.backends.winograd_conv`); ``deform_columns=False`` keeps a bf16
         decoder's deformable convolutions on OpenVINO's fp32 ``DeformableConvolution`` instead of
         sampled columns and a bf16 product (:mod:`hodor.engine.backends.deform_columns`);
         ``engine_ops=False`` never uses the engine's operations (as where they cannot be built,
         without the warning: the fp32 Winograd in graph operations, bf16 as if both flags were off);
+        ``bf16_winograd_tile``: the bf16 stages' Winograd, F(3x3, 3x3) (3, the default) or
+        F(2x2, 3x3) (2: 1.6x a direct bf16 convolution's error instead of 5x, slower);
         ``extra_properties``: more OpenVINO compile properties (``{"PERF_COUNT": True}`` for
         :meth:`profile`). ``startup_s`` records how long reading, checking and compiling the graphs
         took; ``deform_convs_rewritten`` how many deformable convolutions OpenVINO runs as its own
         (``deform_columns_convs`` of them as columns and a bf16 product); ``winograd_convs`` how many
         convolutions run as Winograd (``winograd_ops_convs`` of them through the engine's operations:
-        F(4x4, 3x3) in fp32 stages, F(2x2, 3x3) in bf16 ones); ``ops_unavailable`` says why the
+        F(4x4, 3x3) in fp32 stages, F(3x3, 3x3) in bf16 ones); ``ops_unavailable`` says why the
         engine's operations (:mod:`hodor.engine.backends.openvino_ops`) are not used where asked for;
         ``static_compiles`` and ``static_compile_s`` how many fixed-shape compilations were made
         while running, and the seconds they took."""
@@ -221,6 +227,9 @@ class OpenVinoBackend(HostGraphSeam):
         self.stage_precisions: dict[str, str] = {}
         self.deform_convs_rewritten = 0
         self.deform_columns_convs = 0
+        if bf16_winograd_tile not in (2, 3):
+            raise ValueError(f"bf16_winograd_tile is 2 or 3, not {bf16_winograd_tile!r}")
+        self._bf16_tile = bf16_winograd_tile
         self.winograd_convs = 0
         self.winograd_ops_convs = 0
         self._deform_extension_added = False
@@ -294,7 +303,17 @@ class OpenVinoBackend(HostGraphSeam):
         files = None
         if cached and self.cache_dir is not None:
             key = json.dumps(
-                [entry.sha256, REWRITES_VERSION, stage, deform, winograd, wants_bf16, columns, ops]
+                [
+                    entry.sha256,
+                    REWRITES_VERSION,
+                    stage,
+                    deform,
+                    winograd,
+                    wants_bf16,
+                    columns,
+                    ops,
+                    self._bf16_tile,
+                ]
             )
             stem = f"{Path(entry.file).stem}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"
             files = (self.cache_dir / f"{stem}.onnx", self.cache_dir / f"{stem}.json")
@@ -303,7 +322,7 @@ class OpenVinoBackend(HostGraphSeam):
                 self._note_deform_convs(found)
                 return found
         if deform or winograd:
-            prepared = _rewritten(graph, stage, wants_bf16, deform, winograd, columns, ops)
+            prepared = _rewritten(graph, stage, wants_bf16, deform, winograd, columns, ops, self._bf16_tile)
         else:
             prepared = _Prepared(graph, 0, 0, _compiles_in_bf16(wants_bf16, stage, deform_convs=0))
         self._note_deform_convs(prepared)
@@ -476,13 +495,14 @@ def _rewritten(
     winograd: bool,
     columns: bool = False,
     ops: bool = False,
+    bf16_tile: int = BF16_WINOGRAD_TILE,
 ) -> _Prepared:
     """The rewrites on ``graph``, parsed once and serialised once (the bytes unchanged when none
     applies). A decoder whose deformable convolutions are not in the exporter's shape keeps its
     exported form, in fp32 (its absolute sampling positions cannot take bf16). With ``columns``
     a bf16 decoder's deformable convolutions become sampled columns and a bf16 product; with
     ``ops`` (the engine's operations loaded) the dense 3x3 convolutions' Winograd runs through them
-    (F(4x4, 3x3) in fp32, F(2x2, 3x3) in bf16; without, F(4x4, 3x3) in graph operations in fp32
+    (F(4x4, 3x3) in fp32, F(3x3, 3x3) in bf16; without, F(4x4, 3x3) in graph operations in fp32
     and direct convolutions in bf16)."""
     try:
         import onnx
@@ -508,7 +528,8 @@ def _rewritten(
         from hodor.engine.backends.deform_columns import rewrite_as_columns
 
         columns_convs = rewrite_as_columns(model)
-    # F(4x4, 3x3) in fp32 only: in bf16 its transformed values lose too much (see winograd_conv).
+    # F(4x4, 3x3) in fp32; in bf16 F(3x3, 3x3), F(4x4, 3x3)'s transformed values losing too much
+    # there (see winograd_conv).
     winograd_convs = winograd_ops_convs = 0
     # The backbone's maps reach its two FPN convolutions as OpenVINO's sums of a lateral and an
     # upsampled level, kept channels first, which its Transpose to channels last handled slowly:
@@ -520,7 +541,9 @@ def _rewritten(
     elif winograd and not bf16:
         winograd_convs = rewrite_winograd_convs(model)
     elif winograd and bf16 and ops:
-        winograd_convs = winograd_ops_convs = rewrite_winograd_ops(model, tile=2, bf16=True, nchw=nchw)
+        winograd_convs = winograd_ops_convs = rewrite_winograd_ops(
+            model, tile=bf16_tile, bf16=True, nchw=nchw
+        )
     if deform_convs or winograd_convs:
         graph = model.SerializeToString()
     return _Prepared(graph, deform_convs, winograd_convs, bf16, columns_convs, winograd_ops_convs)

@@ -15,17 +15,16 @@
 // nearest even; 0: f32). Used by hodor/engine/backends/deform_columns.py.
 //
 // HodorWinogradTiles and HodorWinogradUntile: the two transforms of a 3x3 convolution (stride 1,
-// padding 1) computed as Winograd F(m x m, 3 x 3), m = 2 or 4 (attribute tile), n = m + 2; OpenVINO
+// padding 1) computed as Winograd F(m x m, 3 x 3), m = 2, 3 or 4 (attribute tile), n = m + 2; OpenVINO
 // runs the n^2 products between them with its own kernels. Each m x m block of outputs (tile ty,
 // tx) reads the n x n input block at rows m ty - 1 .. m ty + m, columns m tx - 1 .. m tx + m (zeros
 // outside). The tiles operation writes V = B^T d B of every block, position p = n r + s major:
 // V[p, tile, c], tile = (b th + ty) tw + tx, th = ceil(H / m), tw = ceil(W / m); with
 // U[p] = (G g G^T)[p] as a [C, K] matrix, M[p] = V[p] U[p] is a batch of n^2 products; the untile
 // operation writes y = A^T M A of every tile plus the bias, channels last, cropped to H x W.
-// F(2x2, 3x3) (for bf16 stages) only adds and subtracts, so rounding the transformed values to bf16
-// costs about 1.6x a direct bf16 convolution's error; F(4x4, 3x3) (fp32 stages) multiplies by up
-// to 8 and would cost 10x in bf16. Used by hodor/engine/backends/winograd_conv.py, which also
-// computes the transformed weights.
+// F(3x3, 3x3) serves bf16 stages (rounding its transformed values to bf16 costs about 5x a direct
+// bf16 convolution's error, F(2x2, 3x3)'s 1.6x, F(4x4, 3x3)'s 9x), F(4x4, 3x3) fp32 ones. Used by
+// hodor/engine/backends/winograd_conv.py, which also computes the transformed weights.
 //
 // HodorWinogradTiles: input x [N, H, W, C] (f32 or bf16), or [N, C, H, W] with nchw = 1; attributes
 // tile (m), bf16 (1: V in bf16; 0: f32), nchw; output V [n^2, N th tw, C]. HodorWinogradUntile:
@@ -44,6 +43,7 @@
 #include <cstdint>
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace hodor {
@@ -229,9 +229,9 @@ private:
     int64_t m_bf16 = 1;
 };
 
-// The transforms of Winograd F(m x m, 3 x 3), m = 2 or 4 (n = m + 2 inputs a side): B^T (n x n)
-// and A^T (m x n), row-major. F(2x2, 3x3)'s add and subtract only; F(4x4, 3x3)'s are those of
-// hodor/engine/backends/winograd_conv.py (points 0, 1, -1, 2, -2).
+// The transforms of Winograd F(m x m, 3 x 3), m = 2, 3 or 4 (n = m + 2 inputs a side): B^T (n x n)
+// and A^T (m x n), row-major. F(2x2, 3x3)'s add and subtract only; F(3x3, 3x3)'s points are 0, 1,
+// -1, 2; F(4x4, 3x3)'s are those of hodor/engine/backends/winograd_conv.py (points 0, 1, -1, 2, -2).
 struct Transforms {
     int m, n;
     const float* bt;
@@ -244,9 +244,24 @@ static constexpr float kBt4[36] = {4, 0, -5, 0, 1, 0,  0, -4, -4, 1, 1, 0, 0, 4,
                                    0, -2, -1, 2, 1, 0, 0, 2, -1, -2, 1, 0, 0, 4, 0, -5, 0, 1};
 static constexpr float kAt4[24] = {1, 1, 1, 1, 1, 0, 0, 1, -1, 2, -2, 0, 0, 1, 1, 4, 4, 0, 0, 1, -1, 8, -8, 1};
 
+static constexpr float kBt3[25] = {2, -1, -2, 1, 0, 0, -2, -1, 1, 0, 0, 2, -3, 1, 0, 0, -1, 0, 1, 0, 0, 2, -1, -2, 1};
+static constexpr float kAt3[15] = {1, 1, 1, 1, 0, 0, 1, -1, 2, 0, 0, 1, 1, 4, 1};
+
 static Transforms transforms(int64_t tile) {
-    OPENVINO_ASSERT(tile == 2 || tile == 4, "Winograd tiles of 2 or 4 outputs a side, not ", tile);
-    return tile == 2 ? Transforms{2, 4, kBt2, kAt2} : Transforms{4, 6, kBt4, kAt4};
+    OPENVINO_ASSERT(tile >= 2 && tile <= 4, "Winograd tiles of 2, 3 or 4 outputs a side, not ", tile);
+    return tile == 2 ? Transforms{2, 4, kBt2, kAt2} : tile == 3 ? Transforms{3, 5, kBt3, kAt3} : Transforms{4, 6, kBt4, kAt4};
+}
+
+// f(std::integral_constant<int, n>) for the transforms' input tile side n = 4, 5 or 6.
+template <typename F>
+static void with_side(const Transforms& t, F&& f) {
+    if (t.n == 4) {
+        f(std::integral_constant<int, 4>{});
+    } else if (t.n == 5) {
+        f(std::integral_constant<int, 5>{});
+    } else {
+        f(std::integral_constant<int, 6>{});
+    }
 }
 
 // dst[k] = sum over j < N of coef[j] * src[j][k], in one pass (the terms unrolled, k vectorised).
@@ -340,7 +355,7 @@ public:
 
 protected:
     void check_attributes() {
-        NODE_VALIDATION_CHECK(this, m_tile == 2 || m_tile == 4, "tile must be 2 or 4");
+        NODE_VALIDATION_CHECK(this, m_tile >= 2 && m_tile <= 4, "tile must be 2, 3 or 4");
         NODE_VALIDATION_CHECK(this, m_nchw == 0 || m_nchw == 1, "nchw must be 0 or 1");
     }
 
@@ -400,12 +415,10 @@ public:
         const bool nchw = m_nchw != 0;
         return with_values(x, [&](const auto* xd) {
             with_output(outputs[0], m_bf16, [&](auto* out) {
-                ov::parallel_for(g.n * g.th, [&](size_t row) {
-                    if (t.n == 4) {
-                        tile_row<4>(t, g, nchw, xd, out, row);
-                    } else {
-                        tile_row<6>(t, g, nchw, xd, out, row);
-                    }
+                with_side(t, [&](auto side) {
+                    ov::parallel_for(g.n * g.th, [&](size_t row) {
+                        tile_row<decltype(side)::value>(t, g, nchw, xd, out, row);
+                    });
                 });
             });
         });
@@ -506,12 +519,10 @@ public:
         const float* bias = inputs[2].data<const float>();
         return with_values(m, [&](const auto* md) {
             with_output(outputs[0], m_bf16, [&](auto* y) {
-                ov::parallel_for(g.n * g.th, [&](size_t row) {
-                    if (t.n == 4) {
-                        untile_row<4>(t, g, nchw, md, bias, y, row);
-                    } else {
-                        untile_row<6>(t, g, nchw, md, bias, y, row);
-                    }
+                with_side(t, [&](auto side) {
+                    ov::parallel_for(g.n * g.th, [&](size_t row) {
+                        untile_row<decltype(side)::value>(t, g, nchw, md, bias, y, row);
+                    });
                 });
             });
         });

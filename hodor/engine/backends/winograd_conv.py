@@ -6,8 +6,9 @@ F(4x4, 3x3) computes a 4x4 block of outputs from a 6x6 block of input: the block
 weights (``G g G^T``, computed here once from the graph's constant weights), and transformed
 back (``A^T m A``). Summed over the input channels, the element-wise products become 36 matrix
 products of (tiles x C) by (C x K): 36 multiplications per 16 outputs instead of 144, 4x fewer.
-What it costs is memory traffic: the transformed input is 2.25x the input. F(2x2, 3x3) does the
-same with 4x4 input blocks: 16 products per 4 outputs, 2.25x fewer multiplications.
+What it costs is memory traffic: the transformed input is 2.25x the input. F(3x3, 3x3) does the
+same with 5x5 input blocks: 25 products per 9 outputs, 3.24x fewer multiplications; F(2x2, 3x3)
+with 4x4 ones: 16 products per 4 outputs, 2.25x fewer.
 
 :func:`rewrite_winograd_ops` replaces each eligible ``Conv`` node of an ONNX graph (3x3,
 stride 1, padding 1, no dilation or groups, constant weights, at least ``min_channels`` in and
@@ -24,14 +25,19 @@ backbone, whose FPN convolutions read sums OpenVINO keeps channels first (its ``
 those took 10 ms of a bf16 backbone call), and not for the decoder, whose maps it keeps channels
 last (there the ``Transpose`` costs nothing).
 
-F(4x4, 3x3) for fp32 stages; F(2x2, 3x3) for bf16 ones, where F(4x4, 3x3)'s transformed values
-lose too much (relative error about 3e-2 a convolution) and F(2x2, 3x3)'s transforms, which only
-add and subtract, cost about 1.6x a direct bf16 convolution's error (F(3x3, 3x3) about 5x, also
-too much). In bf16 a ``Cast`` to bf16 precedes the tiles and one to float32 follows the untile,
-the weights are a bf16 constant: every tensor between the casts in bf16, which is how OpenVINO
-keeps a bf16 stage's maps, so the maps reach the operations and come back with no further
-conversion (declared float32, the conversions took longer than the transforms), and OpenVINO
-reads the tiles and hands the products on as they are. In a bf16 stage every product's operands
+F(4x4, 3x3) for fp32 stages; F(3x3, 3x3) for bf16 ones. Rounding the transformed values to bf16
+costs precision in proportion to how far the transforms scale them: against float64, with
+weights of a trained layer's scale, a direct bf16 convolution is off by about 3e-3 (relative
+norm), F(2x2, 3x3), whose transforms only add and subtract, 4.6e-3, F(3x3, 3x3) (points 0, 1,
+-1, 2) 1.45e-2, F(4x4, 3x3) 2.6e-2. F(3x3, 3x3) was taken for its speed (the bf16 backbone 307
+against 318 ms with F(2x2, 3x3), the decoder 258 against 274) at a stage cost measured at 480p:
+the backbone's features 1.9e-2 from PyTorch fp32 (1.4e-2 with F(2x2, 3x3)), the decoder's logits
+1.8e-2 (1.7e-2); the bf16 limit is 5e-2. ``tile=2`` stays available (the backend's
+``bf16_winograd_tile``). In bf16 a ``Cast`` to bf16 precedes the tiles and one to float32
+follows the untile, the weights are a bf16 constant: every tensor between the casts in bf16,
+which is how OpenVINO keeps a bf16 stage's maps, so the maps reach the operations and come back
+with no further conversion (declared float32, the conversions took longer than the transforms),
+and OpenVINO reads the tiles and hands the products on as they are. In a bf16 stage every product's operands
 and every operation's result are rounded to bf16 anyway.
 
 :func:`rewrite_winograd_convs`, for where the operations cannot be built (no C++ compiler),
@@ -73,8 +79,13 @@ G = np.array(
 A_T = np.array(
     [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], dtype=np.float64
 )
-# F(2x2, 3x3): its weight transform (4x3); the input and output transforms are in openvino_ops.cpp.
+# F(2x2, 3x3) and F(3x3, 3x3) (points 0, 1, -1, 2): their weight transforms; the input and output
+# transforms are in openvino_ops.cpp.
 G_2 = np.array([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]], dtype=np.float64)
+G_3 = np.array(
+    [[1 / 2, 0, 0], [-1 / 2, -1 / 2, -1 / 2], [-1 / 6, 1 / 6, -1 / 6], [1 / 6, 1 / 3, 2 / 3], [0, 0, 1]],
+    dtype=np.float64,
+)
 OUT_TILE, IN_TILE = 4, 6
 MIN_CHANNELS = 64
 """Below this many input or output channels the product is too small to pay for the transforms
@@ -212,11 +223,13 @@ def rewrite_winograd_convs(model: onnx.ModelProto, min_channels: int = MIN_CHANN
     return rewrite_each(model.graph, replace)
 
 
-def transformed_weights_2x2(weight: np.ndarray) -> np.ndarray:
-    """``[K, C, 3, 3]`` -> ``[16, C, K]`` float32: F(2x2, 3x3)'s ``G g G^T`` for every (C, K), the
-    4x4 positions row-major first, computed in float64."""
-    u = (G_2 @ weight.astype(np.float64) @ G_2.T).transpose(2, 3, 1, 0)  # [4, 4, C, K]
-    return u.reshape(16, weight.shape[1], weight.shape[0]).astype(np.float32)
+def transformed_weights_for(weight: np.ndarray, tile: int) -> np.ndarray:
+    """``[K, C, 3, 3]`` -> ``[n^2, C, K]`` float32 (n = tile + 2): F(tile x tile, 3x3)'s ``G g G^T``
+    for every (C, K), the n x n positions row-major first, computed in float64."""
+    g = {2: G_2, 3: G_3, 4: G}[tile]
+    u = (g @ weight.astype(np.float64) @ g.T).transpose(2, 3, 1, 0)  # [n, n, C, K]
+    return u.reshape(len(g) ** 2, weight.shape[1], weight.shape[0]).astype(np.float32)
+
 
 
 def rewrite_winograd_ops(
@@ -231,8 +244,8 @@ def rewrite_winograd_ops(
     how many. ``tile`` 2 with ``bf16`` (the bf16 stages' form) or 4 without (the fp32 stages');
     ``bf16=False`` keeps every value float32; ``nchw``: the operations take and give the map
     channels first (no ``Transpose`` around them)."""
-    if tile not in (2, 4):
-        raise ValueError(f"Winograd tiles of 2 or 4 outputs a side, not {tile}")
+    if tile not in (2, 3, 4):
+        raise ValueError(f"Winograd tiles of 2, 3 or 4 outputs a side, not {tile}")
 
     def replace(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> Replacement | None:
         found = _eligible(node, initializers, min_channels) if node.op_type == "Conv" else None
@@ -249,7 +262,7 @@ def _winograd_ops_nodes(
 ) -> Replacement:
     out_ch = int(weight.shape[0])
     prefix = f"{conv.name or conv.output[0]}/winograd{tile}"
-    u = transformed_weights_2x2(weight) if tile == 2 else transformed_weights(weight)
+    u = transformed_weights_for(weight, tile)
     initializers = [
         bf16_tensor(f"{prefix}_weight", u) if bf16 else numpy_helper.from_array(u, f"{prefix}_weight"),
         numpy_helper.from_array(
