@@ -146,8 +146,9 @@ def test_exported_stages_compute_the_same(exported, stage):
 
 
 def test_benchmark_computes_the_same_function(monkeypatch):
-    """``benchmarks/cpu_winograd.py`` at a tiny size: every engine's Winograd output is the
-    convolution (fp32 to fp32 accuracy; OpenVINO's bf16 hint to bf16's), and the tables list it."""
+    """``benchmarks/cpu_winograd.py`` at a tiny size: every engine's every way is the convolution
+    (fp32 to fp32 accuracy; OpenVINO's bf16 hint to bf16's), the engine's operations' ways run where
+    OpenVINO is, and the tables list every way."""
     module = load_bench_script("cpu_winograd", monkeypatch)
     rows = module.compare(64, 1, lambda msg: None)
     engines = {"onnxruntime fp32"}
@@ -156,9 +157,13 @@ def test_benchmark_computes_the_same_function(monkeypatch):
     assert engines <= {r.engine for r in rows}
     assert len({r.conv.name for r in rows}) == 5
     for r in rows:
+        ops = {w for w, (engine, _) in module.OPS_WAYS.items() if engine == r.engine}
+        want = set(module.GRAPH_WAYS) | ops
+        assert set(r.ms) == set(r.error) == want, (r.engine, r.ms)
         limit = 1e-1 if r.engine.endswith("bf16") else TOLERANCE
-        assert r.error["direct"] <= limit and r.error["winograd"] <= limit, (r.conv.name, r.engine, r.error)
-        assert len(r.ms["direct"]) == len(r.ms["winograd"]) == 1
+        assert all(e <= limit for e in r.error.values()), (r.conv.name, r.engine, r.error)
+        assert all(len(t) == 1 for t in r.ms.values())
     lines = module.report(rows, 64, 1)
-    assert sum(line.startswith("| backbone FPN 1/4 ") for line in lines) == len({r.engine for r in rows})
-    assert any(line.startswith("| onnxruntime fp32 |") for line in lines)
+    ways = sum(len(r.ms) for r in rows if r.conv.name == "backbone FPN 1/4")
+    assert sum(line.startswith("| backbone FPN 1/4 ") for line in lines) == ways
+    assert any(line.startswith("| onnxruntime fp32 | graph F(4x4) |") for line in lines)

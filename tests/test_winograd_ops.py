@@ -8,7 +8,7 @@ float32 rounding: within 1e-5 of float64 (``max |a - b| / max |b|``) for F(2x2, 
 transforms only add and subtract, 2e-5 for F(3x3, 3x3) and F(4x4, 3x3) (their transforms scale
 values up and back), at sizes odd and even, down to 1x1, batches of several. In bf16 F(2x2, 3x3)
 within 1e-2 (about 6e-3 seen on these inputs), F(3x3, 3x3) within 5e-2, the bf16 stage limit
-(2.6e-2 and 3.6e-2 seen by this max-based measure; about 5x a direct bf16 convolution's error);
+(2.6e-2 and 3.6e-2 seen by this max-based measure; about 6x a direct bf16 convolution's error);
 the backend's stages in bf16 are held to 5e-2 by ``tests/test_openvino_backend.py`` and
 ``tests/test_deform_columns.py``.
 """

@@ -20,7 +20,7 @@ compiler, :mod:`hodor.engine.backends.openvino_ops` and
 :mod:`hodor.engine.backends.deform_columns`) and one bf16 matrix product: the bf16 decoder 1.25x
 faster at 480p. The bf16 stages' dense 3x3 convolutions run as Winograd F(3x3, 3x3) through two
 more operations of that library (:func:`hodor.engine.backends.winograd_conv.rewrite_winograd_ops`):
-3.2x fewer multiplications at about 5x a direct bf16 convolution's error (the stages' outputs
+3.2x fewer multiplications at about 6x a direct bf16 convolution's error (the stages' outputs
 within 2e-2 of fp32 at 480p, the limit 5e-2). Without a compiler both keep OpenVINO's own
 operations, with a warning.
 
@@ -165,7 +165,7 @@ class OpenVinoBackend(HostGraphSeam):
         ``engine_ops=False`` never uses the engine's operations (as where they cannot be built,
         without the warning: the fp32 Winograd in graph operations, bf16 as if both flags were off);
         ``bf16_winograd_tile``: the bf16 stages' Winograd, F(3x3, 3x3) (3, the default) or
-        F(2x2, 3x3) (2: 1.6x a direct bf16 convolution's error instead of 5x, slower);
+        F(2x2, 3x3) (2: 2x a direct bf16 convolution's error instead of 6x, slower);
         ``extra_properties``: more OpenVINO compile properties (``{"PERF_COUNT": True}`` for
         :meth:`profile`). ``startup_s`` records how long reading, checking and compiling the graphs
         took; ``deform_convs_rewritten`` how many deformable convolutions OpenVINO runs as its own

@@ -22,8 +22,8 @@
 // V[p, tile, c], tile = (b th + ty) tw + tx, th = ceil(H / m), tw = ceil(W / m); with
 // U[p] = (G g G^T)[p] as a [C, K] matrix, M[p] = V[p] U[p] is a batch of n^2 products; the untile
 // operation writes y = A^T M A of every tile plus the bias, channels last, cropped to H x W.
-// F(3x3, 3x3) serves bf16 stages (rounding its transformed values to bf16 costs about 5x a direct
-// bf16 convolution's error, F(2x2, 3x3)'s 1.6x, F(4x4, 3x3)'s 9x), F(4x4, 3x3) fp32 ones. Used by
+// F(3x3, 3x3) serves bf16 stages (rounding its transformed values to bf16 costs about 6x a direct
+// bf16 convolution's error, F(2x2, 3x3)'s 2x, F(4x4, 3x3)'s 11x), F(4x4, 3x3) fp32 ones. Used by
 // hodor/engine/backends/winograd_conv.py, which also computes the transformed weights.
 //
 // HodorWinogradTiles: input x [N, H, W, C] (f32 or bf16), or [N, C, H, W] with nchw = 1; attributes

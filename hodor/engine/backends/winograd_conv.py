@@ -27,9 +27,10 @@ last (there the ``Transpose`` costs nothing).
 
 F(4x4, 3x3) for fp32 stages; F(3x3, 3x3) for bf16 ones. Rounding the transformed values to bf16
 costs precision in proportion to how far the transforms scale them: against float64, with
-weights of a trained layer's scale, a direct bf16 convolution is off by about 3e-3 (relative
-norm), F(2x2, 3x3), whose transforms only add and subtract, 4.6e-3, F(3x3, 3x3) (points 0, 1,
--1, 2) 1.45e-2, F(4x4, 3x3) 2.6e-2. F(3x3, 3x3) was taken for its speed (the bf16 backbone 307
+weights of a trained layer's scale, at the model's shapes (``benchmarks/cpu_winograd.py``), a
+direct bf16 convolution is off by 2.3-2.9e-3 (relative norm), F(2x2, 3x3), whose transforms
+only add and subtract, 5.4e-3, F(3x3, 3x3) (points 0, 1, -1, 2) 1.7e-2, F(4x4, 3x3) 3.1e-2.
+F(3x3, 3x3) was taken for its speed (the bf16 backbone 307
 against 318 ms with F(2x2, 3x3), the decoder 258 against 274) at a stage cost measured at 480p:
 the backbone's features 1.9e-2 from PyTorch fp32 (1.4e-2 with F(2x2, 3x3)), the decoder's logits
 1.8e-2 (1.7e-2); the bf16 limit is 5e-2. ``tile=2`` stays available (the backend's
