@@ -39,9 +39,9 @@
 #include <openvino/frontend/onnx/extension/op.hpp>
 #include <openvino/op/op.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <algorithm>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -244,12 +244,16 @@ static constexpr float kBt4[36] = {4, 0, -5, 0, 1, 0,  0, -4, -4, 1, 1, 0, 0, 4,
                                    0, -2, -1, 2, 1, 0, 0, 2, -1, -2, 1, 0, 0, 4, 0, -5, 0, 1};
 static constexpr float kAt4[24] = {1, 1, 1, 1, 1, 0, 0, 1, -1, 2, -2, 0, 0, 1, 1, 4, 4, 0, 0, 1, -1, 8, -8, 1};
 
-static constexpr float kBt3[25] = {2, -1, -2, 1, 0, 0, -2, -1, 1, 0, 0, 2, -3, 1, 0, 0, -1, 0, 1, 0, 0, 2, -1, -2, 1};
+static constexpr float kBt3[25] = {2, -1, -2, 1, 0, 0, -2, -1, 1,  0, 0, 2, -3,
+                                   1, 0, 0, -1, 0,  1, 0, 0, 2, -1, -2, 1};
 static constexpr float kAt3[15] = {1, 1, 1, 1, 0, 0, 1, -1, 2, 0, 0, 1, 1, 4, 1};
 
 static Transforms transforms(int64_t tile) {
     OPENVINO_ASSERT(tile >= 2 && tile <= 4, "Winograd tiles of 2, 3 or 4 outputs a side, not ", tile);
-    return tile == 2 ? Transforms{2, 4, kBt2, kAt2} : tile == 3 ? Transforms{3, 5, kBt3, kAt3} : Transforms{4, 6, kBt4, kAt4};
+    if (tile == 2) {
+        return Transforms{2, 4, kBt2, kAt2};
+    }
+    return tile == 3 ? Transforms{3, 5, kBt3, kAt3} : Transforms{4, 6, kBt4, kAt4};
 }
 
 // f(std::integral_constant<int, n>) for the transforms' input tile side n = 4, 5 or 6.
