@@ -167,6 +167,25 @@ def test_backend_implements_the_seam(backend, exported):
     assert logits.shape == (1, 12, 16, 24) and torch.isfinite(logits).all()
 
 
+def test_winograd_layout_follows_the_stage(backend):
+    """The backbone's Winograd operations read and write channels first (no Transpose around them:
+    OpenVINO's own of its FPN sums was slow), the decoder's channels last (its maps come so)."""
+    if backend.ops_library is None:
+        pytest.skip("the engine's operations did not build here")
+    import onnx
+
+    layouts: dict[str, set[int]] = {}
+    for kept in backend.cache_dir.glob("*.onnx"):
+        model = onnx.load(str(kept), load_external_data=False)
+        tiles = [n for n in model.graph.node if n.op_type == "HodorWinogradTiles"]
+        if tiles:
+            nchw = {a.i for n in tiles for a in n.attribute if a.name == "nchw"}
+            layouts[kept.name.split(".")[0]] = nchw
+            transposes = [n for n in model.graph.node if n.op_type == "Transpose" and "/winograd" in n.name]
+            assert bool(transposes) == (nchw == {0}), (kept.name, nchw)
+    assert layouts == {"backbone": {1}, "decoder": {0}}, layouts
+
+
 def test_outputs_do_not_alias_the_next_call(backend):
     """Each call's outputs are copies: a later call (the next frame) must not overwrite them."""
     f4, f8 = backend.backbone(torch.zeros(1, 3, 64, 64))
