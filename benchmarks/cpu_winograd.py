@@ -116,12 +116,14 @@ def _graphs(conv: nn.Conv2d, x: Tensor, with_ops: bool) -> dict[str, bytes]:
     through the engine's operations when ``with_ops``)."""
     direct = _exported(conv, x)
     graphs = {"direct": direct.SerializeToString()}
-    model = _exported(conv, x)
+    model = onnx.ModelProto()
+    model.CopyFrom(direct)
     if rewrite_winograd_convs(model, min_channels=1) != 1:
         raise RuntimeError(f"the rewrite did not take the convolution {conv}")
     graphs["graph F(4x4)"] = model.SerializeToString()
     for way, (engine, tile) in OPS_WAYS.items() if with_ops else ():
-        model = _exported(conv, x)
+        model = onnx.ModelProto()
+        model.CopyFrom(direct)
         if rewrite_winograd_ops(model, tile=tile, bf16=engine.endswith("bf16"), min_channels=1) != 1:
             raise RuntimeError(f"the rewrite did not take the convolution {conv}")
         graphs[way] = model.SerializeToString()

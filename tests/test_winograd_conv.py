@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from hodor.engine.backends.winograd_conv import MIN_CHANNELS, rewrite_winograd_convs, transformed_weights
+from hodor.engine.backends.winograd_conv import MIN_CHANNELS, rewrite_winograd_convs, transformed_weights_for
 from tests.bench_scripts import load_bench_script
 from tests.graph_rewrites import ort_session, rewrite_errors
 from tests.test_export_shared import ExportRun, shared_export
@@ -120,7 +120,7 @@ def test_weight_transform_is_g_g_gt():
     """Each (C, K) kernel's 6x6 transform, against the definition written out for one entry."""
     rng = np.random.default_rng(2)
     weight = rng.standard_normal((5, 3, 3, 3))
-    u = transformed_weights(weight).reshape(6, 6, 3, 5)
+    u = transformed_weights_for(weight, 4).reshape(6, 6, 3, 5)
     g = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                   [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])  # fmt: skip
     assert np.allclose(u[:, :, 2, 4], g @ weight[4, 2] @ g.T, rtol=1e-6, atol=1e-6)

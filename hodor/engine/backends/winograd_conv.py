@@ -95,13 +95,6 @@ MIN_CHANNELS = 64
 _INT64_MAX = np.iinfo(np.int64).max
 
 
-def transformed_weights(weight: np.ndarray) -> np.ndarray:
-    """``[K, C, 3, 3]`` -> ``[36, C, K]`` float32: ``G g G^T`` for every (C, K), the 6x6 positions
-    row-major first, computed in float64."""
-    u = (G @ weight.astype(np.float64) @ G.T).transpose(2, 3, 1, 0)  # [6, 6, C, K]
-    return u.reshape(IN_TILE * IN_TILE, weight.shape[1], weight.shape[0]).astype(np.float32)
-
-
 class _Builder(NodeWriter):
     """A :class:`NodeWriter` whose nodes and constants are numbered in order, and the constants
     it adds."""
@@ -168,7 +161,8 @@ def _winograd_nodes(conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray |
     # B^T d B for every tile and channel at once: (B^T kron B^T) times the planes.
     v = nb.node("MatMul", [nb.const(np.kron(B_T, B_T), np.float32), d])
     v = nb.node("Reshape", [v, nb.const([IN_TILE * IN_TILE, -1, in_ch])])
-    m = nb.node("MatMul", [v, nb.const(transformed_weights(weight), np.float32)])  # [36, tiles, K]
+    u = transformed_weights_for(weight, OUT_TILE)  # [36, C, K]
+    m = nb.node("MatMul", [v, nb.const(u, np.float32)])  # [36, tiles, K]
     # A^T m A likewise: (A^T kron A^T) times the 36 products -> the 16 outputs of every tile.
     m = nb.node("Reshape", [m, nb.const([IN_TILE * IN_TILE, -1])])
     y = nb.node("MatMul", [nb.const(np.kron(A_T, A_T), np.float32), m])  # [16, tiles K]
@@ -232,7 +226,6 @@ def transformed_weights_for(weight: np.ndarray, tile: int) -> np.ndarray:
     return u.reshape(len(g) ** 2, weight.shape[1], weight.shape[0]).astype(np.float32)
 
 
-
 def rewrite_winograd_ops(
     model: onnx.ModelProto,
     tile: int = 2,
@@ -242,9 +235,9 @@ def rewrite_winograd_ops(
 ) -> int:
     """Replace, in place, every eligible 3x3 ``Conv`` of ``model`` (as :func:`rewrite_winograd_convs`
     takes them) by Winograd F(tile x tile, 3x3) through the engine's OpenVINO operations; returns
-    how many. ``tile`` 2 with ``bf16`` (the bf16 stages' form) or 4 without (the fp32 stages');
-    ``bf16=False`` keeps every value float32; ``nchw``: the operations take and give the map
-    channels first (no ``Transpose`` around them)."""
+    how many. ``tile`` 3 with ``bf16`` (the bf16 stages' form; 2 on request) or 4 without (the
+    fp32 stages'); ``bf16=False`` keeps every value float32; ``nchw``: the operations take and
+    give the map channels first (no ``Transpose`` around them)."""
     if tile not in (2, 3, 4):
         raise ValueError(f"Winograd tiles of 2, 3 or 4 outputs a side, not {tile}")
 
