@@ -186,6 +186,26 @@ def test_winograd_layout_follows_the_stage(backend):
     assert layouts == {"backbone": {1}, "decoder": {0}}, layouts
 
 
+def _kept_chained_means(backend: OpenVinoBackend) -> dict[str, int]:
+    """Per kept graph's stage, its ``ReduceMean`` nodes that read another's result."""
+    import onnx
+
+    counts = {}
+    for kept in backend.cache_dir.glob("*.onnx"):
+        nodes = onnx.load(str(kept), load_external_data=False).graph.node
+        producer = {out: n.op_type for n in nodes for out in n.output}
+        chained = [n for n in nodes if n.op_type == "ReduceMean" and producer.get(n.input[0]) == "ReduceMean"]
+        counts[kept.name.split(".")[0]] = len(chained)
+    return counts
+
+
+def test_fp32_group_norms_as_exported(backend):
+    """fp32 stages keep the exported means (merged, they summed in an order that moved the
+    decoder's logits by 1.3e-4); bf16 ones merge them (below)."""
+    counts = _kept_chained_means(backend)
+    assert counts["backbone"] > 0 and counts["decoder"] > 0, counts
+
+
 def test_outputs_do_not_alias_the_next_call(backend):
     """Each call's outputs are copies: a later call (the next frame) must not overwrite them."""
     f4, f8 = backend.backbone(torch.zeros(1, 3, 64, 64))
@@ -234,6 +254,8 @@ def test_bf16_stages_within_their_limit(exported, net, tmp_path):
     assert bf16.winograd_convs == bf16.winograd_ops_convs == (4 if bf16.ops_library is not None else 0)
     for compiled in bf16.compiled.values():
         assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'bfloat16'>"
+    # The group normalisations' means merged, so that OpenVINO runs them as its MVN.
+    assert _kept_chained_means(bf16) == {"backbone": 0, "encoder": 0, "decoder": 0}
     inputs = _chained_inputs(net, 7, 256, 448)
     # The third call compiles the encoder and decoder for these shapes.
     for call in ("shape-free", "shape-free", "fixed-shape"):
