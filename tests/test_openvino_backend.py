@@ -206,6 +206,16 @@ def test_fp32_group_norms_as_exported(backend):
     assert counts["backbone"] > 0 and counts["decoder"] > 0, counts
 
 
+def test_encoder_pixel_rows_transposed_before_flattening(backend):
+    """The kept encoder graph carries the rows of ``f8`` as Transpose then Reshape (OpenVINO folded
+    the exported Transpose into each projection and repeated it)."""
+    import onnx
+
+    (kept,) = backend.cache_dir.glob("encoder.*.onnx")
+    names = [n.name for n in onnx.load(str(kept), load_external_data=False).graph.node]
+    assert sum(name.endswith("/rows") for name in names) == 1, names
+
+
 def test_outputs_do_not_alias_the_next_call(backend):
     """Each call's outputs are copies: a later call (the next frame) must not overwrite them."""
     f4, f8 = backend.backbone(torch.zeros(1, 3, 64, 64))

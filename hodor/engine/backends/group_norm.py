@@ -13,9 +13,10 @@ mean in real numbers, summed in another order. OpenVINO then runs the decoder's 
 normalisations and the backbone's two as ``MVN``: at 480p the bf16 decoder 255 against 265 ms,
 the backbone 311 against 313 (``benchmarks/RESULTS.md``). The backend applies it to bf16 stages
 only: a merged mean sums a group's whole map (up to hundreds of thousands of values) in one
-float32 pass where the chain summed one axis (at most a row) at a time, and in fp32 the decoder's logits moved from PyTorch's by 1.3e-4
-(relative) instead of 5e-6 (ONNX Runtime, the rewritten graph against the exported one: 5e-5);
-in bf16 they came a little closer (1.74e-2 against 1.83e-2).
+float32 pass where the chain summed one axis (at most a row) at a time, and in fp32 the
+decoder's logits moved from PyTorch's by 1.3e-4 (relative) instead of 5e-6 (ONNX Runtime, the
+rewritten graph against the exported one: 5e-5); in bf16 they came a little closer (1.74e-2
+against 1.83e-2).
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ more operations of that library (:func:`hodor.engine.backends.winograd_conv.rewr
 within 2e-2 of fp32 at 480p, the limit 5e-2). Without a compiler both keep OpenVINO's own
 operations, with a warning. In bf16 the exported group normalisations' one-axis-at-a-time means
 are merged (:mod:`hodor.engine.backends.group_norm`), so that OpenVINO runs them as its ``MVN``.
+In every stage a map flattened into pixel rows that constant weights multiply is transposed
+before it is flattened (:mod:`hodor.engine.backends.pixel_rows`), so that OpenVINO transposes it
+once instead of once per product.
 
 In the fp32 stages the dense 3x3 convolutions (the FPN's outputs, the decoder's 1/4-map and
 catch-all ones) are rewritten as Winograd F(4x4, 3x3) (:mod:`hodor.engine.backends.winograd_conv`):
@@ -515,6 +518,7 @@ def _rewritten(
 
     from hodor.engine.backends.group_norm import rewrite_group_norms
     from hodor.engine.backends.native_deform_conv import UnexpectedGraph, rewrite_deform_convs
+    from hodor.engine.backends.pixel_rows import rewrite_pixel_transposes
     from hodor.engine.backends.winograd_conv import rewrite_winograd_convs, rewrite_winograd_ops
 
     model = onnx.load_from_string(graph)
@@ -549,7 +553,9 @@ def _rewritten(
     # Group normalisations as OpenVINO's MVN, in bf16 only (in fp32 its MVN moves the decoder's
     # logits by 1.3e-4 from PyTorch's, against 5e-6 as exported).
     merged_means = rewrite_group_norms(model) if bf16 else 0
-    if deform_convs or winograd_convs or merged_means:
+    # The encoder's pixel rows transposed once, not once per projection (bit for bit the same).
+    pixel_rows = rewrite_pixel_transposes(model)
+    if deform_convs or winograd_convs or merged_means or pixel_rows:
         graph = model.SerializeToString()
     return _Prepared(graph, deform_convs, winograd_convs, bf16, columns_convs, winograd_ops_convs)
 
