@@ -103,6 +103,24 @@ static void with_output(ov::Tensor& t, bool bf16, F&& f) {
     }
 }
 
+// dst[k] = sum over j < N of coef[j] * src[j][k], in one pass (the terms unrolled, k vectorised).
+template <int N, typename S, typename O>
+static inline void combine(O* dst, const float* coef, const S* const* src, size_t count) {
+    float a[N];
+    const S* p[N];
+    for (int j = 0; j < N; ++j) {
+        a[j] = coef[j];
+        p[j] = src[j];
+    }
+    for (size_t k = 0; k < count; ++k) {
+        float acc = 0.f;
+        for (int j = 0; j < N; ++j) {
+            acc += a[j] * value(p[j], k);
+        }
+        store(dst, k, acc);
+    }
+}
+
 class DeformColumns : public ov::op::Op {
 public:
     OPENVINO_OP("HodorDeformColumns");
@@ -186,7 +204,7 @@ private:
         const size_t b = row / g.h, y = row % g.h, plane = g.h * g.w;
         const S* xb = xd + b * plane * g.c;
         const float* ob = od + b * 2 * g.taps * plane;
-        std::vector<float> acc(g.c);
+        const std::vector<S> zero(g.c, S(0));  // read in place of a corner outside the map
         const long h = static_cast<long>(g.h), w = static_cast<long>(g.w);
         for (size_t x = 0; x < g.w; ++x) {
             T* dst = out + ((b * g.h + y) * g.w + x) * g.c * g.taps;
@@ -202,24 +220,15 @@ private:
                 const float weights[4] = {(1 - ly) * (1 - lx), (1 - ly) * lx, ly * (1 - lx), ly * lx};
                 const long ys[4] = {y0, y0, y0 + 1, y0 + 1};
                 const long xs[4] = {x0, x0 + 1, x0, x0 + 1};
-                float* a = acc.data();
-                for (size_t k = 0; k < g.c; ++k) {
-                    a[k] = 0.f;
-                }
+                const S* corners[4];
                 for (int q = 0; q < 4; ++q) {
-                    if (ys[q] < 0 || ys[q] >= h || xs[q] < 0 || xs[q] >= w) {
-                        continue;  // zeros outside the map
-                    }
-                    const S* src = xb + (static_cast<size_t>(ys[q]) * g.w + static_cast<size_t>(xs[q])) * g.c;
-                    const float wq = weights[q];
-                    for (size_t k = 0; k < g.c; ++k) {
-                        a[k] += wq * value(src, k);
-                    }
+                    const bool inside = ys[q] >= 0 && ys[q] < h && xs[q] >= 0 && xs[q] < w;  // else zeros
+                    corners[q] = inside ? xb + (static_cast<size_t>(ys[q]) * g.w + static_cast<size_t>(xs[q])) * g.c
+                                        : zero.data();
                 }
-                T* d = dst + t * g.c;
-                for (size_t k = 0; k < g.c; ++k) {
-                    store(d, k, a[k]);
-                }
+                // The four corners weighed in one pass over the channels (in the order of the
+                // sum above; a corner outside adds zero).
+                combine<4>(dst + t * g.c, weights, corners, g.c);
             }
         }
     }
@@ -265,24 +274,6 @@ static void with_side(const Transforms& t, F&& f) {
         f(std::integral_constant<int, 5>{});
     } else {
         f(std::integral_constant<int, 6>{});
-    }
-}
-
-// dst[k] = sum over j < N of coef[j] * src[j][k], in one pass (the terms unrolled, k vectorised).
-template <int N, typename S, typename O>
-static inline void combine(O* dst, const float* coef, const S* const* src, size_t count) {
-    float a[N];
-    const S* p[N];
-    for (int j = 0; j < N; ++j) {
-        a[j] = coef[j];
-        p[j] = src[j];
-    }
-    for (size_t k = 0; k < count; ++k) {
-        float acc = 0.f;
-        for (int j = 0; j < N; ++j) {
-            acc += a[j] * value(p[j], k);
-        }
-        store(dst, k, acc);
     }
 }
 
