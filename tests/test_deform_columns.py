@@ -120,6 +120,36 @@ def test_the_rewritten_node_in_bf16(library):
     assert 1e-5 < error <= 2e-2, error  # bf16 really is in use, and within its limit
 
 
+@needs_bf16
+def test_a_map_made_from_pixel_rows_is_read_as_rows(library):
+    """Where the map is pixel rows ``[B, H W, C]`` transposed and reshaped to ``[B, C, H, W]`` (a
+    decoder layer's output), the columns read the rows reshaped, with no transposition back; the
+    same result as from the map."""
+    x, offsets, weight, bias, want = _case(4)
+    n, c, h, w = x.shape
+    model = _deform_conv_model(weight, bias)
+    graph = model.graph
+    graph.input[0].CopyFrom(helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["n", "s", c]))
+    graph.initializer.append(numpy_helper.from_array(np.array([0, c, h, w], np.int64), "map_shape"))
+    graph.node.insert(0, helper.make_node("Transpose", ["rows"], ["t"], perm=[0, 2, 1]))
+    graph.node.insert(1, helper.make_node("Reshape", ["t", "map_shape"], ["x"]))
+    graph.value_info.extend(
+        [
+            helper.make_tensor_value_info("t", TensorProto.FLOAT, ["n", c, "s"]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", c, h, w]),
+        ]
+    )
+    assert rewrite_as_columns(model) == 1
+    columns = next(node for node in model.graph.node if node.op_type == OP_TYPE)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    cast = producers[columns.input[0]]
+    assert cast.op_type == "Cast" and producers[cast.input[0]].op_type == "Reshape"
+    assert producers[cast.input[0]].input[0] == "rows"
+    rows = np.ascontiguousarray(x.reshape(n, c, h * w).transpose(0, 2, 1))
+    got = _run(model, library, "bf16", {"rows": rows, "offsets": offsets})
+    assert 1e-5 < _relative(got, want) <= 2e-2, _relative(got, want)
+
+
 def test_other_deformable_convolutions_are_left_alone():
     _, _, weight, bias, _ = _case(3)
     for attrs in ({"strides": [2, 2]}, {"group": 2}, {"dilations": [2, 2]}, {"pads": [0, 0, 0, 0]}):

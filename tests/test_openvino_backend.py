@@ -266,6 +266,16 @@ def test_bf16_stages_within_their_limit(exported, net, tmp_path):
         assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'bfloat16'>"
     # The group normalisations' means merged, so that OpenVINO runs them as its MVN.
     assert _kept_chained_means(bf16) == {"backbone": 0, "encoder": 0, "decoder": 0}
+    if bf16.ops_library is not None:
+        # Every layer's deformable convolution as columns; all but the first read the previous
+        # layer's pixel rows, reshaped (no transposition back to channels last).
+        import onnx
+
+        (kept,) = bf16.cache_dir.glob("decoder.*.onnx")
+        nodes = onnx.load(str(kept), load_external_data=False).graph.node
+        columns = [n for n in nodes if n.op_type == "HodorDeformColumns"]
+        from_rows = [n for n in nodes if n.op_type == "Reshape" and n.name.endswith("/columns_nhwc")]
+        assert len(columns) == 5 and len(from_rows) == 4, (len(columns), len(from_rows))
     inputs = _chained_inputs(net, 7, 256, 448)
     # The third call compiles the encoder and decoder for these shapes.
     for call in ("shape-free", "shape-free", "fixed-shape"):

@@ -8,6 +8,10 @@ Here each ``DeformConv`` node (as that rewrite writes it) becomes
     x -> Transpose (channels last) -> Cast (bf16) -> HodorDeformColumns(x, offsets) -> MatMul(weights)
       -> + bias -> NCHW
 
+(where ``x`` is a decoder layer's output, pixel rows ``[B, H W, C]`` transposed and reshaped to
+``[B, C, H, W]``, the columns read the rows reshaped to ``[B, H, W, C]`` instead of transposing
+``x`` back: one transposition of the map less for each of the decoder's last four layers)
+
 ``HodorDeformColumns`` (``openvino_ops.cpp`` beside this file) is a small OpenVINO operation that
 samples every tap of every pixel bilinearly at its offset position, zeros outside, and writes the
 samples channels last, in bf16; OpenVINO then runs the product with the weights ``[(i, j, c), o]``
@@ -37,7 +41,8 @@ def rewrite_as_columns(model: onnx.ModelProto) -> int:
     mask, square odd kernel, constant weights and bias: as
     :func:`~hodor.engine.backends.native_deform_conv.rewrite_deform_convs` writes them) by the
     columns operation in bf16 and a product; returns how many. Others are left as they are."""
-    count = rewrite_each(model.graph, _as_columns)
+    rows = _rows_behind(model.graph)
+    count = rewrite_each(model.graph, lambda node, inits: _as_columns(node, inits, rows))
     if not count:
         return 0
     declare_domain(model)
@@ -47,8 +52,44 @@ def rewrite_as_columns(model: onnx.ModelProto) -> int:
     return count
 
 
-def _as_columns(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> Replacement | None:
-    """The nodes replacing ``node`` when it is a ``DeformConv`` this rewrite takes, else None."""
+def _rows_behind(graph: onnx.GraphProto) -> dict[str, str]:
+    """Maps ``[B, C, H, W]`` that are rows of pixels ``[B, H W, C]`` transposed and reshaped (a
+    decoder layer's output, ``pixels.transpose(1, 2).reshape(b, c, h, w)``), by name: the rows'
+    name. The shapes are the graph's declared ones; C must be a number and the same in both."""
+    shapes = {
+        info.name: [d.dim_value or d.dim_param for d in info.type.tensor_type.shape.dim]
+        for info in [*graph.input, *graph.value_info]
+        if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape")
+    }
+    producer = {out: node for node in graph.node for out in node.output}
+    rows = {}
+    for node in graph.node:
+        if (
+            node.op_type != "Reshape"
+            or (t := producer.get(node.input[0])) is None
+            or t.op_type != "Transpose"
+        ):
+            continue
+        if [list(a.ints) for a in t.attribute if a.name == "perm"] != [[0, 2, 1]]:
+            continue
+        source, view = shapes.get(t.input[0]), shapes.get(node.output[0])
+        if source is None or view is None or len(source) != 3 or len(view) != 4:
+            continue
+        if (
+            isinstance(source[2], int)
+            and source[2] > 0
+            and source[2] == view[1]
+            and source[0] == view[0] != ""
+        ):
+            rows[node.output[0]] = t.input[0]
+    return rows
+
+
+def _as_columns(
+    node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto], rows: dict[str, str]
+) -> Replacement | None:
+    """The nodes replacing ``node`` when it is a ``DeformConv`` this rewrite takes, else None;
+    ``rows``: :func:`_rows_behind`."""
     if node.op_type != "DeformConv" or node.domain not in ("", "ai.onnx"):
         return None
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -70,12 +111,16 @@ def _as_columns(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto])
     )
     if not plain:
         return None
-    return _columns_nodes(node, weight, numpy_helper.to_array(bias_init).reshape(-1))
+    return _columns_nodes(node, weight, numpy_helper.to_array(bias_init).reshape(-1), rows.get(node.input[0]))
 
 
-def _columns_nodes(conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray) -> Replacement:
+def _columns_nodes(
+    conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray, rows: str | None = None
+) -> Replacement:
     """The nodes computing the ``DeformConv`` node ``conv`` as columns and a product (NCHW in and
-    out, the same tensor names), and their constants."""
+    out, the same tensor names), and their constants. ``rows``: the pixel rows ``[B, H W, C]``
+    the input map was made from, if it was: the columns then read those, reshaped to
+    ``[B, H, W, C]`` (no transposition)."""
     out_ch, in_ch, k = int(weight.shape[0]), int(weight.shape[1]), int(weight.shape[2])
     prefix = f"{conv.name or conv.output[0]}/columns"
     constants = {
@@ -83,6 +128,8 @@ def _columns_nodes(conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray) -
         "flat": np.array([0, -1, k * k * in_ch], np.int64),
         "channels": np.array([out_ch], np.int64),
     }
+    if rows is not None:
+        constants["in_channels"] = np.array([in_ch], np.int64)
     initializers = [numpy_helper.from_array(value, f"{prefix}_{what}") for what, value in constants.items()]
     # the weights [O, C, i, j] as [(i, j, c), O], the columns' order, in bf16 as the columns are: the
     # product then reads the columns as they are and hands its result on in bf16
@@ -90,7 +137,17 @@ def _columns_nodes(conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray) -
     initializers.append(bf16_tensor(f"{prefix}_weight", columns_order))
     writer = NodeWriter(prefix)
     op = writer.op
-    x = op("Transpose", [conv.input[0]], "nhwc", perm=[0, 2, 3, 1])
+    if rows is None:
+        x = op("Transpose", [conv.input[0]], "nhwc", perm=[0, 2, 3, 1])
+    else:
+        # The map's pixel rows are already channels last: [B, H W, C] -> [B, H, W, C].
+        batch = op("Shape", [conv.input[0]], "batch", end=1)
+        size = op("Shape", [conv.input[0]], "size", start=2, end=4)
+        x = op(
+            "Reshape",
+            [rows, op("Concat", [batch, size, f"{prefix}_in_channels"], "nhwc_shape", axis=0)],
+            "nhwc",
+        )
     # Declared bf16, OpenVINO hands the operation its bf16 map (channels last) with no conversion.
     x = op("Cast", [x], "nhwc_bf16", to=TensorProto.BFLOAT16)
     columns = op(OP_TYPE, [x, conv.input[2]], "sample", domain=OP_DOMAIN, kernel=k, pad=k // 2, bf16=1)

@@ -112,7 +112,7 @@ STATIC_SHAPES_KEPT = 4
 """How many fixed-shape compilations each of those stages keeps."""
 BF16_WINOGRAD_TILE = 3
 """The bf16 stages' Winograd: F(3x3, 3x3) (:mod:`hodor.engine.backends.winograd_conv` says why)."""
-REWRITES_VERSION = 7
+REWRITES_VERSION = 8
 """Part of the key of the graphs kept in the cache: raised whenever a rewrite's output changes."""
 _LOWEST = torch.finfo(torch.float32).min
 
