@@ -206,7 +206,7 @@ def test_fp32_group_norms_as_exported(backend):
     assert counts["backbone"] > 0 and counts["decoder"] > 0, counts
 
 
-def test_encoder_pixel_rows_transposed_before_flattening(backend):
+def test_pixel_rows_moved_as_openvino_moves_them_fastest(backend):
     """The kept encoder graph carries the rows of ``f8`` as Transpose then Reshape (OpenVINO folded
     the exported Transpose into each projection and repeated it)."""
     import onnx
@@ -214,6 +214,10 @@ def test_encoder_pixel_rows_transposed_before_flattening(backend):
     (kept,) = backend.cache_dir.glob("encoder.*.onnx")
     names = [n.name for n in onnx.load(str(kept), load_external_data=False).graph.node]
     assert sum(name.endswith("/rows") for name in names) == 1, names
+    # and each decoder layer's rows made back into a map by a 4-D transposition
+    (kept,) = backend.cache_dir.glob("decoder.*.onnx")
+    nodes = onnx.load(str(kept), load_external_data=False).graph.node
+    assert sum(n.op_type == "Transpose" and n.name.endswith("/nchw") for n in nodes) == 5
 
 
 def test_outputs_do_not_alias_the_next_call(backend):

@@ -1,5 +1,6 @@
-"""Pixel rows transposed before they are flattened (:mod:`hodor.engine.backends.pixel_rows`): the
-same values bit for bit, and only where constant weights multiply the rows.
+"""Maps to pixel rows and back (:mod:`hodor.engine.backends.pixel_rows`): rows transposed before
+they are flattened where constant weights multiply them, rows reshaped before they are transposed
+back into a map; the same values bit for bit.
 
 ONNX Runtime runs the graph before and after the rewrite on fresh random inputs; only data
 moves, so the results must be equal exactly. The OpenVINO backend's stages, which run the
@@ -13,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from hodor.engine.backends.pixel_rows import rewrite_pixel_transposes
+from hodor.engine.backends.pixel_rows import rewrite_map_views, rewrite_pixel_transposes
 from tests.graph_rewrites import ort_session, rewrite_errors
 from tests.test_export_shared import ExportRun, shared_export
 
@@ -89,3 +90,49 @@ def test_exported_encoder_computes_the_same(exported):
     assert rewrite_errors(original, rewritten, "encoder", cases) == [0.0, 0.0]
     for stage in ("backbone", "decoder"):  # no such rows there
         assert rewrite_pixel_transposes(onnx.load(str(exported.directory / f"{stage}.onnx"))) == 0
+
+
+def _map_model(batch_as_zero: bool = True) -> onnx.ModelProto:
+    """Rows ``[n, 15, 4]`` transposed and reshaped to a map ``[n, 4, 3, 5]`` (the batch given as 0
+    or as -1 in the target shape), which a ``Relu`` reads."""
+    target = [0 if batch_as_zero else -1, 4, 3, 5]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["rows"], ["t"], perm=[0, 2, 1]),
+            helper.make_node("Reshape", ["t", "map_shape"], ["map"]),
+            helper.make_node("Relu", ["map"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["n", 15, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 3, 5])],
+        [numpy_helper.from_array(np.asarray(target, dtype=np.int64), "map_shape")],
+        value_info=[
+            helper.make_tensor_value_info("t", TensorProto.FLOAT, ["n", 4, 15]),
+            helper.make_tensor_value_info("map", TensorProto.FLOAT, ["n", 4, 3, 5]),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+@pytest.mark.parametrize("batch_as_zero", [True, False])
+def test_maps_from_rows_are_the_same_bit_for_bit(batch_as_zero):
+    original, rewritten = _map_model(batch_as_zero), _map_model(batch_as_zero)
+    assert rewrite_map_views(rewritten) == 1
+    onnx.checker.check_model(rewritten)
+    kinds = [n.op_type for n in rewritten.graph.node]
+    assert kinds == ["Gather", "Concat", "Reshape", "Transpose", "Relu"], kinds  # the 3-D one dropped
+    assert [list(a.ints) for a in rewritten.graph.node[3].attribute] == [[0, 3, 1, 2]]
+    for batch in (1, 3):
+        rows = np.random.default_rng(batch).standard_normal((batch, 15, 4)).astype(np.float32)
+        (want,), (got,) = (ort_session(m).run(None, {"rows": rows}) for m in (original, rewritten))
+        assert want.shape == got.shape == (batch, 4, 3, 5) and np.array_equal(want, got)
+
+
+def test_exported_decoder_maps_from_rows(exported):
+    """The export's decoder: each layer's output made back into a map (five layers)."""
+    original = onnx.load(str(exported.directory / "decoder.onnx"))
+    rewritten = onnx.load(str(exported.directory / "decoder.onnx"))
+    assert rewrite_map_views(rewritten) == 5
+    onnx.checker.check_model(rewritten)
+    cases = [(1, 192, 320, 3, 4), (2, 96, 160, 1, 2)]  # (streams, height, width, objects, history)
+    assert rewrite_errors(original, rewritten, "decoder", cases) == [0.0, 0.0]

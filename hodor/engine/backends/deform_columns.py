@@ -32,6 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hodor.engine.backends.onnx_edit import NodeWriter, Replacement, rewrite_each
 from hodor.engine.backends.openvino_ops import OP_DOMAIN, bf16_tensor, declare_domain
+from hodor.engine.backends.pixel_rows import rows_behind
 
 OP_TYPE = "HodorDeformColumns"
 
@@ -41,7 +42,7 @@ def rewrite_as_columns(model: onnx.ModelProto) -> int:
     mask, square odd kernel, constant weights and bias: as
     :func:`~hodor.engine.backends.native_deform_conv.rewrite_deform_convs` writes them) by the
     columns operation in bf16 and a product; returns how many. Others are left as they are."""
-    rows = _rows_behind(model.graph)
+    rows = rows_behind(model.graph)
     count = rewrite_each(model.graph, lambda node, inits: _as_columns(node, inits, rows))
     if not count:
         return 0
@@ -52,44 +53,11 @@ def rewrite_as_columns(model: onnx.ModelProto) -> int:
     return count
 
 
-def _rows_behind(graph: onnx.GraphProto) -> dict[str, str]:
-    """Maps ``[B, C, H, W]`` that are rows of pixels ``[B, H W, C]`` transposed and reshaped (a
-    decoder layer's output, ``pixels.transpose(1, 2).reshape(b, c, h, w)``), by name: the rows'
-    name. The shapes are the graph's declared ones; C must be a number and the same in both."""
-    shapes = {
-        info.name: [d.dim_value or d.dim_param for d in info.type.tensor_type.shape.dim]
-        for info in [*graph.input, *graph.value_info]
-        if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape")
-    }
-    producer = {out: node for node in graph.node for out in node.output}
-    rows = {}
-    for node in graph.node:
-        if (
-            node.op_type != "Reshape"
-            or (t := producer.get(node.input[0])) is None
-            or t.op_type != "Transpose"
-        ):
-            continue
-        if [list(a.ints) for a in t.attribute if a.name == "perm"] != [[0, 2, 1]]:
-            continue
-        source, view = shapes.get(t.input[0]), shapes.get(node.output[0])
-        if source is None or view is None or len(source) != 3 or len(view) != 4:
-            continue
-        if (
-            isinstance(source[2], int)
-            and source[2] > 0
-            and source[2] == view[1]
-            and source[0] == view[0] != ""
-        ):
-            rows[node.output[0]] = t.input[0]
-    return rows
-
-
 def _as_columns(
     node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto], rows: dict[str, str]
 ) -> Replacement | None:
     """The nodes replacing ``node`` when it is a ``DeformConv`` this rewrite takes, else None;
-    ``rows``: :func:`_rows_behind`."""
+    ``rows``: :func:`rows_behind`."""
     if node.op_type != "DeformConv" or node.domain not in ("", "ai.onnx"):
         return None
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}

@@ -1,17 +1,25 @@
-"""A map's pixels as rows, transposed before they are flattened (for OpenVINO).
+"""Maps turned into pixel rows and back, written with the transpositions OpenVINO runs fastest.
 
 The model turns a feature map ``x [B, C, H, W]`` into rows of pixels ``[B, H W, C]`` as
-``x.flatten(2).transpose(1, 2)``: the exporter writes a ``Reshape`` to ``[B, C, H W]`` and a
-``Transpose`` (perm 0, 2, 1). Where those rows are multiplied by constant weights (the encoder's
-five value projections read the same rows of ``f8``), OpenVINO folds the ``Transpose`` into each
-``MatMul`` and its CPU plugin then transposes the map again for every one of them: five copies
-of the same transposition, about 1 ms each in a bf16 encoder call at 480p.
+``x.flatten(2).transpose(1, 2)``, and rows back into a map as
+``rows.transpose(1, 2).reshape(b, c, h, w)``: the exporter writes a ``Reshape`` and a 3-D
+``Transpose`` (perm 0, 2, 1) each way. Both rewrites here change only how the values move (the
+results are bit for bit the same) and apply where the graph declares the channel count:
 
-:func:`rewrite_pixel_transposes` writes such a pair as ``Transpose`` (perm 0, 2, 3, 1) and then
-``Reshape`` to ``[B, H W, C]``: the same values, moved once, and no ``Transpose`` left next to the
-products for OpenVINO to fold. The encoder at 480p: bf16 34.1 against 36.9 ms, fp32 64.2
-against 68.5 (``benchmarks/RESULTS.md``); the results are bit for bit the same (only data
-movement changes).
+- :func:`rewrite_pixel_transposes`: where constant weights multiply the rows (the encoder's five
+  value projections read the same rows of ``f8``), OpenVINO folded the ``Transpose`` into each
+  ``MatMul`` and its CPU plugin then transposed the map again for every one of them (about 1 ms
+  each in a bf16 encoder call at 480p). Written as ``Transpose`` (perm 0, 2, 3, 1) and then
+  ``Reshape``, the rows move once: the encoder bf16 34.1 against 36.9 ms, fp32 64.2 against 68.5.
+- :func:`rewrite_map_views`: rows made back into a map (a decoder layer's output), written as
+  ``Reshape`` to ``[B, H, W, C]`` and a 4-D ``Transpose`` (perm 0, 3, 1, 2), which OpenVINO's CPU
+  plugin runs with a compiled kernel where it ran the 3-D one with a generic one (0.3-0.45
+  against 1.0-1.2 ms a layer in a bf16 decoder call): bf16 decoder 239.7 against 244.4 ms; fp32
+  unchanged (416.0 against 415.5).
+
+:func:`rows_behind` finds the maps made from rows, which the bf16 decoder's deformable
+convolutions read as rows (:mod:`hodor.engine.backends.deform_columns`). Figures: interleaved
+stage calls at 480p, ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -41,6 +49,35 @@ def _is_flatten(x: list | None, y: list | None) -> bool:
     return x[0] != "" and x[0] == y[0] and isinstance(x[1], int) and x[1] > 0 and x[1] == y[1]
 
 
+def rows_behind(graph: onnx.GraphProto) -> dict[str, str]:
+    """Maps ``[B, C, H, W]`` that are rows of pixels ``[B, H W, C]`` transposed and reshaped (a
+    decoder layer's output, ``pixels.transpose(1, 2).reshape(b, c, h, w)``), by name: the rows'
+    name. The shapes are the graph's declared ones; C must be a number and the same in both."""
+    shapes = _dims(graph)
+    producer = {out: node for node in graph.node for out in node.output}
+    rows = {}
+    for node in graph.node:
+        if (
+            node.op_type != "Reshape"
+            or (t := producer.get(node.input[0])) is None
+            or t.op_type != "Transpose"
+        ):
+            continue
+        if [list(a.ints) for a in t.attribute if a.name == "perm"] != [[0, 2, 1]]:
+            continue
+        source, view = shapes.get(t.input[0]), shapes.get(node.output[0])
+        if source is None or view is None or len(source) != 3 or len(view) != 4:
+            continue
+        if (
+            isinstance(source[2], int)
+            and source[2] > 0
+            and source[2] == view[1]
+            and source[0] == view[0] != ""
+        ):
+            rows[node.output[0]] = t.input[0]
+    return rows
+
+
 def rewrite_pixel_transposes(model: onnx.ModelProto) -> int:
     """Rewrite, in place, each ``Reshape`` + ``Transpose`` turning a map into rows of pixels that
     a ``MatMul`` with a constant second input reads (see the module's text); returns how many."""
@@ -53,7 +90,7 @@ def rewrite_pixel_transposes(model: onnx.ModelProto) -> int:
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
-    replaced: dict[int, list[onnx.NodeProto]] = {}
+    replaced: dict[str, list[onnx.NodeProto]] = {}  # by the replaced node's output
     added: list[onnx.TensorProto] = []
     for node in graph.node:
         if node.op_type != "Transpose":
@@ -72,7 +109,7 @@ def rewrite_pixel_transposes(model: onnx.ModelProto) -> int:
         name = node.name or node.output[0]
         shape = f"{name}/rows_shape"
         added.append(numpy_helper.from_array(np.asarray([0, -1, shapes[x][1]], dtype=np.int64), shape))
-        replaced[id(node)] = [
+        replaced[node.output[0]] = [
             helper.make_node(
                 "Transpose", [x], [f"{name}/channels_last"], name=f"{name}/channels_last", perm=[0, 2, 3, 1]
             ),
@@ -84,10 +121,74 @@ def rewrite_pixel_transposes(model: onnx.ModelProto) -> int:
         return 0
     # A flattening read by the replaced Transpose alone is left with no reader: dropped.
     unread = {
-        id(producer[node.input[0]])
+        node.input[0]
         for node in graph.node
-        if id(node) in replaced and len(readers[node.input[0]]) == 1
+        if node.output[0] in replaced and len(readers[node.input[0]]) == 1
     }
-    nodes = [new for node in graph.node if id(node) not in unread for new in replaced.get(id(node), [node])]
+    nodes = [
+        new
+        for node in graph.node
+        if node.output[0] not in unread
+        for new in replaced.get(node.output[0], [node])
+    ]
+    replace_nodes(graph, nodes, added)
+    return len(replaced)
+
+
+def rewrite_map_views(model: onnx.ModelProto) -> int:
+    """Rewrite, in place, each map made from pixel rows ``P [B, H W, C]`` as
+    ``Reshape(Transpose(P, (0, 2, 1)), [B, C, H, W])`` (a decoder layer's output, in the rows'
+    known channel count) as ``Transpose(Reshape(P, [B, H, W, C]), (0, 3, 1, 2))``: the same values.
+    OpenVINO's CPU plugin moves a 3-D ``Transpose`` with a generic kernel and a 4-D one between
+    channels first and last with a compiled one (in a bf16 decoder call at 480p, 0.3-0.45 against
+    1.0-1.2 ms a layer); returns how many."""
+    graph = model.graph
+    rows = rows_behind(graph)
+    if not rows:
+        return 0
+    shapes = _dims(graph)
+    replaced: dict[str, list[onnx.NodeProto]] = {}  # by the replaced node's output
+    added: list[onnx.TensorProto] = []
+    for node in graph.node:
+        if node.op_type != "Reshape" or node.output[0] not in rows:
+            continue
+        source = rows[node.output[0]]
+        name = node.name or node.output[0]
+        kept, channels = f"{name}/batch_height_width", f"{name}/channels"
+        added += [
+            numpy_helper.from_array(np.asarray([0, 2, 3], dtype=np.int64), kept),
+            numpy_helper.from_array(np.asarray([shapes[source][2]], dtype=np.int64), channels),
+        ]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        replaced[node.output[0]] = [
+            helper.make_node(
+                "Gather", [node.input[1], kept], [f"{name}/nhwc_dims"], name=f"{name}/nhwc_dims", axis=0
+            ),
+            helper.make_node(
+                "Concat",
+                [f"{name}/nhwc_dims", channels],
+                [f"{name}/nhwc_shape"],
+                name=f"{name}/nhwc_shape",
+                axis=0,
+            ),
+            helper.make_node(
+                "Reshape", [source, f"{name}/nhwc_shape"], [f"{name}/nhwc"], name=f"{name}/nhwc", **attrs
+            ),
+            helper.make_node(
+                "Transpose", [f"{name}/nhwc"], list(node.output), name=f"{name}/nchw", perm=[0, 3, 1, 2]
+            ),
+        ]
+    # A transposition read by the replaced Reshape alone is left with no reader: dropped.
+    read = {name for node in graph.node if node.output[0] not in replaced for name in node.input}
+    read |= {out.name for out in graph.output}
+    unread = {
+        node.input[0] for node in graph.node if node.output[0] in replaced and node.input[0] not in read
+    }
+    nodes = [
+        new
+        for node in graph.node
+        if node.output[0] not in unread
+        for new in replaced.get(node.output[0], [node])
+    ]
     replace_nodes(graph, nodes, added)
     return len(replaced)
