@@ -14,7 +14,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from hodor.engine.backends.pixel_rows import rewrite_map_views, rewrite_pixel_transposes
+from hodor.engine.backends.pixel_rows import (
+    rewrite_head_transposes,
+    rewrite_map_views,
+    rewrite_pixel_transposes,
+)
 from tests.graph_rewrites import ort_session, rewrite_errors
 from tests.test_export_shared import ExportRun, shared_export
 
@@ -136,3 +140,49 @@ def test_exported_decoder_maps_from_rows(exported):
     onnx.checker.check_model(rewritten)
     cases = [(1, 192, 320, 3, 4), (2, 96, 160, 1, 2)]  # (streams, height, width, objects, history)
     assert rewrite_errors(original, rewritten, "decoder", cases) == [0.0, 0.0]
+
+
+def _heads_model(d: int = 4) -> onnx.ModelProto:
+    """Keys ``[n, s, 8]`` split into 2 heads of ``d`` (declared) and transposed to ``[n, 2, d, s]``,
+    as the attention's product reads them."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["k", "split_shape"], ["split"]),
+            helper.make_node("Transpose", ["split"], ["y"], perm=[0, 2, 3, 1]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("k", TensorProto.FLOAT, ["n", "s", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2, d, "s"])],
+        [numpy_helper.from_array(np.asarray([0, 0, 2, d], dtype=np.int64), "split_shape")],
+        value_info=[helper.make_tensor_value_info("split", TensorProto.FLOAT, ["n", "s", 2, d])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def test_keys_into_heads_are_the_same_bit_for_bit():
+    original, rewritten = _heads_model(), _heads_model()
+    assert rewrite_head_transposes(rewritten) == 1
+    onnx.checker.check_model(rewritten)
+    kinds = [n.op_type for n in rewritten.graph.node]
+    assert kinds == ["Reshape", "Transpose", "Reshape"], kinds  # the split dropped
+    assert [list(a.ints) for a in rewritten.graph.node[1].attribute] == [[0, 3, 1, 2]]
+    for n, s in ((1, 7), (3, 2)):
+        k = np.random.default_rng(n).standard_normal((n, s, 8)).astype(np.float32)
+        (want,), (got,) = (ort_session(m).run(None, {"k": k}) for m in (original, rewritten))
+        assert want.shape == got.shape == (n, 2, 4, s) and np.array_equal(want, got)
+    # heads that do not make up the channels (a declared shape that disagrees): left alone
+    wrong = _heads_model(d=3)
+    before = wrong.SerializeToString()
+    assert rewrite_head_transposes(wrong) == 0 and wrong.SerializeToString() == before
+
+
+def test_exported_attention_keys_into_heads(exported):
+    """The export's encoder (each layer's self- and cross-attention keys) and decoder (each
+    layer's descriptor keys): the same results."""
+    cases = [(1, 192, 320, 3, 4), (2, 96, 160, 1, 2)]  # (streams, height, width, objects, history)
+    for stage, count in (("encoder", 10), ("decoder", 5)):
+        original = onnx.load(str(exported.directory / f"{stage}.onnx"))
+        rewritten = onnx.load(str(exported.directory / f"{stage}.onnx"))
+        assert rewrite_head_transposes(rewritten) == count
+        onnx.checker.check_model(rewritten)
+        assert rewrite_errors(original, rewritten, stage, cases) == [0.0, 0.0], stage

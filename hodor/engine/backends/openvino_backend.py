@@ -26,8 +26,9 @@ operations, with a warning. In bf16 the exported group normalisations' one-axis-
 are merged (:mod:`hodor.engine.backends.group_norm`), so that OpenVINO runs them as its ``MVN``.
 In every stage a map flattened into pixel rows that constant weights multiply is transposed
 before it is flattened, and pixel rows made back into a map are reshaped before they are
-transposed (:mod:`hodor.engine.backends.pixel_rows`): OpenVINO then transposes the encoder's
-rows once instead of once per product, and the decoder's with a compiled kernel.
+transposed, and keys split into heads are transposed as 4-D maps
+(:mod:`hodor.engine.backends.pixel_rows`): OpenVINO then transposes the encoder's rows once
+instead of once per product, and the decoder's rows and every key matrix with a compiled kernel.
 
 In the fp32 stages the dense 3x3 convolutions (the FPN's outputs, the decoder's 1/4-map and
 catch-all ones) are rewritten as Winograd F(4x4, 3x3) (:mod:`hodor.engine.backends.winograd_conv`):
@@ -113,7 +114,7 @@ STATIC_SHAPES_KEPT = 4
 """How many fixed-shape compilations each of those stages keeps."""
 BF16_WINOGRAD_TILE = 3
 """The bf16 stages' Winograd: F(3x3, 3x3) (:mod:`hodor.engine.backends.winograd_conv` says why)."""
-REWRITES_VERSION = 9
+REWRITES_VERSION = 10
 """Part of the key of the graphs kept in the cache: raised whenever a rewrite's output changes."""
 _LOWEST = torch.finfo(torch.float32).min
 
@@ -519,7 +520,11 @@ def _rewritten(
 
     from hodor.engine.backends.group_norm import rewrite_group_norms
     from hodor.engine.backends.native_deform_conv import UnexpectedGraph, rewrite_deform_convs
-    from hodor.engine.backends.pixel_rows import rewrite_map_views, rewrite_pixel_transposes
+    from hodor.engine.backends.pixel_rows import (
+        rewrite_head_transposes,
+        rewrite_map_views,
+        rewrite_pixel_transposes,
+    )
     from hodor.engine.backends.winograd_conv import rewrite_winograd_convs, rewrite_winograd_ops
 
     model = onnx.load_from_string(graph)
@@ -554,10 +559,10 @@ def _rewritten(
     # Group normalisations as OpenVINO's MVN, in bf16 only (in fp32 its MVN moves the decoder's
     # logits by 1.3e-4 from PyTorch's, against 5e-6 as exported).
     merged_means = rewrite_group_norms(model) if bf16 else 0
-    # Maps to pixel rows and back with the transpositions OpenVINO runs fastest (bit for bit the
-    # same): the encoder's rows transposed once, not once per projection; the decoder layers'
-    # outputs back to maps by a 4-D transposition.
-    pixel_rows = rewrite_pixel_transposes(model) + rewrite_map_views(model)
+    # Maps to pixel rows and back, and keys into heads, with the transpositions OpenVINO runs
+    # fastest (bit for bit the same): the encoder's rows transposed once, not once per projection;
+    # the decoder layers' outputs back to maps, and the keys into heads, by 4-D transpositions.
+    pixel_rows = rewrite_pixel_transposes(model) + rewrite_map_views(model) + rewrite_head_transposes(model)
     if deform_convs or winograd_convs or merged_means or pixel_rows:
         graph = model.SerializeToString()
     return _Prepared(graph, deform_convs, winograd_convs, bf16, columns_convs, winograd_ops_convs)
