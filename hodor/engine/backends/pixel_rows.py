@@ -54,6 +54,26 @@ def _is_flatten(x: list | None, y: list | None) -> bool:
     return x[0] != "" and x[0] == y[0] and isinstance(x[1], int) and x[1] > 0 and x[1] == y[1]
 
 
+def _replace(graph: onnx.GraphProto, replaced: dict[str, list[onnx.NodeProto]], added: list) -> int:
+    """Put each node's replacement (``replaced``, by the node's first output) in its place and add
+    ``added``; a node bypassed by the replacements (its output, the first input of a replaced node,
+    read by no node left and no graph output) is dropped. Returns how many nodes were replaced."""
+    read = {name for node in graph.node if node.output[0] not in replaced for name in node.input}
+    read |= {name for nodes in replaced.values() for node in nodes for name in node.input}
+    read |= {out.name for out in graph.output}
+    bypassed = {
+        node.input[0] for node in graph.node if node.output[0] in replaced and node.input[0] not in read
+    }
+    nodes = [
+        new
+        for node in graph.node
+        if node.output[0] not in bypassed
+        for new in replaced.get(node.output[0], [node])
+    ]
+    replace_nodes(graph, nodes, added)
+    return len(replaced)
+
+
 def rows_behind(graph: onnx.GraphProto) -> dict[str, str]:
     """Maps ``[B, C, H, W]`` that are rows of pixels ``[B, H W, C]`` transposed and reshaped (a
     decoder layer's output, ``pixels.transpose(1, 2).reshape(b, c, h, w)``), by name: the rows'
@@ -122,22 +142,7 @@ def rewrite_pixel_transposes(model: onnx.ModelProto) -> int:
                 "Reshape", [f"{name}/channels_last", shape], list(node.output), name=f"{name}/rows"
             ),
         ]
-    if not replaced:
-        return 0
-    # A flattening read by the replaced Transpose alone is left with no reader: dropped.
-    unread = {
-        node.input[0]
-        for node in graph.node
-        if node.output[0] in replaced and len(readers[node.input[0]]) == 1
-    }
-    nodes = [
-        new
-        for node in graph.node
-        if node.output[0] not in unread
-        for new in replaced.get(node.output[0], [node])
-    ]
-    replace_nodes(graph, nodes, added)
-    return len(replaced)
+    return _replace(graph, replaced, added)  # a flattening only the Transpose read is dropped
 
 
 def rewrite_map_views(model: onnx.ModelProto) -> int:
@@ -183,20 +188,7 @@ def rewrite_map_views(model: onnx.ModelProto) -> int:
                 "Transpose", [f"{name}/nhwc"], list(node.output), name=f"{name}/nchw", perm=[0, 3, 1, 2]
             ),
         ]
-    # A transposition read by the replaced Reshape alone is left with no reader: dropped.
-    read = {name for node in graph.node if node.output[0] not in replaced for name in node.input}
-    read |= {out.name for out in graph.output}
-    unread = {
-        node.input[0] for node in graph.node if node.output[0] in replaced and node.input[0] not in read
-    }
-    nodes = [
-        new
-        for node in graph.node
-        if node.output[0] not in unread
-        for new in replaced.get(node.output[0], [node])
-    ]
-    replace_nodes(graph, nodes, added)
-    return len(replaced)
+    return _replace(graph, replaced, added)  # a transposition only the Reshape read is dropped
 
 
 def rewrite_head_transposes(model: onnx.ModelProto) -> int:
@@ -209,16 +201,11 @@ def rewrite_head_transposes(model: onnx.ModelProto) -> int:
     graph = model.graph
     shapes = _dims(graph)
     producer = {out: node for node in graph.node for out in node.output}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
     replaced: dict[str, list[onnx.NodeProto]] = {}  # by the replaced node's output
     added: list[onnx.TensorProto] = []
     for node in graph.node:
-        if node.op_type != "Transpose" or [list(a.ints) for a in node.attribute if a.name == "perm"] != [
-            [0, 2, 3, 1]
-        ]:
+        perm = [list(a.ints) for a in node.attribute if a.name == "perm"]
+        if node.op_type != "Transpose" or perm != [[0, 2, 3, 1]]:
             continue
         split = producer.get(node.input[0])
         if split is None or split.op_type != "Reshape":
@@ -248,17 +235,4 @@ def rewrite_head_transposes(model: onnx.ModelProto) -> int:
                 "Reshape", [f"{name}/channels_first", by_head], list(node.output), name=f"{name}/heads"
             ),
         ]
-    if not replaced:
-        return 0
-    # A split read by the replaced Transpose alone is left with no reader: dropped.
-    unread = {
-        node.input[0] for node in graph.node if node.output[0] in replaced and readers[node.input[0]] == 1
-    }
-    nodes = [
-        new
-        for node in graph.node
-        if node.output[0] not in unread
-        for new in replaced.get(node.output[0], [node])
-    ]
-    replace_nodes(graph, nodes, added)
-    return len(replaced)
+    return _replace(graph, replaced, added)  # a split only the Transpose read is dropped
