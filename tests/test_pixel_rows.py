@@ -30,6 +30,21 @@ def exported(tmp_path_factory, parity_checkpoint) -> ExportRun:
     return shared_export(tmp_path_factory, parity_checkpoint)
 
 
+def _outputs(models: tuple[onnx.ModelProto, ...], feeds: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
+    """Each model's outputs on ``feeds`` (ONNX Runtime)."""
+    return [ort_session(model).run(None, feeds) for model in models]
+
+
+def _exact_on_the_export(exported: ExportRun, stage: str, rewrite, count: int) -> None:
+    """``rewrite`` changes ``count`` places of the exported ``stage`` and its results not at all."""
+    original = onnx.load(str(exported.directory / f"{stage}.onnx"))
+    rewritten = onnx.load(str(exported.directory / f"{stage}.onnx"))
+    assert rewrite(rewritten) == count, stage
+    onnx.checker.check_model(rewritten)
+    cases = [(1, 192, 320, 3, 4), (2, 96, 160, 1, 2)]  # (streams, height, width, objects, history)
+    assert rewrite_errors(original, rewritten, stage, cases) == [0.0, 0.0], stage
+
+
 def _rows_model(weights_constant: bool = True, flat_dims: tuple = ("n", 4, "hw")) -> onnx.ModelProto:
     """``x [n, 4, h, w]`` flattened to ``[n, 4, h w]`` and transposed to rows, which a ``MatMul``
     with weights ``[4, 5]`` (an initializer, or a second input) and an ``Add`` of the rows to
@@ -70,7 +85,7 @@ def test_rows_are_the_same_bit_for_bit(shape):
     assert kinds == ["Transpose", "Reshape", "MatMul", "Add"], kinds  # the flattening dropped
     assert [list(a.ints) for a in rewritten.graph.node[0].attribute] == [[0, 2, 3, 1]]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    want, got = ort_session(original).run(None, {"x": x}), ort_session(rewritten).run(None, {"x": x})
+    want, got = _outputs((original, rewritten), {"x": x})
     for a, b in zip(want, got, strict=True):
         assert a.shape == b.shape and np.array_equal(a, b)
 
@@ -86,12 +101,7 @@ def test_left_alone_without_constant_weights_or_a_known_flattening():
 
 def test_exported_encoder_computes_the_same(exported):
     """The export's encoder: its pixel rows of ``f8`` (read by every layer's value projection)."""
-    original = onnx.load(str(exported.directory / "encoder.onnx"))
-    rewritten = onnx.load(str(exported.directory / "encoder.onnx"))
-    assert rewrite_pixel_transposes(rewritten) == 1
-    onnx.checker.check_model(rewritten)
-    cases = [(1, 192, 320, 3, 4), (2, 96, 160, 1, 2)]  # (streams, height, width, objects, history)
-    assert rewrite_errors(original, rewritten, "encoder", cases) == [0.0, 0.0]
+    _exact_on_the_export(exported, "encoder", rewrite_pixel_transposes, 1)
     for stage in ("backbone", "decoder"):  # no such rows there
         assert rewrite_pixel_transposes(onnx.load(str(exported.directory / f"{stage}.onnx"))) == 0
 
@@ -128,18 +138,13 @@ def test_maps_from_rows_are_the_same_bit_for_bit(batch_as_zero):
     assert [list(a.ints) for a in rewritten.graph.node[3].attribute] == [[0, 3, 1, 2]]
     for batch in (1, 3):
         rows = np.random.default_rng(batch).standard_normal((batch, 15, 4)).astype(np.float32)
-        (want,), (got,) = (ort_session(m).run(None, {"rows": rows}) for m in (original, rewritten))
+        (want,), (got,) = _outputs((original, rewritten), {"rows": rows})
         assert want.shape == got.shape == (batch, 4, 3, 5) and np.array_equal(want, got)
 
 
 def test_exported_decoder_maps_from_rows(exported):
     """The export's decoder: each layer's output made back into a map (five layers)."""
-    original = onnx.load(str(exported.directory / "decoder.onnx"))
-    rewritten = onnx.load(str(exported.directory / "decoder.onnx"))
-    assert rewrite_map_views(rewritten) == 5
-    onnx.checker.check_model(rewritten)
-    cases = [(1, 192, 320, 3, 4), (2, 96, 160, 1, 2)]  # (streams, height, width, objects, history)
-    assert rewrite_errors(original, rewritten, "decoder", cases) == [0.0, 0.0]
+    _exact_on_the_export(exported, "decoder", rewrite_map_views, 5)
 
 
 def _heads_model(d: int = 4) -> onnx.ModelProto:
@@ -168,7 +173,7 @@ def test_keys_into_heads_are_the_same_bit_for_bit():
     assert [list(a.ints) for a in rewritten.graph.node[1].attribute] == [[0, 3, 1, 2]]
     for n, s in ((1, 7), (3, 2)):
         k = np.random.default_rng(n).standard_normal((n, s, 8)).astype(np.float32)
-        (want,), (got,) = (ort_session(m).run(None, {"k": k}) for m in (original, rewritten))
+        (want,), (got,) = _outputs((original, rewritten), {"k": k})
         assert want.shape == got.shape == (n, 2, 4, s) and np.array_equal(want, got)
     # heads that do not make up the channels (a declared shape that disagrees): left alone
     wrong = _heads_model(d=3)
@@ -179,10 +184,5 @@ def test_keys_into_heads_are_the_same_bit_for_bit():
 def test_exported_attention_keys_into_heads(exported):
     """The export's encoder (each layer's self- and cross-attention keys) and decoder (each
     layer's descriptor keys): the same results."""
-    cases = [(1, 192, 320, 3, 4), (2, 96, 160, 1, 2)]  # (streams, height, width, objects, history)
     for stage, count in (("encoder", 10), ("decoder", 5)):
-        original = onnx.load(str(exported.directory / f"{stage}.onnx"))
-        rewritten = onnx.load(str(exported.directory / f"{stage}.onnx"))
-        assert rewrite_head_transposes(rewritten) == count
-        onnx.checker.check_model(rewritten)
-        assert rewrite_errors(original, rewritten, stage, cases) == [0.0, 0.0], stage
+        _exact_on_the_export(exported, stage, rewrite_head_transposes, count)

@@ -16,7 +16,6 @@ results are bit for bit the same) and apply where the graph declares the channel
   plugin runs with a compiled kernel where it ran the 3-D one with a generic one (0.3-0.45
   against 1.0-1.2 ms a layer in a bf16 decoder call): bf16 decoder 239.7 against 244.4 ms; fp32
   unchanged (416.0 against 415.5).
-
 - :func:`rewrite_head_transposes`: keys split into heads and transposed for the attention's
   product (``[B, S, h, d]`` to ``[B, h, d, S]``, the encoder's ten, the decoder's five), which
   OpenVINO also moved generically, written as the 4-D channels-last-to-first transposition of
@@ -44,6 +43,13 @@ def _dims(graph: onnx.GraphProto) -> dict[str, list[int | str]]:
         if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape"):
             shapes[info.name] = [d.dim_value or d.dim_param for d in info.type.tensor_type.shape.dim]
     return shapes
+
+
+def _perm(node: onnx.NodeProto) -> list[int] | None:
+    """A ``Transpose`` node's permutation (None for any other node, or one without it)."""
+    if node.op_type != "Transpose":
+        return None
+    return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
 
 
 def _is_flatten(x: list | None, y: list | None) -> bool:
@@ -82,13 +88,8 @@ def rows_behind(graph: onnx.GraphProto) -> dict[str, str]:
     producer = {out: node for node in graph.node for out in node.output}
     rows = {}
     for node in graph.node:
-        if (
-            node.op_type != "Reshape"
-            or (t := producer.get(node.input[0])) is None
-            or t.op_type != "Transpose"
-        ):
-            continue
-        if [list(a.ints) for a in t.attribute if a.name == "perm"] != [[0, 2, 1]]:
+        t = producer.get(node.input[0])
+        if node.op_type != "Reshape" or t is None or _perm(t) != [0, 2, 1]:
             continue
         source, view = shapes.get(t.input[0]), shapes.get(node.output[0])
         if source is None or view is None or len(source) != 3 or len(view) != 4:
@@ -118,11 +119,8 @@ def rewrite_pixel_transposes(model: onnx.ModelProto) -> int:
     replaced: dict[str, list[onnx.NodeProto]] = {}  # by the replaced node's output
     added: list[onnx.TensorProto] = []
     for node in graph.node:
-        if node.op_type != "Transpose":
-            continue
-        perm = [list(a.ints) for a in node.attribute if a.name == "perm"]
         flat = producer.get(node.input[0])
-        if perm != [[0, 2, 1]] or flat is None or flat.op_type != "Reshape":
+        if _perm(node) != [0, 2, 1] or flat is None or flat.op_type != "Reshape":
             continue
         x = flat.input[0]
         if not _is_flatten(shapes.get(x), shapes.get(flat.output[0])):
@@ -204,11 +202,8 @@ def rewrite_head_transposes(model: onnx.ModelProto) -> int:
     replaced: dict[str, list[onnx.NodeProto]] = {}  # by the replaced node's output
     added: list[onnx.TensorProto] = []
     for node in graph.node:
-        perm = [list(a.ints) for a in node.attribute if a.name == "perm"]
-        if node.op_type != "Transpose" or perm != [[0, 2, 3, 1]]:
-            continue
         split = producer.get(node.input[0])
-        if split is None or split.op_type != "Reshape":
+        if _perm(node) != [0, 2, 3, 1] or split is None or split.op_type != "Reshape":
             continue
         keys, heads = shapes.get(split.input[0]), shapes.get(split.output[0])
         if keys is None or heads is None or len(keys) != 3 or len(heads) != 4:
