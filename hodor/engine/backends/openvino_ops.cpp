@@ -241,12 +241,6 @@ private:
 // The transforms of Winograd F(m x m, 3 x 3), m = 2, 3 or 4 (n = m + 2 inputs a side): B^T (n x n)
 // and A^T (m x n), row-major. F(2x2, 3x3)'s add and subtract only; F(3x3, 3x3)'s points are 0, 1,
 // -1, 2; F(4x4, 3x3)'s are those of hodor/engine/backends/winograd_conv.py (points 0, 1, -1, 2, -2).
-struct Transforms {
-    int m, n;
-    const float* bt;
-    const float* at;
-};
-
 static constexpr float kBt2[16] = {1, 0, -1, 0, 0, 1, 1, 0, 0, -1, 1, 0, 0, 1, 0, -1};
 static constexpr float kAt2[8] = {1, 1, 1, 0, 0, 1, -1, -1};
 static constexpr float kBt4[36] = {4, 0, -5, 0, 1, 0,  0, -4, -4, 1, 1, 0, 0, 4, -4, -1, 1, 0,
@@ -257,24 +251,97 @@ static constexpr float kBt3[25] = {2, -1, -2, 1, 0, 0, -2, -1, 1,  0, 0, 2, -3,
                                    1, 0, 0, -1, 0,  1, 0, 0, 2, -1, -2, 1};
 static constexpr float kAt3[15] = {1, 1, 1, 1, 0, 0, 1, -1, 2, 0, 0, 1, 1, 4, 1};
 
-static Transforms transforms(int64_t tile) {
+// One transform's matrices as compile-time constants, so that the unrolled sums below leave their
+// zero terms out.
+template <int M>
+struct Winograd {
+    static constexpr int m = M, n = M + 2;
+    static constexpr float bt(int r, int c) {
+        return M == 2 ? kBt2[r * n + c] : M == 3 ? kBt3[r * n + c] : kBt4[r * n + c];
+    }
+    static constexpr float at(int r, int c) {
+        return M == 2 ? kAt2[r * n + c] : M == 3 ? kAt3[r * n + c] : kAt4[r * n + c];
+    }
+};
+
+// f(Winograd<m>{}) for tile m = 2, 3 or 4.
+template <typename F>
+static void with_tile(int64_t tile, F&& f) {
     OPENVINO_ASSERT(tile >= 2 && tile <= 4, "Winograd tiles of 2, 3 or 4 outputs a side, not ", tile);
     if (tile == 2) {
-        return Transforms{2, 4, kBt2, kAt2};
+        f(Winograd<2>{});
+    } else if (tile == 3) {
+        f(Winograd<3>{});
+    } else {
+        f(Winograd<4>{});
     }
-    return tile == 3 ? Transforms{3, 5, kBt3, kAt3} : Transforms{4, 6, kBt4, kAt4};
 }
 
-// f(std::integral_constant<int, n>) for the transforms' input tile side n = 4, 5 or 6.
-template <typename F>
-static void with_side(const Transforms& t, F&& f) {
-    if (t.n == 4) {
-        f(std::integral_constant<int, 4>{});
-    } else if (t.n == 5) {
-        f(std::integral_constant<int, 5>{});
+// The transforms work on kLanes channels at a time, each value of a tile one vector of floats, so
+// that a tile's arithmetic stays in registers.
+constexpr size_t kLanes = 16;
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
+typedef uint32_t Bits __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+typedef uint16_t Halves __attribute__((vector_size(kLanes * sizeof(uint16_t))));
+
+// count (<= kLanes) consecutive values at p as floats; the lanes past count are 0.
+static inline Lanes load(const float* p, size_t count) {
+    Lanes v = {};
+    if (count == kLanes) {
+        std::memcpy(&v, p, sizeof v);
     } else {
-        f(std::integral_constant<int, 6>{});
+        std::memcpy(&v, p, count * sizeof(float));
     }
+    return v;
+}
+
+static inline Lanes load(const uint16_t* p, size_t count) {
+    Halves h = {};
+    if (count == kLanes) {
+        std::memcpy(&h, p, sizeof h);
+    } else {
+        std::memcpy(&h, p, count * sizeof(uint16_t));
+    }
+    const Bits bits = __builtin_convertvector(h, Bits) << 16;
+    Lanes v;
+    std::memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+// The first count lanes of v stored at p (bf16 rounded as to_bf16 rounds).
+static inline void put(float* p, Lanes v, size_t count) {
+    if (count == kLanes) {
+        std::memcpy(p, &v, sizeof v);
+    } else {
+        std::memcpy(p, &v, count * sizeof(float));
+    }
+}
+
+static inline void put(uint16_t* p, Lanes v, size_t count) {
+    Bits bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    bits += 0x7FFFu + ((bits >> 16) & 1u);
+    const Halves h = __builtin_convertvector(bits >> 16, Halves);
+    if (count == kLanes) {
+        std::memcpy(p, &h, sizeof h);
+    } else {
+        std::memcpy(p, &h, count * sizeof(uint16_t));
+    }
+}
+
+// sum over j < n of T[row][j] v[j], T = B^T (bt) or A^T, its zero terms left out and the others
+// added in the order of j.
+template <typename W, bool bt>
+static inline Lanes dot(int row, const Lanes* v) {
+    Lanes acc = {};
+#pragma GCC unroll 8
+    for (int j = 0; j < W::n; ++j) {
+        const float a = bt ? W::bt(row, j) : W::at(row, j);
+        if (a != 0.f) {
+            acc += a * v[j];
+        }
+    }
+    return acc;
 }
 
 // The geometry both operations share: tiles of m x m outputs over an N x H x W map of C channels.
@@ -293,19 +360,69 @@ struct Tiling {
     }
 };
 
+// 16 consecutive values as 32-bit lanes (floats' bits, or bf16 values zero-extended), and back.
+static inline Bits load_bits(const float* p) {
+    Bits v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline Bits load_bits(const uint16_t* p) {
+    Halves h;
+    std::memcpy(&h, p, sizeof h);
+    return __builtin_convertvector(h, Bits);
+}
+
+static inline void put_bits(float* p, Bits v) {
+    std::memcpy(p, &v, sizeof v);
+}
+
+static inline void put_bits(uint16_t* p, Bits v) {
+    const Halves h = __builtin_convertvector(v, Halves);
+    std::memcpy(p, &h, sizeof h);
+}
+
+// A 16 x 16 block transposed in registers, v[i][j] becoming v[j][i]: four rounds of interleaving
+// row i with row i + 8 (a perfect shuffle of the rows and of each row's values).
+static inline void transpose16(Bits* v) {
+    static_assert(kLanes == 16, "the interleaving rounds assume 16 lanes");
+    for (int round = 0; round < 4; ++round) {
+        Bits t[16];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i) {
+            t[2 * i] = __builtin_shufflevector(v[i], v[i + 8], 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+            t[2 * i + 1] =
+                __builtin_shufflevector(v[i], v[i + 8], 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        }
+        std::memcpy(v, t, sizeof t);
+    }
+}
+
 // One row of an N x C x H x W map's channels, [W, C] channels last: dst[x c + ch] = src[ch plane + x],
-// 16 channels at a time (16 rows read in step, 16 consecutive values written).
+// in 16 x 16 blocks transposed in registers (the edges of the block grid value by value).
 template <typename S>
 static void row_to_channels_last(const S* src, size_t plane, size_t w, size_t c, S* dst) {
-    constexpr size_t block = 16;
-    for (size_t c0 = 0; c0 < c; c0 += block) {
-        const size_t cb = std::min(block, c - c0);
-        const S* s = src + c0 * plane;
-        for (size_t x = 0; x < w; ++x) {
-            S* d = dst + x * c + c0;
-            for (size_t k = 0; k < cb; ++k) {
-                d[k] = s[k * plane + x];
+    const size_t full_c = c / kLanes * kLanes, full_w = w / kLanes * kLanes;
+    for (size_t c0 = 0; c0 < full_c; c0 += kLanes) {
+        for (size_t x0 = 0; x0 < full_w; x0 += kLanes) {
+            Bits v[kLanes];
+            for (size_t k = 0; k < kLanes; ++k) {
+                v[k] = load_bits(src + (c0 + k) * plane + x0);
             }
+            transpose16(v);
+            for (size_t x = 0; x < kLanes; ++x) {
+                put_bits(dst + (x0 + x) * c + c0, v[x]);
+            }
+        }
+        for (size_t x = full_w; x < w; ++x) {
+            for (size_t k = 0; k < kLanes; ++k) {
+                dst[x * c + c0 + k] = src[(c0 + k) * plane + x];
+            }
+        }
+    }
+    for (size_t ch = full_c; ch < c; ++ch) {
+        for (size_t x = 0; x < w; ++x) {
+            dst[x * c + ch] = src[ch * plane + x];
         }
     }
 }
@@ -313,15 +430,27 @@ static void row_to_channels_last(const S* src, size_t plane, size_t w, size_t c,
 // The inverse: [W, C] channels last into one row of each channel's plane.
 template <typename O>
 static void row_to_channels_first(const O* src, size_t w, size_t c, size_t plane, O* dst) {
-    constexpr size_t block = 16;
-    for (size_t c0 = 0; c0 < c; c0 += block) {
-        const size_t cb = std::min(block, c - c0);
-        O* d = dst + c0 * plane;
-        for (size_t x = 0; x < w; ++x) {
-            const O* s = src + x * c + c0;
-            for (size_t k = 0; k < cb; ++k) {
-                d[k * plane + x] = s[k];
+    const size_t full_c = c / kLanes * kLanes, full_w = w / kLanes * kLanes;
+    for (size_t c0 = 0; c0 < full_c; c0 += kLanes) {
+        for (size_t x0 = 0; x0 < full_w; x0 += kLanes) {
+            Bits v[kLanes];
+            for (size_t x = 0; x < kLanes; ++x) {
+                v[x] = load_bits(src + (x0 + x) * c + c0);
             }
+            transpose16(v);
+            for (size_t k = 0; k < kLanes; ++k) {
+                put_bits(dst + (c0 + k) * plane + x0, v[k]);
+            }
+        }
+        for (size_t x = full_w; x < w; ++x) {
+            for (size_t k = 0; k < kLanes; ++k) {
+                dst[(c0 + k) * plane + x] = src[x * c + c0 + k];
+            }
+        }
+    }
+    for (size_t ch = full_c; ch < c; ++ch) {
+        for (size_t x = 0; x < w; ++x) {
+            dst[ch * plane + x] = src[x * c + ch];
         }
     }
 }
@@ -404,33 +533,34 @@ public:
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
         const auto& x = inputs[0];
         const auto xs = x.get_shape();
-        const Transforms t = transforms(m_tile);
-        const Tiling g(xs, xs[channel_axis()], static_cast<size_t>(t.m), m_nchw != 0);
-        outputs[0].set_shape({static_cast<size_t>(t.n * t.n), g.tiles(), g.c});
         const bool nchw = m_nchw != 0;
-        return with_values(x, [&](const auto* xd) {
-            with_output(outputs[0], m_bf16, [&](auto* out) {
-                with_side(t, [&](auto side) {
+        bool done = false;
+        with_tile(m_tile, [&](auto w) {
+            using W = decltype(w);
+            const Tiling g(xs, xs[channel_axis()], W::m, nchw);
+            outputs[0].set_shape({static_cast<size_t>(W::n * W::n), g.tiles(), g.c});
+            done = with_values(x, [&](const auto* xd) {
+                with_output(outputs[0], m_bf16, [&](auto* out) {
                     ov::parallel_for(g.n * g.th, [&](size_t row) {
-                        tile_row<decltype(side)::value>(t, g, nchw, xd, out, row);
+                        tile_row<W>(g, nchw, xd, out, row);
                     });
                 });
             });
         });
+        return done;
     }
 
 private:
-    // V = B^T d B for every tile of one row of tiles: d B row by row, then B^T of each column. The
-    // n input rows are read in place (channels last) or first copied channels last (nchw).
-    template <int n, typename S, typename T>
-    static void tile_row(const Transforms& t, const Tiling& g, bool nchw, const S* xd, T* out, size_t row) {
+    // V = B^T d B for every tile of one row of tiles, kLanes channels at a time: d B row by row,
+    // then B^T of each column. The n input rows are read in place (channels last) or first copied
+    // channels last (nchw).
+    template <typename W, typename S, typename T>
+    static void tile_row(const Tiling& g, bool nchw, const S* xd, T* out, size_t row) {
+        constexpr int n = W::n, m = W::m;
         const size_t b = row / g.th, ty = row % g.th, c = g.c, tiles = g.tiles();
-        const int m = t.m;
         std::vector<S> zero(c, S(0));
         std::vector<S> band(nchw ? static_cast<size_t>(n) * g.w * c : 0);
-        std::vector<float> db(static_cast<size_t>(n * n) * c);
-        const S *rows[n], *d[n];
-        const float* cols[n];
+        const S* rows[n];
         for (int i = 0; i < n; ++i) {
             const long y = static_cast<long>(ty) * m - 1 + i;
             if (y < 0 || y >= static_cast<long>(g.h)) {
@@ -444,22 +574,35 @@ private:
             }
         }
         for (size_t tx = 0; tx < g.tw; ++tx) {
-            const size_t tile = (b * g.th + ty) * g.tw + tx;
+            const S* d[n][n];  // the block's inputs, or zeros outside the map
             for (int i = 0; i < n; ++i) {
                 for (int j = 0; j < n; ++j) {
                     const long x = static_cast<long>(tx) * m - 1 + j;
-                    d[j] = (rows[i] && x >= 0 && x < static_cast<long>(g.w)) ? rows[i] + x * c : zero.data();
-                }
-                for (int s = 0; s < n; ++s) {  // (d B)[i][s] = sum_j d[i][j] B^T[s][j]
-                    combine<n>(db.data() + static_cast<size_t>(i * n + s) * c, t.bt + s * n, d, c);
+                    d[i][j] = (rows[i] && x >= 0 && x < static_cast<long>(g.w)) ? rows[i] + x * c : zero.data();
                 }
             }
-            for (int s = 0; s < n; ++s) {
+            T* v = out + ((b * g.th + ty) * g.tw + tx) * c;
+            for (size_t c0 = 0; c0 < c; c0 += kLanes) {
+                const size_t lanes = std::min(kLanes, c - c0);
+                Lanes db[n][n];  // db[s][i] = (d B)[i][s] = sum_j d[i][j] B^T[s][j]
+#pragma GCC unroll 8
                 for (int i = 0; i < n; ++i) {
-                    cols[i] = db.data() + static_cast<size_t>(i * n + s) * c;
+                    Lanes di[n];
+#pragma GCC unroll 8
+                    for (int j = 0; j < n; ++j) {
+                        di[j] = load(d[i][j] + c0, lanes);
+                    }
+#pragma GCC unroll 8
+                    for (int s = 0; s < n; ++s) {
+                        db[s][i] = dot<W, true>(s, di);
+                    }
                 }
-                for (int r = 0; r < n; ++r) {  // V[r][s] = sum_i B^T[r][i] (d B)[i][s]
-                    combine<n>(out + (static_cast<size_t>(r * n + s) * tiles + tile) * c, t.bt + r * n, cols, c);
+#pragma GCC unroll 8
+                for (int s = 0; s < n; ++s) {
+#pragma GCC unroll 8
+                    for (int r = 0; r < n; ++r) {  // V[r][s] = sum_i B^T[r][i] (d B)[i][s]
+                        put(v + static_cast<size_t>(r * n + s) * tiles * c + c0, dot<W, true>(r, db[s]), lanes);
+                    }
                 }
             }
         }
@@ -501,64 +644,65 @@ public:
         const auto& m = inputs[0];
         const auto ms = m.get_shape();
         const auto xs = inputs[1].get_shape();
-        const Transforms t = transforms(m_tile);
         const bool nchw = m_nchw != 0;
-        const Tiling g(xs, ms.size() == 3 ? ms[2] : 0, static_cast<size_t>(t.m), nchw);
-        OPENVINO_ASSERT(ms.size() == 3 && ms[0] == static_cast<size_t>(t.n * t.n) && ms[1] == g.tiles() &&
-                            inputs[2].get_size() == g.c,
-                        "HodorWinogradUntile: products of shape ", ms, " for x of shape ", xs);
         if (inputs[2].get_element_type() != ov::element::f32) {
             return false;
         }
-        outputs[0].set_shape(nchw ? ov::Shape{g.n, g.c, g.h, g.w} : ov::Shape{g.n, g.h, g.w, g.c});
-        const float* bias = inputs[2].data<const float>();
-        return with_values(m, [&](const auto* md) {
-            with_output(outputs[0], m_bf16, [&](auto* y) {
-                with_side(t, [&](auto side) {
+        bool done = false;
+        with_tile(m_tile, [&](auto w) {
+            using W = decltype(w);
+            const Tiling g(xs, ms.size() == 3 ? ms[2] : 0, W::m, nchw);
+            OPENVINO_ASSERT(ms.size() == 3 && ms[0] == static_cast<size_t>(W::n * W::n) && ms[1] == g.tiles() &&
+                                inputs[2].get_size() == g.c,
+                            "HodorWinogradUntile: products of shape ", ms, " for x of shape ", xs);
+            outputs[0].set_shape(nchw ? ov::Shape{g.n, g.c, g.h, g.w} : ov::Shape{g.n, g.h, g.w, g.c});
+            const float* bias = inputs[2].data<const float>();
+            done = with_values(m, [&](const auto* md) {
+                with_output(outputs[0], m_bf16, [&](auto* y) {
                     ov::parallel_for(g.n * g.th, [&](size_t row) {
-                        untile_row<decltype(side)::value>(t, g, nchw, md, bias, y, row);
+                        untile_row<W>(g, nchw, md, bias, y, row);
                     });
                 });
             });
         });
+        return done;
     }
 
 private:
-    // y = A^T M A (+ bias) for every tile of one row of tiles: A^T M column by column, then A. The
-    // m output rows are written in place (channels last) or through a channels-last band (nchw).
-    template <int n, typename T, typename O>
-    static void untile_row(const Transforms& t, const Tiling& g, bool nchw, const T* md, const float* bias, O* y,
-                           size_t row) {
+    // y = A^T M A + bias for every tile of one row of tiles, kLanes channels at a time: A^T M column
+    // by column, then A. The m output rows are written in place (channels last) or through a
+    // channels-last band (nchw).
+    template <typename W, typename T, typename O>
+    static void untile_row(const Tiling& g, bool nchw, const T* md, const float* bias, O* y, size_t row) {
+        constexpr int n = W::n, m = W::m;
         const size_t b = row / g.th, ty = row % g.th, k = g.c, tiles = g.tiles();
-        const int m = t.m;
         const size_t rows = std::min(static_cast<size_t>(m), g.h - ty * m);
-        std::vector<float> am(static_cast<size_t>(m * n) * k);
         std::vector<O> band(nchw ? rows * g.w * k : 0);
         O* out = nchw ? band.data() : y + (b * g.h + ty * m) * g.w * k;  // rows of [W, K]
-        const T* p[n + 1];
-        const float* q[n + 1];
-        float one_and_coef[n + 1];
         for (size_t tx = 0; tx < g.tw; ++tx) {
-            const size_t tile = (b * g.th + ty) * g.tw + tx;
-            for (int s = 0; s < n; ++s) {
-                for (int i = 0; i < n; ++i) {
-                    p[i] = md + (static_cast<size_t>(i * n + s) * tiles + tile) * k;
-                }
-                for (int r = 0; r < m; ++r) {  // (A^T M)[r][s] = sum_i A^T[r][i] M[i][s]
-                    combine<n>(am.data() + static_cast<size_t>(r * n + s) * k, t.at + r * n, p, k);
-                }
-            }
-            for (size_t r = 0; r < rows; ++r) {
+            const T* p = md + ((b * g.th + ty) * g.tw + tx) * k;
+            const size_t cols = std::min(static_cast<size_t>(m), g.w - tx * m);
+            for (size_t k0 = 0; k0 < k; k0 += kLanes) {
+                const size_t lanes = std::min(kLanes, k - k0);
+                Lanes am[m][n];  // (A^T M)[r][s] = sum_i A^T[r][i] M[i][s]
+#pragma GCC unroll 8
                 for (int s = 0; s < n; ++s) {
-                    q[s] = am.data() + (r * n + s) * k;
-                }
-                q[n] = bias;  // the bias, as one more term with coefficient 1
-                one_and_coef[n] = 1.f;
-                for (int u = 0; u < m && tx * m + u < g.w; ++u) {  // y[r][u] = sum_s (A^T M)[r][s] A^T[u][s]
-                    for (int s = 0; s < n; ++s) {
-                        one_and_coef[s] = t.at[u * n + s];
+                    Lanes ms[n];
+#pragma GCC unroll 8
+                    for (int i = 0; i < n; ++i) {
+                        ms[i] = load(p + static_cast<size_t>(i * n + s) * tiles * k + k0, lanes);
                     }
-                    combine<n + 1>(out + (r * g.w + tx * m + u) * k, one_and_coef, q, k);
+#pragma GCC unroll 8
+                    for (int r = 0; r < m; ++r) {
+                        am[r][s] = dot<W, false>(r, ms);
+                    }
+                }
+                const Lanes bias_lanes = load(bias + k0, lanes);
+                for (size_t r = 0; r < rows; ++r) {
+                    for (size_t u = 0; u < cols; ++u) {  // y[r][u] = sum_s (A^T M)[r][s] A^T[u][s] + bias
+                        put(out + (r * g.w + tx * m + u) * k + k0, dot<W, false>(static_cast<int>(u), am[r]) + bias_lanes,
+                            lanes);
+                    }
                 }
             }
         }
