@@ -14,12 +14,19 @@ with one thread per usable core:
   ``argmax(0)`` and as :func:`hodor.engine.loop.masks.channel_argmax` (the engine's, one pass per
   channel on the CPU), checked equal first.
 
+Each case is timed twice in one process: first with the C library's own allocation settings,
+then with freed host memory kept for reuse as CPU sessions keep it
+(:func:`hodor.engine.loop.host_memory.keep_freed_host_memory`), with the page faults and the
+kernel time of each call (``getrusage``). Where those settings cannot be made (not glibc, or
+``HODOR_KEEP_HOST_MEMORY=0``) the second round is left out and the table says so.
+
 Speed does not depend on the values; no GPU is used.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
@@ -34,15 +41,35 @@ if str(REPO_ROOT) not in sys.path:
 
 from hodor.config import parse_config, with_dims  # noqa: E402
 from hodor.engine.backends.onnxruntime_backend import usable_cores  # noqa: E402
+from hodor.engine.loop.host_memory import keep_freed_host_memory  # noqa: E402
 from hodor.engine.loop.masks import background_grid, channel_argmax, id_lookup, resample  # noqa: E402
 from hodor.engine.loop.post_decode import masks_from_logits  # noqa: E402
 from hodor.engine.loop.preprocess import frame_geometry  # noqa: E402
 
 
-def _time(fn: Callable[[], object]) -> float:
+def _time(fn: Callable[[], object]) -> tuple[float, int, float]:
+    """One call: wall ms, minor page faults, kernel (system) ms."""
+    before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     fn()
-    return 1e3 * (time.perf_counter() - start)
+    wall = 1e3 * (time.perf_counter() - start)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return wall, after.ru_minflt - before.ru_minflt, 1e3 * (after.ru_stime - before.ru_stime)
+
+
+Call = tuple[float, int, float]
+
+
+def _rounds(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[Call]]:
+    """3 warm-up calls of each case, then ``repeats`` interleaved timed calls."""
+    for fn in cases.values():
+        for _ in range(3):
+            fn()
+    times: dict[str, list[Call]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            times[name].append(_time(fn))
+    return times
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,21 +117,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         "arg-max: torch argmax(0)": lambda: probs.argmax(0),
         "arg-max: channel_argmax": lambda: channel_argmax(probs),
     }
-    for fn in cases.values():
-        for _ in range(3):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(args.repeats):
-        for name, fn in cases.items():
-            times[name].append(_time(fn))
+    rounds = {"C library defaults": _rounds(cases, args.repeats)}
+    kept = keep_freed_host_memory()
+    if kept:
+        rounds["freed memory kept"] = _rounds(cases, args.repeats)
     print(
         f"runtime tail on the CPU, {height}x{width} frames (padded {padded[0]}x{padded[1]}), "
         f"{args.objects} objects, {nb + args.objects} channels, {torch.get_num_threads()} threads, "
-        f"{args.repeats} interleaved calls"
+        f"{args.repeats} interleaved calls a round; the C library's defaults first, then freed "
+        "host memory kept for reuse"
+        + ("" if kept else " (not here: not glibc, or HODOR_KEEP_HOST_MEMORY=0; that round left out)")
     )
-    print("\n| what | ms, median (min-max) |\n| --- | --- |")
-    for name, xs in times.items():
-        print(f"| {name} | {statistics.median(xs):.1f} ({min(xs):.1f}-{max(xs):.1f}) |")
+    print(
+        "\n| what | host memory | ms, median (min-max) | page faults a call | kernel ms a call |"
+        "\n| --- | --- | --- | ---: | ---: |"
+    )
+    for name in cases:
+        for memory, times in rounds.items():
+            xs = times[name]
+            wall = [x[0] for x in xs]
+            print(
+                f"| {name} | {memory} | {statistics.median(wall):.1f} ({min(wall):.1f}-{max(wall):.1f}) | "
+                f"{statistics.median(x[1] for x in xs):.0f} | {statistics.median(x[2] for x in xs):.1f} |"
+            )
     return 0
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from hodor.config import HodorConfig
+from hodor.engine.loop.host_memory import keep_freed_host_memory
 from hodor.engine.loop.masks import background_grid, id_lookup
 from hodor.engine.loop.objects import ObjectMap
 from hodor.engine.loop.post_decode import ENCODER_STRIDE
@@ -62,6 +63,8 @@ class VideoState:
         self.grid_full: torch.Tensor | None = None  # [Qb,Hp,Wp]
         self.grid_enc: torch.Tensor | None = None  # [Qb,Hp/8,Wp/8]
         self._lookup: tuple[tuple[int, ...], torch.Tensor] | None = None  # object ids, their id lookup
+        if torch.device(device).type == "cpu":
+            keep_freed_host_memory()  # each frame's large tensors reuse the last frame's pages
 
     def reset(self) -> None:
         """Forget the video: objects, descriptors, frame size and frame count."""
