@@ -398,61 +398,45 @@ static inline void transpose16(Bits* v) {
     }
 }
 
-// One row of an N x C x H x W map's channels, [W, C] channels last: dst[x c + ch] = src[ch plane + x],
-// in 16 x 16 blocks transposed in registers (the edges of the block grid value by value).
-template <typename S>
-static void row_to_channels_last(const S* src, size_t plane, size_t w, size_t c, S* dst) {
-    const size_t full_c = c / kLanes * kLanes, full_w = w / kLanes * kLanes;
-    for (size_t c0 = 0; c0 < full_c; c0 += kLanes) {
-        for (size_t x0 = 0; x0 < full_w; x0 += kLanes) {
+// dst[i dst_stride + j] = src[j src_stride + i] for i < rows, j < cols (each side contiguous in its
+// inner index), in 16 x 16 blocks transposed in registers; the edges of the block grid value by value.
+template <typename T>
+static void transpose_rows(const T* src, size_t src_stride, T* dst, size_t dst_stride, size_t rows, size_t cols) {
+    const size_t full_rows = rows / kLanes * kLanes, full_cols = cols / kLanes * kLanes;
+    for (size_t j0 = 0; j0 < full_cols; j0 += kLanes) {
+        for (size_t i0 = 0; i0 < full_rows; i0 += kLanes) {
             Bits v[kLanes];
             for (size_t k = 0; k < kLanes; ++k) {
-                v[k] = load_bits(src + (c0 + k) * plane + x0);
+                v[k] = load_bits(src + (j0 + k) * src_stride + i0);
             }
             transpose16(v);
-            for (size_t x = 0; x < kLanes; ++x) {
-                put_bits(dst + (x0 + x) * c + c0, v[x]);
-            }
-        }
-        for (size_t x = full_w; x < w; ++x) {
             for (size_t k = 0; k < kLanes; ++k) {
-                dst[x * c + c0 + k] = src[(c0 + k) * plane + x];
+                put_bits(dst + (i0 + k) * dst_stride + j0, v[k]);
+            }
+        }
+        for (size_t i = full_rows; i < rows; ++i) {
+            for (size_t j = j0; j < j0 + kLanes; ++j) {
+                dst[i * dst_stride + j] = src[j * src_stride + i];
             }
         }
     }
-    for (size_t ch = full_c; ch < c; ++ch) {
-        for (size_t x = 0; x < w; ++x) {
-            dst[x * c + ch] = src[ch * plane + x];
+    for (size_t j = full_cols; j < cols; ++j) {
+        for (size_t i = 0; i < rows; ++i) {
+            dst[i * dst_stride + j] = src[j * src_stride + i];
         }
     }
+}
+
+// One row of an N x C x H x W map's channels, [W, C] channels last: dst[x c + ch] = src[ch plane + x].
+template <typename S>
+static void row_to_channels_last(const S* src, size_t plane, size_t w, size_t c, S* dst) {
+    transpose_rows(src, plane, dst, c, w, c);
 }
 
 // The inverse: [W, C] channels last into one row of each channel's plane.
 template <typename O>
 static void row_to_channels_first(const O* src, size_t w, size_t c, size_t plane, O* dst) {
-    const size_t full_c = c / kLanes * kLanes, full_w = w / kLanes * kLanes;
-    for (size_t c0 = 0; c0 < full_c; c0 += kLanes) {
-        for (size_t x0 = 0; x0 < full_w; x0 += kLanes) {
-            Bits v[kLanes];
-            for (size_t x = 0; x < kLanes; ++x) {
-                v[x] = load_bits(src + (x0 + x) * c + c0);
-            }
-            transpose16(v);
-            for (size_t k = 0; k < kLanes; ++k) {
-                put_bits(dst + (c0 + k) * plane + x0, v[k]);
-            }
-        }
-        for (size_t x = full_w; x < w; ++x) {
-            for (size_t k = 0; k < kLanes; ++k) {
-                dst[(c0 + k) * plane + x] = src[x * c + c0 + k];
-            }
-        }
-    }
-    for (size_t ch = full_c; ch < c; ++ch) {
-        for (size_t x = 0; x < w; ++x) {
-            dst[ch * plane + x] = src[x * c + ch];
-        }
-    }
+    transpose_rows(src, c, dst, plane, c, w);
 }
 
 // What both Winograd operations share: their attributes (tile, bf16, nchw), evaluated on the CPU.
