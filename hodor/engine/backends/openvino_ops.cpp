@@ -382,6 +382,14 @@ static inline void put_bits(uint16_t* p, Bits v) {
     std::memcpy(p, &h, sizeof h);
 }
 
+// Two vectors' lanes picked by index (0-15 the first's, 16-31 the second's): clang's and GCC 12's
+// __builtin_shufflevector, or GCC's own __builtin_shuffle before that.
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define HODOR_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define HODOR_SHUFFLE(a, b, ...) __builtin_shuffle(a, b, Bits{__VA_ARGS__})
+#endif
+
 // A 16 x 16 block transposed in registers, v[i][j] becoming v[j][i]: four rounds of interleaving
 // row i with row i + 8 (a perfect shuffle of the rows and of each row's values).
 static inline void transpose16(Bits* v) {
@@ -390,9 +398,8 @@ static inline void transpose16(Bits* v) {
         Bits t[16];
 #pragma GCC unroll 8
         for (int i = 0; i < 8; ++i) {
-            t[2 * i] = __builtin_shufflevector(v[i], v[i + 8], 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-            t[2 * i + 1] =
-                __builtin_shufflevector(v[i], v[i + 8], 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+            t[2 * i] = HODOR_SHUFFLE(v[i], v[i + 8], 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+            t[2 * i + 1] = HODOR_SHUFFLE(v[i], v[i + 8], 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
         }
         std::memcpy(v, t, sizeof t);
     }
