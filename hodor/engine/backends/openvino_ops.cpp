@@ -48,11 +48,17 @@
 
 namespace hodor {
 
+// A float's bits rounded to bf16's (in the low half), to nearest, ties to even (values are
+// finite): of one value (uint32_t) or of each lane of a vector.
+template <typename U>
+static inline U bf16_bits(U bits) {
+    return (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+}
+
 static inline uint16_t to_bf16(float v) {
     uint32_t bits;
     std::memcpy(&bits, &v, sizeof bits);
-    bits += 0x7FFFu + ((bits >> 16) & 1u);  // round to nearest, ties to even (values are finite)
-    return static_cast<uint16_t>(bits >> 16);
+    return static_cast<uint16_t>(bf16_bits(bits));
 }
 
 static inline float from_bf16(uint16_t v) {
@@ -284,49 +290,53 @@ typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
 typedef uint32_t Bits __attribute__((vector_size(kLanes * sizeof(uint32_t))));
 typedef uint16_t Halves __attribute__((vector_size(kLanes * sizeof(uint16_t))));
 
-// count (<= kLanes) consecutive values at p as floats; the lanes past count are 0.
-static inline Lanes load(const float* p, size_t count) {
-    Lanes v = {};
+// The first count (<= kLanes) values at p as a vector V (the lanes past count 0), and back. A whole
+// vector is copied with a constant size, which compiles to one load or store.
+template <typename V, typename T>
+static inline V read_lanes(const T* p, size_t count) {
+    V v = {};
     if (count == kLanes) {
         std::memcpy(&v, p, sizeof v);
     } else {
-        std::memcpy(&v, p, count * sizeof(float));
+        std::memcpy(&v, p, count * sizeof(T));
     }
     return v;
 }
 
-static inline Lanes load(const uint16_t* p, size_t count) {
-    Halves h = {};
+template <typename V, typename T>
+static inline void write_lanes(T* p, const V& v, size_t count) {
     if (count == kLanes) {
-        std::memcpy(&h, p, sizeof h);
+        std::memcpy(p, &v, sizeof v);
     } else {
-        std::memcpy(&h, p, count * sizeof(uint16_t));
+        std::memcpy(p, &v, count * sizeof(T));
     }
-    const Bits bits = __builtin_convertvector(h, Bits) << 16;
-    Lanes v;
-    std::memcpy(&v, &bits, sizeof v);
-    return v;
+}
+
+// A vector's bits read as another vector type of the same size.
+template <typename To, typename From>
+static inline To same_bits(const From& v) {
+    static_assert(sizeof(To) == sizeof(From), "vectors of one size");
+    To to;
+    std::memcpy(&to, &v, sizeof to);
+    return to;
+}
+
+// count (<= kLanes) consecutive values at p as floats; the lanes past count are 0.
+static inline Lanes load(const float* p, size_t count) {
+    return read_lanes<Lanes>(p, count);
+}
+
+static inline Lanes load(const uint16_t* p, size_t count) {
+    return same_bits<Lanes>(__builtin_convertvector(read_lanes<Halves>(p, count), Bits) << 16);
 }
 
 // The first count lanes of v stored at p (bf16 rounded as to_bf16 rounds).
 static inline void put(float* p, Lanes v, size_t count) {
-    if (count == kLanes) {
-        std::memcpy(p, &v, sizeof v);
-    } else {
-        std::memcpy(p, &v, count * sizeof(float));
-    }
+    write_lanes(p, v, count);
 }
 
 static inline void put(uint16_t* p, Lanes v, size_t count) {
-    Bits bits;
-    std::memcpy(&bits, &v, sizeof bits);
-    bits += 0x7FFFu + ((bits >> 16) & 1u);
-    const Halves h = __builtin_convertvector(bits >> 16, Halves);
-    if (count == kLanes) {
-        std::memcpy(p, &h, sizeof h);
-    } else {
-        std::memcpy(p, &h, count * sizeof(uint16_t));
-    }
+    write_lanes(p, __builtin_convertvector(bf16_bits(same_bits<Bits>(v)), Halves), count);
 }
 
 // sum over j < n of T[row][j] v[j], T = B^T (bt) or A^T, its zero terms left out and the others
@@ -362,24 +372,19 @@ struct Tiling {
 
 // 16 consecutive values as 32-bit lanes (floats' bits, or bf16 values zero-extended), and back.
 static inline Bits load_bits(const float* p) {
-    Bits v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
+    return read_lanes<Bits>(p, kLanes);
 }
 
 static inline Bits load_bits(const uint16_t* p) {
-    Halves h;
-    std::memcpy(&h, p, sizeof h);
-    return __builtin_convertvector(h, Bits);
+    return __builtin_convertvector(read_lanes<Halves>(p, kLanes), Bits);
 }
 
 static inline void put_bits(float* p, Bits v) {
-    std::memcpy(p, &v, sizeof v);
+    write_lanes(p, v, kLanes);
 }
 
 static inline void put_bits(uint16_t* p, Bits v) {
-    const Halves h = __builtin_convertvector(v, Halves);
-    std::memcpy(p, &h, sizeof h);
+    write_lanes(p, __builtin_convertvector(v, Halves), kLanes);
 }
 
 // Two vectors' lanes picked by index (0-15 the first's, 16-31 the second's): clang's and GCC 12's
