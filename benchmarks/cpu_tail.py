@@ -8,8 +8,11 @@ What it times, interleaved, medians (min-max) of ``--repeats`` calls after 3 war
 with one thread per usable core:
 
 - ``post-decode``: :func:`hodor.engine.loop.post_decode.masks_from_logits` on one frame's logits
-  (``[1, 1+Qb+I, Hp/4, Wp/4]``, random), without references: the steady state; and the same with
-  PyTorch's ``argmax(0)`` in place of the engine's arg-max (as it was before);
+  (``[1, 1+Qb+I, Hp/4, Wp/4]``, random), without references: the steady state; the same with
+  PyTorch's ``argmax(0)`` in place of the engine's arg-max (as it was before); and the compiled
+  pass CPU sessions take (:func:`hodor.engine.loop.native_tail.native_masks_from_logits`, left
+  out where it cannot be built), checked first against the torch path (the same ids, soft masks
+  within 1e-6);
 - the output path's arg-max over channels of the frame-sized probabilities, as PyTorch's
   ``argmax(0)`` and as :func:`hodor.engine.loop.masks.channel_argmax` (the engine's, one pass per
   channel on the CPU), checked equal first.
@@ -103,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from unittest import mock
 
     import hodor.engine.loop.masks as masks
+    from hodor.engine.loop import native_tail
 
     def post_decode() -> object:
         return masks_from_logits(logits, nb, lookup, grid, resized, (height, width))
@@ -117,6 +121,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "arg-max: torch argmax(0)": lambda: probs.argmax(0),
         "arg-max: channel_argmax": lambda: channel_argmax(probs),
     }
+    if native_tail.enabled() and native_tail.library() is not None:
+
+        def compiled() -> object:
+            return native_tail.native_masks_from_logits(logits, nb, lookup, grid, resized, (height, width))
+
+        want, got = post_decode(), compiled()
+        differ = int((want.id_mask != got.id_mask).sum())
+        error = max(float((want.fg - got.fg).abs().max()), float((want.bg - got.bg).abs().max()))
+        if differ or error > 1e-6:
+            print(
+                f"error: the compiled post-decode differs: {differ} ids, soft masks by {error:.2e}",
+                file=sys.stderr,
+            )
+            return 1
+        cases = {"post-decode, compiled pass (native_tail)": compiled, **cases}
+    else:
+        print("the compiled post-decode cannot run here (see the warning): left out", file=sys.stderr)
     rounds = {"C library defaults": _rounds(cases, args.repeats)}
     kept = keep_freed_host_memory()
     if kept:

@@ -136,8 +136,10 @@ def test_probes_run_and_report_what_they_skip(floor):
 
 
 def test_cpu_tail_benchmark_runs(capsys, monkeypatch):
-    """``benchmarks/cpu_tail.py`` at a tiny size: it checks its arg-max against PyTorch's and reports."""
+    """``benchmarks/cpu_tail.py`` at a tiny size: it checks its arg-max and its compiled post-decode
+    against PyTorch's and reports."""
     module = load_bench_script("cpu_tail", monkeypatch)
     assert module.main(["--min-dim", "64", "--objects", "3", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "| post-decode (masks_from_logits) |" in out and "| arg-max: channel_argmax |" in out
+    assert "| post-decode, compiled pass (native_tail) |" in out

@@ -26,7 +26,7 @@ pytest.importorskip("openvino", reason="the columns operation runs in OpenVINO")
 
 import openvino  # noqa: E402
 
-from hodor.engine.backends import openvino_ops  # noqa: E402
+from hodor.engine import native_library  # noqa: E402
 from hodor.engine.backends.deform_columns import OP_TYPE, rewrite_as_columns  # noqa: E402
 from hodor.engine.backends.openvino_backend import OpenVinoBackend, cpu_supports_bf16  # noqa: E402
 from hodor.engine.backends.openvino_ops import OP_DOMAIN, ExtensionUnavailable, extension_library  # noqa: E402
@@ -163,13 +163,13 @@ def test_other_deformable_convolutions_are_left_alone():
 
 
 def test_the_library_is_built_once_and_kept(tmp_path, monkeypatch, capsys):
-    version = openvino_ops._compiler_version(openvino_ops._compiler())
+    version = native_library.compiler_version(native_library.compiler())
     first = extension_library(tmp_path)
     assert "building the OpenVINO operations for this machine" in capsys.readouterr().err  # said once
     built = first.stat().st_mtime
     os.utime(first, (built - 86400, built - 86400))
-    monkeypatch.setattr(openvino_ops, "_compiler_version", lambda compiler: version)
-    monkeypatch.setattr(openvino_ops.subprocess, "run", _compiler_must_not_run)
+    monkeypatch.setattr(native_library, "compiler_version", lambda compiler: version)
+    monkeypatch.setattr(native_library.subprocess, "run", _compiler_must_not_run)
     assert extension_library(tmp_path) == first  # found, not built again
     assert capsys.readouterr().err == ""
     assert first.stat().st_mtime > time.time() - 60  # marked as used

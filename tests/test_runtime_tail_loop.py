@@ -17,6 +17,7 @@ from hodor.engine import cli
 from hodor.engine.loop import post_decode
 from hodor.engine.loop.batch import BatchSession
 from hodor.engine.loop.masks import background_grid, id_lookup
+from hodor.engine.loop.native_tail import native_masks_from_logits
 from hodor.engine.loop.post_decode import (
     FrameReferences,
     fused_masks_from_logits,
@@ -77,8 +78,11 @@ def test_reference_frame(interpreter):
 
 
 def test_backends_choose_their_tail():
-    assert post_decode_for(FakeBackend()) is masks_from_logits  # no runtime_tail: torch
+    assert post_decode_for(FakeBackend()) is native_masks_from_logits  # no runtime_tail, on the CPU
+    assert post_decode_for(FakeBackend(device=torch.device("cuda"))) is masks_from_logits  # elsewhere: torch
     backend = FakeBackend()
+    backend.runtime_tail = "torch"
+    assert post_decode_for(backend) is masks_from_logits
     backend.runtime_tail = "triton"
     assert post_decode_for(backend) is fused_masks_from_logits
     backend.runtime_tail = "cuda-magic"
@@ -86,11 +90,11 @@ def test_backends_choose_their_tail():
         post_decode_for(backend)
 
 
-def test_torch_backend_on_the_cpu_keeps_the_torch_tail(parity_checkpoint):
+def test_torch_backend_on_the_cpu_takes_the_compiled_tail(parity_checkpoint):
     from hodor.engine.backends.registry import open_backend
 
     backend = open_backend(parity_checkpoint, "torch", "cpu")
-    assert backend.runtime_tail == "torch"
+    assert backend.runtime_tail == "native"
 
 
 @pytest.mark.cuda

@@ -20,22 +20,15 @@ Winograd convolutions in graph operations, slower), with a warning saying why.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import os
 import re
-import shutil
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from hodor.engine.backends.export_files import cpu_flags, mark_used, prune_idle, writable_cache_dir
-from hodor.engine.io.files import atomic_write
+from hodor.engine.native_library import ExtensionUnavailable, build_library
 from hodor.engine.pipeline.kernel_cache import user_cache_dir
 
 SOURCE = Path(__file__).with_name("openvino_ops.cpp")
@@ -44,29 +37,6 @@ CACHE_NAME = "openvino-ext"
 LIBRARY_NAME = re.compile(r"(?:hodor_ops|deform_columns)\.[0-9a-f]{16}\.so")
 """The library's file names, and those of earlier versions (one operation, under another name),
 pruned alike."""
-BUILD_TIMEOUT_S = 300
-
-_lock = threading.Lock()
-
-
-class ExtensionUnavailable(RuntimeError):
-    """The operations cannot be built or loaded here; the message says why."""
-
-
-def _compiler() -> str:
-    for candidate in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if candidate and (found := shutil.which(candidate)):
-            return found
-    raise ExtensionUnavailable("no C++ compiler found (set CXX, or install g++)")
-
-
-@functools.cache  # asked once per process, not at every backend's start
-def _compiler_version(compiler: str) -> str:
-    try:
-        done = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise ExtensionUnavailable(f"the C++ compiler {compiler} does not run: {exc}") from None
-    return done.stdout.splitlines()[0] if done.returncode == 0 and done.stdout else compiler
 
 
 def extension_library(cache_root: Path | None = None) -> Path:
@@ -84,45 +54,15 @@ def extension_library(cache_root: Path | None = None) -> Path:
     libraries = sorted(libs.glob("libopenvino.so.*")) + sorted(libs.glob("libtbb.so.*"))
     if not (include / "openvino" / "op" / "op.hpp").is_file() or len(libraries) < 2:
         raise ExtensionUnavailable(f"the openvino package at {ov_dir} has no C++ headers or libraries")
-    compiler = _compiler()
-    key_text = "\n".join(
-        [SOURCE.read_text(), openvino.__version__, _compiler_version(compiler), cpu_flags(), str(ov_dir)]
+    return build_library(
+        SOURCE,
+        "hodor_ops",
+        cache_root if cache_root is not None else user_cache_dir() / CACHE_NAME,
+        LIBRARY_NAME,
+        "the OpenVINO operations",
+        options=["-I", str(include), *map(str, libraries), f"-Wl,-rpath,{libs}"],
+        key_parts=[openvino.__version__, str(ov_dir)],
     )
-    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
-    root = cache_root if cache_root is not None else user_cache_dir() / CACHE_NAME
-    with _lock:
-        target = root / f"hodor_ops.{key}.so"
-        if target.is_file():
-            mark_used(target)
-            return target
-        if writable_cache_dir(root) is None:
-            raise ExtensionUnavailable(f"no writable directory for the built operation at {root}")
-        # Once per machine (and OpenVINO version or compiler): say why this start takes longer.
-        print(
-            f"hodor-engine: building the OpenVINO operations for this machine with {Path(compiler).name} "
-            f"(once, a few seconds) into {root}",
-            file=sys.stderr,
-            flush=True,
-        )
-        command = [
-            compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
-            "-I", str(include), str(SOURCE), *map(str, libraries), f"-Wl,-rpath,{libs}",
-        ]  # fmt: skip
-        try:
-            with atomic_write(target) as tmp:
-                done = subprocess.run(
-                    [*command, "-o", str(tmp)], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
-                )
-                if done.returncode != 0:
-                    said = " ".join((done.stderr or done.stdout).split())[-400:]
-                    raise ExtensionUnavailable(f"{compiler} failed to build {SOURCE.name}: {said}")
-        except subprocess.TimeoutExpired:
-            took = f"{compiler} took over {BUILD_TIMEOUT_S} s to build {SOURCE.name}"
-            raise ExtensionUnavailable(took) from None
-        except OSError as exc:
-            raise ExtensionUnavailable(f"could not build {SOURCE.name} into {root}: {exc}") from None
-        prune_idle(root, LIBRARY_NAME, keep=target)
-        return target
 
 
 def declare_domain(model: onnx.ModelProto) -> None:

@@ -204,8 +204,15 @@ class TorchBackend:
         self.deform_sampling: str = deform_sampling or ("gather" if device.type == "cpu" else "grid")
         net.set_deform_sampling(self.deform_sampling)
         # The post-decode follows the kernels on CUDA (hodor.engine.loop.post_decode.post_decode_for);
-        # in Triton's CPU interpreter its kernels would cost seconds a frame, so the CPU keeps torch's.
-        self.runtime_tail: str = "triton" if self.kernels == "triton" and device.type == "cuda" else "torch"
+        # in Triton's CPU interpreter its kernels would cost seconds a frame, so the CPU takes the
+        # compiled pass of hodor.engine.loop.native_tail (torch's where that cannot be built).
+        self.runtime_tail: str = (
+            "triton"
+            if self.kernels == "triton" and device.type == "cuda"
+            else "native"
+            if device.type == "cpu"
+            else "torch"
+        )
         self.dtype: torch.dtype = next(net.parameters()).dtype
         self.graphs = graphs if graphs is not None else CudaGraphRunner(enabled=False)
         self.backbone_mode = backbone
@@ -283,9 +290,7 @@ class TorchBackend:
         (logits,) = self.graphs("decode", self._decode, f4, f8, fg_hist, bg_hist, fg_invalid, bg_invalid)
         return logits
 
-    def check_limits(
-        self, num_objects: int, history: int, height: int, width: int, streams: int = 1
-    ) -> None:
+    def check_limits(self, num_objects: int, history: int, height: int, width: int, streams: int = 1) -> None:
         if self._max_history is not None and history > self._max_history:
             raise HodorError(
                 f"the Triton kernels take at most {self._max_history - 1} past frames, but this frame "

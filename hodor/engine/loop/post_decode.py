@@ -15,10 +15,13 @@ the engine) can take the same signature and replace it one for one
 cover the steady state alone (``references`` None): the session then keeps this function for
 the frames that carry a reference.
 
-:func:`fused_masks_from_logits` is that replacement: both paths as two Triton kernels
-(``hodor/kernels/runtime_tail.py``), reference frames included. :func:`post_decode_for` picks
-one for a backend: the kernels where the backend says ``runtime_tail = "triton"`` (the torch
-backend on CUDA with ``kernels="triton"``), this module's torch code everywhere else.
+:func:`fused_masks_from_logits` is such a replacement: both paths as two Triton kernels
+(``hodor/kernels/runtime_tail.py``), reference frames included.
+:func:`~hodor.engine.loop.native_tail.native_masks_from_logits` is another, for the CPU: the
+steady state as one compiled pass (``native_tail.cpp``). :func:`post_decode_for` picks one for a
+backend: the kernels where the backend says ``runtime_tail = "triton"`` (the torch backend on
+CUDA with ``kernels="triton"``), the compiled pass for backends on the CPU, this module's torch
+code everywhere else.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import NamedTuple
 import torch
 
 from hodor.engine.loop.masks import ids_from_maps, override_in_place, resample
+from hodor.engine.loop.native_tail import native_masks_from_logits
 
 DECODER_STRIDE = 4  # logits come at 1/4 of the padded frame
 ENCODER_STRIDE = 8  # descriptors are encoded from 1/8 features and masks
@@ -149,13 +153,20 @@ def fused_masks_from_logits(
 PostDecode = Callable[..., DecodedMasks]
 """The signature of :func:`masks_from_logits` (and of :func:`fused_masks_from_logits`)."""
 
-RUNTIME_TAILS: dict[str, PostDecode] = {"torch": masks_from_logits, "triton": fused_masks_from_logits}
+RUNTIME_TAILS: dict[str, PostDecode] = {
+    "torch": masks_from_logits,
+    "triton": fused_masks_from_logits,
+    "native": native_masks_from_logits,
+}
 
 
 def post_decode_for(backend: object) -> PostDecode:
     """The post-decode a backend asks for through its optional ``runtime_tail`` attribute
-    (``"torch"``, the default, or ``"triton"``)."""
-    name = getattr(backend, "runtime_tail", "torch")
+    (``"torch"``, ``"triton"`` or ``"native"``); without one, ``"native"`` for a backend on the
+    CPU (its ``device``), ``"torch"`` elsewhere."""
+    device = getattr(backend, "device", None)
+    on_cpu = device is not None and torch.device(device).type == "cpu"
+    name = getattr(backend, "runtime_tail", "native" if on_cpu else "torch")
     if name not in RUNTIME_TAILS:
         raise ValueError(f"unknown runtime tail {name!r}: one of {', '.join(RUNTIME_TAILS)}")
     return RUNTIME_TAILS[name]
