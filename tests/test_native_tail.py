@@ -71,8 +71,13 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("pool", ["openmp", "own threads"])
 @pytest.mark.parametrize(("objects", "padded", "resized", "frame", "threads"), CASES)
-def test_steady_state_matches_the_torch_path(built, objects, padded, resized, frame, threads):
+def test_steady_state_matches_the_torch_path(
+    built, monkeypatch, pool, objects, padded, resized, frame, threads
+):
+    if pool == "own threads":
+        monkeypatch.setattr(native_tail, "openmp_parallel", lambda: None)
     args = _case(objects, padded, resized, frame, seed=sum(padded) + objects)
     before = args[0].clone()
     previous = torch.get_num_threads()
@@ -86,6 +91,14 @@ def test_steady_state_matches_the_torch_path(built, objects, padded, resized, fr
         assert len(want.id_mask.unique()) >= min(3, objects + 1)  # not a degenerate case
     _assert_close(want, got)
     assert torch.equal(args[0], before)  # the logits are left alone
+
+
+def test_the_bands_run_on_pytorchs_openmp_threads():
+    """Where PyTorch runs its CPU operations on OpenMP, the pass finds that runtime's entry point."""
+    torch.ones(1000).sum()  # PyTorch's runtime is loaded by now
+    if "OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this PyTorch does not run its CPU operations on OpenMP")
+    assert native_tail.openmp_parallel() is not None
 
 
 def test_logits_in_another_memory_layout(built):

@@ -348,16 +348,48 @@ void encoder_rows(const Frame& f, const std::vector<Taps>& up_cols, const std::v
   }
 }
 
+// The bands of one call, taken by whichever thread comes next: the threads of the process's
+// OpenMP pool (the one PyTorch runs its CPU operations on, already awake after them) or threads
+// of the call's own.
+struct Bands {
+  const Frame* f;
+  const Across* up_cols;
+  const Across* down_cols;
+  const std::vector<Taps>* up_all;
+  const std::vector<Taps>* enc_cols;
+  int count;
+  std::atomic<int> next{0};
+  std::atomic<bool> failed{false};
+};
+
+void take_bands(void* arg) {
+  Bands& b = *static_cast<Bands*>(arg);
+  const Frame& f = *b.f;
+  for (int k = b.next++; k < b.count; k = b.next++) {
+    try {
+      output_rows(f, *b.up_cols, *b.down_cols, f.fh * k / b.count, f.fh * (k + 1) / b.count);
+      encoder_rows(f, *b.up_all, *b.enc_cols, f.h8 * k / b.count, f.h8 * (k + 1) / b.count);
+    } catch (...) {
+      b.failed = true;
+    }
+  }
+}
+
+// libgomp's entry point for a parallel region (also exported by LLVM's and Intel's runtimes):
+// fn(data) on every thread of a team of num_threads, the caller included.
+typedef void (*OpenMpParallel)(void (*fn)(void*), void* data, unsigned num_threads, unsigned flags);
+
 }  // namespace
 
 extern "C" {
 
-// Returns 0, or 1 when the work could not be done (out of memory, or threads could not start);
-// the outputs are then not all written.
+// Returns 0, or 1 when the work could not be done (out of memory); the outputs are then not all
+// written. `openmp_parallel`: the process's OpenMP runtime's GOMP_parallel, or null (then the
+// call starts threads of its own).
 int hodor_steady_tail(const float* logits, int q, int h, int w, int nb, const uint8_t* ids, const float* grid,
                       int qb, int hp, int wp, int rh, int rw, int fh, int fw, float up_y, float up_x,
                       float down_y, float down_x, float enc_y, float enc_x, uint8_t* id_mask, float* fg,
-                      float* bg, int threads) {
+                      float* bg, int threads, void* openmp_parallel) {
   try {
     Frame f{logits, q,  h,    w,      nb,     ids,    grid,   qb,    hp,    wp,      rh, rw,
             fh,     fw, hp / 8, wp / 8, up_y, up_x, down_y, down_x, enc_y, enc_x, id_mask, fg, bg};
@@ -366,27 +398,23 @@ int hodor_steady_tail(const float* logits, int q, int h, int w, int nb, const ui
     const std::vector<Taps> up_all = all_taps(wp, up_x, w);
     const std::vector<Taps> enc_cols = all_taps(f.w8, enc_x, wp);
     threads = std::max(1, std::min(threads, fh));
-    std::atomic<bool> failed{false};
-    auto work = [&](int k) {
-      try {
-        output_rows(f, up_cols, down_cols, fh * k / threads, fh * (k + 1) / threads);
-        encoder_rows(f, up_all, enc_cols, f.h8 * k / threads, f.h8 * (k + 1) / threads);
-      } catch (...) {
-        failed = true;
+    // Two bands a thread, so that a thread that wakes late leaves less to wait for.
+    Bands bands{&f, &up_cols, &down_cols, &up_all, &enc_cols, std::min(fh, 2 * threads)};
+    if (threads > 1 && openmp_parallel != nullptr) {
+      reinterpret_cast<OpenMpParallel>(openmp_parallel)(take_bands, &bands, static_cast<unsigned>(threads), 0);
+    } else {
+      std::vector<std::thread> pool;
+      for (int k = 1; k < threads; ++k) {
+        try {
+          pool.emplace_back(take_bands, &bands);
+        } catch (...) {
+          break;  // the threads started (and this one) take every band
+        }
       }
-    };
-    std::vector<std::thread> pool;
-    std::vector<int> here = {0};  // bands done on this thread: the first, and any no thread took
-    for (int k = 1; k < threads; ++k) {
-      try {
-        pool.emplace_back(work, k);
-      } catch (...) {
-        here.push_back(k);
-      }
+      take_bands(&bands);
+      for (auto& t : pool) t.join();
     }
-    for (int k : here) work(k);
-    for (auto& t : pool) t.join();
-    return failed ? 1 : 0;
+    return bands.failed ? 1 : 0;
   } catch (...) {
     return 1;
   }
