@@ -110,7 +110,12 @@ class FrameNormaliser:
         x = frames.permute(0, 3, 1, 2)
         if not self.rgb_output:
             x = x.flip(1)
-        x = x.to(torch.float32)
+        if x.device.type == "cpu":
+            # Channels first before resampling: PyTorch's CPU kernel for the permuted (channels
+            # last) layout took 2.5 ms at 480p against 0.8, with the same values.
+            x = x.to(torch.float32, memory_format=torch.contiguous_format)
+        else:
+            x = x.to(torch.float32)
         x = F.interpolate(x, size=self.geometry.resized, mode="bilinear", align_corners=False)
         if self.unit_scale:
             x = x / 255.0
