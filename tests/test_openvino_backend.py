@@ -228,6 +228,21 @@ def test_outputs_do_not_alias_the_next_call(backend):
     assert torch.equal(f8, kept)
 
 
+def test_transient_features_are_the_backbones(backend):
+    """``backbone_transient`` gives the backbone's values in the request's own buffers: the same
+    values as ``backbone``, and the next call's values once it has run (the loop reads them
+    before that)."""
+    zeros, ones = torch.zeros(1, 3, 64, 64), torch.ones(1, 3, 64, 64)
+    f4, f8 = backend.backbone_transient(zeros)
+    first = f4.clone()
+    want4, want8 = backend.backbone(zeros)
+    assert torch.equal(f4, want4) and torch.equal(f8, want8)
+    later4, _ = backend.backbone(ones)
+    assert not torch.equal(later4, want4)
+    assert torch.equal(want4, first)  # backbone() gives copies, which later calls leave alone
+    assert torch.equal(f4, later4)  # the transient ones are the buffers the next call overwrote
+
+
 @pytest.mark.parametrize("height,width,objects,history", [(256, 448, 3, 8), (320, 192, 1, 1)])
 def test_fp32_stages_match_torch(backend, net, height, width, objects, history):
     inputs = _stage_inputs(height + objects, height, width, objects, history)

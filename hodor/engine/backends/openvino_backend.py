@@ -84,7 +84,7 @@ import torch
 from hodor.config import HodorConfig
 from hodor.engine.backends.base import ConfigOverrides
 from hodor.engine.backends.export_files import cpu_flags, mark_used, prune_idle, writable_cache_dir
-from hodor.engine.backends.graph_seam import HostGraphSeam
+from hodor.engine.backends.graph_seam import HostGraphSeam, host_feeds
 from hodor.engine.backends.manifest import STAGES, GraphEntry, load_manifest, read_graph
 from hodor.engine.backends.onnxruntime_backend import usable_cores
 from hodor.engine.io.files import atomic_write
@@ -408,13 +408,23 @@ class OpenVinoBackend(HostGraphSeam):
 
     # ------------------------------------------------------------------ the seam
 
-    def _infer(self, stage: str, feeds: dict[str, np.ndarray]) -> list[torch.Tensor]:
+    def _infer(
+        self, stage: str, feeds: dict[str, np.ndarray], share_outputs: bool = False
+    ) -> list[torch.Tensor]:
         # The inputs are only read during this synchronous call, so OpenVINO may use them in place;
-        # the outputs are copied out of the request's buffers, which the next call overwrites.
+        # the outputs are copied out of the request's buffers, which the next call overwrites
+        # (unless ``share_outputs``: then they are those buffers).
         compiled, request = self._executable(stage, feeds)
-        results = request.infer(feeds, share_inputs=True, share_outputs=False)
+        results = request.infer(feeds, share_inputs=True, share_outputs=share_outputs)
         self._last_request[stage] = request
         return [torch.from_numpy(results[output]) for output in compiled.outputs]
+
+    def backbone_transient(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`backbone`, its features the request's own output buffers instead of copies: valid
+        until the next ``backbone`` or ``backbone_transient`` call (the loop uses them within one
+        step). Saves copying them, 32 MB a frame at 480p."""
+        f4, f8 = self._infer("backbone", host_feeds({"images": images}), share_outputs=True)
+        return f4, f8
 
     def profile(self, stage: str) -> list[tuple[str, str, str, float]]:
         """OpenVINO's per-node times of ``stage``'s last call (compiled with ``PERF_COUNT``):
