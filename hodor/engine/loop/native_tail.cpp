@@ -1,9 +1,11 @@
 // The post-decode of one frame in the steady state, on the CPU: built and called by
 // hodor/engine/loop/native_tail.py; see that module for what it computes and why.
 //
-// Plain C++17 with GCC/Clang vector types (no other library). Built with -ffp-contract=off, so
-// every product and sum is rounded as written: the formulas below are PyTorch's bilinear
-// resampling and softmax, term for term, and only exp differs from PyTorch's by its own rounding.
+// Plain C++17 with GCC/Clang vector types, AVX-512 permutations where the compiler targets them
+// (-march=native), no library: the threads are the process's OpenMP pool, whose entry point the
+// caller passes, or the call's own. Built with -ffp-contract=off, so every product and sum is
+// rounded as written: the formulas below are PyTorch's bilinear resampling and softmax, term for
+// term, and only exp differs from PyTorch's by its own rounding.
 
 #include <algorithm>
 #include <atomic>
@@ -215,7 +217,7 @@ struct Frame {
   const float* logits;  // [q][h][w]
   int q, h, w, nb;
   const uint8_t* ids;  // [q]
-  const float* grid;   // [q - ... , h8, w8]: qb cells
+  const float* grid;   // [qb][h8][w8], the background grid at 1/8
   int qb;
   int hp, wp, rh, rw, fh, fw, h8, w8;
   float up_y, up_x, down_y, down_x, enc_y, enc_x;
