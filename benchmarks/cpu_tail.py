@@ -49,8 +49,10 @@ from hodor.engine.loop.masks import background_grid, channel_argmax, id_lookup, 
 from hodor.engine.loop.post_decode import masks_from_logits  # noqa: E402
 from hodor.engine.loop.preprocess import frame_geometry  # noqa: E402
 
+Call = tuple[float, int, float]
 
-def _time(fn: Callable[[], object]) -> tuple[float, int, float]:
+
+def _time(fn: Callable[[], object]) -> Call:
     """One call: wall ms, minor page faults, kernel (system) ms."""
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
@@ -58,9 +60,6 @@ def _time(fn: Callable[[], object]) -> tuple[float, int, float]:
     wall = 1e3 * (time.perf_counter() - start)
     after = resource.getrusage(resource.RUSAGE_SELF)
     return wall, after.ru_minflt - before.ru_minflt, 1e3 * (after.ru_stime - before.ru_stime)
-
-
-Call = tuple[float, int, float]
 
 
 def _rounds(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[Call]]:

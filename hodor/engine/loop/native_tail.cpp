@@ -118,8 +118,6 @@ class Across {
       }
     }
   }
-  int size() const { return static_cast<int>(taps_.size()); }
-  const Taps& operator[](int x) const { return taps_[x]; }
 
   // `in` readable up to its last source column plus kSlack; `out` up to size() rounded up to
   // lanes (the lanes past size() get the last column's value).
@@ -310,7 +308,6 @@ void encoder_rows(const Frame& f, const std::vector<Taps>& up_cols, const std::v
     softmax_columns(out, q, stride, sums.data());
   };
   const size_t n8 = static_cast<size_t>(f.h8) * f.w8;
-  std::vector<float> corner(4 * static_cast<size_t>(q));
   for (int i = i_begin; i < i_end; ++i) {
     const Taps dy = taps(i, f.enc_y, f.hp);
     const Taps uy[2] = {taps(dy.i0, f.up_y, f.h), taps(dy.i1, f.up_y, f.h)};

@@ -124,7 +124,9 @@ _OPENMP_LIBRARY = re.compile(r"lib(?:gomp|iomp5|omp)(?:[-.].*)?\.so(?:\.\d+)?$")
 
 
 def _scale(in_size: int, out_size: int) -> float:
-    """PyTorch's bilinear scale of a resize by size: ``in/out`` rounded to fp32."""
+    """PyTorch's bilinear scale of a resize by size: ``in/out`` rounded to fp32 (as
+    ``hodor.kernels.runtime_tail.resample_scale``, not imported from there: that module imports
+    Triton where it is installed, 0.2 s at the first frame of a CPU session)."""
     return float(np.float32(in_size) / np.float32(out_size))
 
 
