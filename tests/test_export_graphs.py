@@ -155,6 +155,38 @@ def test_decoder_graph_over_an_empty_history_matches_torch(backends, net, precis
     _compare(backend.decode(*args), want, _tolerance(precision), f"decoder {precision}, empty history")
 
 
+def test_backbone_graph_moves_windows_by_gathers(exported):
+    """The backbone is traced in its gather form (hodor.model.swin): each of the 12 Swin blocks
+    gathers its tokens into windows and back (no pad, roll or crop of the map). The numerics
+    tests above hold it to the network in its original form."""
+    m = load_manifest(exported.directory, verify=False)
+    model = onnx.load(str(exported.directory / m.graph("backbone").file), load_external_data=False)
+    kinds = [node.op_type for node in model.graph.node]
+    gathers = [n for n in model.graph.node if n.op_type == "Gather" and helper_attr(n, "axis") == 1]
+    assert len(gathers) == 2 * 12, kinds.count("Gather")
+    # What pads remain are the patch embedding's and the three patch mergings'.
+    assert kinds.count("Pad") <= 4
+
+
+def test_the_export_hands_the_network_back_in_its_original_form():
+    from hodor.export.onnx_export import _gathered_windows
+    from hodor.model.swin import SwinTransformer
+
+    holder = torch.nn.Sequential(SwinTransformer())
+    swin = holder[0]
+    with _gathered_windows(holder):
+        assert all(s.by_gathers for s in swin.layers)
+        assert all(s.downsample.by_transposition for s in swin.layers[:-1])
+    assert not any(s.by_gathers for s in swin.layers)
+    with pytest.raises(RuntimeError), _gathered_windows(holder):
+        raise RuntimeError("tracing failed")
+    assert not any(s.by_gathers or (s.downsample and s.downsample.by_transposition) for s in swin.layers)
+
+
+def helper_attr(node: onnx.NodeProto, name: str) -> object:
+    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), 0)
+
+
 def test_graphs_were_traced_at_another_size():
     """The comparisons above would not prove the spatial axes dynamic at the traced size."""
     sizes = {(h, w) for _, h, w in BACKBONE_CASES} | {(h, w) for h, w, *_ in ENCODER_CASES + DECODER_CASES}

@@ -6,10 +6,13 @@ import pytest
 import torch
 
 from hodor.model.swin import (
+    PatchMerging,
     SwinBlock,
     SwinStage,
+    SwinTransformer,
     relative_position_index,
     shifted_window_mask,
+    window_indices,
     window_merge,
     window_partition,
 )
@@ -79,3 +82,53 @@ def test_stage_keeps_reduced_precision() -> None:
     assert out.dtype == down.dtype == torch.bfloat16
     assert out.shape == x.shape and down.shape == (1, 5, 8, 24)
     assert torch.isfinite(out).all() and torch.isfinite(down).all()
+
+
+@pytest.mark.parametrize("h,w", [(9, 11), (14, 21), (3, 5), (7, 16), (30, 54)])
+@pytest.mark.parametrize("shift", [0, 3])
+def test_window_indices_are_pad_roll_partition(h: int, w: int, shift: int) -> None:
+    """Gathering by the indices is the padded, rolled partition; scattering back undoes it."""
+    x = torch.randn(2, h, w, 4)
+    win = 7
+    hp, wp = h + (win - h % win) % win, w + (win - w % win) % win
+    padded = torch.nn.functional.pad(x, (0, 0, 0, wp - w, 0, hp - h))
+    rolled = torch.roll(padded, shifts=(-shift, -shift), dims=(1, 2)) if shift else padded
+    want = window_partition(rolled, win)
+    gather, scatter = window_indices(h, w, win, shift, x.device)
+    rows = torch.cat([x.reshape(2, h * w, 4), torch.zeros(2, 1, 4)], 1)
+    got = rows[:, gather].reshape(-1, win * win, 4)
+    assert torch.equal(got, want)
+    assert torch.equal(got.reshape(2, -1, 4)[:, scatter].reshape(2, h, w, 4), x)
+
+
+def test_patch_merging_by_transposition_is_the_slices() -> None:
+    torch.manual_seed(2)
+    merge = PatchMerging(6).eval()
+    for shape in [(2, 8, 10, 6), (1, 9, 7, 6)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            want = merge(x)
+            merge.by_transposition = True
+            got = merge(x)
+            merge.by_transposition = False
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("size", [(64, 96), (96, 160), (224, 320)])
+def test_gathered_windows_give_the_same_features(size: tuple[int, int]) -> None:
+    """The exporter's form of the network (gathers, one transposition) against the original's:
+    every stage output bit for bit the same, at sizes that are and are not whole windows."""
+    torch.manual_seed(3)
+    swin = SwinTransformer().eval()
+    for p in swin.parameters():
+        p.data.normal_(0, 0.05)
+    images = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        want = swin(images)
+        swin.gather_windows(True)
+        got = swin(images)
+        swin.gather_windows(False)
+        again = swin(images)
+    for g, w, a in zip(got, want, again, strict=True):
+        assert torch.equal(g, w) and torch.equal(a, w)
+    assert not any(stage.by_gathers for stage in swin.layers)

@@ -5,6 +5,15 @@ blocks, window 7, depths 2/2/6/2, heads 3/6/12/24, patch merging between stages;
 a LayerNorm on each stage's output. Feature maps travel as ``[B, H, W, C]``
 inside the stages. Window padding and the shifted-window mask are derived from
 the input's shape on every call, so one traced graph serves every size.
+
+Two forms of the same arithmetic, bit for bit the same values
+(``tests/test_model_swin.py``): the default pads, rolls and transposes the map
+into windows as the original does; with :meth:`SwinTransformer.gather_windows`
+each block moves its tokens into windows and back with one index gather each
+way (:func:`window_indices`), and patch merging is one transposition. The
+exporter traces the second: graph runtimes run a pad, a roll and a crop as
+several passes over the map each, through slow generic kernels, and a gather
+as one.
 """
 
 from __future__ import annotations
@@ -41,6 +50,37 @@ def window_merge(windows: Tensor, window: int, b: int, hp: int, wp: int) -> Tens
     c = windows.shape[-1]
     x = windows.reshape(b, hp // window, wp // window, window, window, c)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
+
+
+def window_indices(h: int, w: int, window: int, shift: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The (shifted-)window partition of an ``h x w`` map of tokens as two indices.
+
+    ``gather [nW * window^2]``: for each window token, in :func:`window_partition`'s order over the
+    map zero-padded to whole windows and rolled by ``-shift``, the index ``y * w + x`` of the map
+    token it holds, or ``h * w`` where it holds padding (the caller appends a row of zeros there).
+    ``scatter [h * w]``: for each map token, its place among the window tokens; it undoes the
+    partition, the roll and the padding. Built from shapes with tensor ops only (the exporter
+    cannot take ``%`` of a symbolic size, hence the wrap by comparison).
+    """
+    hp = h + (window - h % window) % window
+    wp = w + (window - w % window) % window
+
+    def wrapped(i: Tensor, n: int) -> Tensor:  # i in [0, 2n) -> i mod n
+        return torch.where(i >= n, i - n, i)
+
+    def in_windows(t: Tensor) -> Tensor:  # [hp, wp] -> window order, flat
+        return t.reshape(hp // window, window, wp // window, window).permute(0, 2, 1, 3).reshape(-1)
+
+    rows = in_windows(torch.arange(hp, device=device)[:, None].expand(hp, wp))
+    cols = in_windows(torch.arange(wp, device=device)[None, :].expand(hp, wp))
+    src_y, src_x = wrapped(rows + shift, hp), wrapped(cols + shift, wp)
+    gather = torch.where((src_y < h) & (src_x < w), src_y * w + src_x, h * w)
+    # Map token (y, x) sits at (y - shift, x - shift) of the rolled map, wrapped.
+    ys = wrapped(torch.arange(h, device=device) + (hp - shift), hp)
+    xs = wrapped(torch.arange(w, device=device) + (wp - shift), wp)
+    window_of = (ys // window)[:, None] * (wp // window) + (xs // window)[None, :]
+    within = (ys % window)[:, None] * window + (xs % window)[None, :]
+    return gather, (window_of * (window * window) + within).reshape(-1)
 
 
 def shifted_window_mask(hp: int, wp: int, window: int, shift: int, like: Tensor) -> Tensor:
@@ -118,11 +158,23 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, 4 * dim)
 
-    def forward(self, x: Tensor, shift_mask: Tensor) -> Tensor:
-        """``x [B, H, W, C]``, ``shift_mask [nW, N, N]`` (used by shifted blocks) -> ``[B, H, W, C]``."""
+    def forward(self, x: Tensor, shift_mask: Tensor, indices: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``x [B, H, W, C]``, ``shift_mask [nW, N, N]`` (used by shifted blocks) -> ``[B, H, W, C]``.
+
+        With ``indices`` (:func:`window_indices` for this block's shift) the tokens move into
+        windows and back by gathers instead of pad, roll, transpositions and crop: the same values.
+        """
         b, h, w, c = x.shape
         win = self.window
         y = self.norm1(x)
+        if indices is not None:
+            gather, scatter = indices
+            y = y.reshape(b, h * w, c)
+            y = torch.cat([y, y.new_zeros(b, 1, c)], 1)  # the padding's token
+            y = torch.index_select(y, 1, gather).reshape(-1, win * win, c)
+            y = self.attn(y, shift_mask if self.shift > 0 else None)
+            x = x + torch.index_select(y.reshape(b, -1, c), 1, scatter).reshape(b, h, w, c)
+            return x + self.mlp(self.norm2(x))
         # Zero-pad the normalised map to whole windows; padded tokens take part in the
         # attention unmasked (as in the original) and are cropped before the residual.
         y = F.pad(y, (0, 0, 0, (win - w % win) % win, 0, (win - h % win) % win))
@@ -144,12 +196,18 @@ class PatchMerging(nn.Module):
         super().__init__()
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
         self.norm = nn.LayerNorm(4 * dim)
+        self.by_transposition = False  # see SwinTransformer.gather_windows
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, H, W, C]`` -> ``[B, ceil(H/2), ceil(W/2), 2C]``."""
-        h, w = x.shape[1], x.shape[2]
+        b, h, w, c = x.shape
         x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        if self.by_transposition:
+            # [B, H/2, dy, W/2, dx, C] -> channels ordered (dx, dy, C), as the slices below.
+            h2, w2 = x.shape[1] // 2, x.shape[2] // 2
+            x = x.reshape(b, h2, 2, w2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h2, w2, 4 * c)
+        else:
+            x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
         return self.reduction(self.norm(x))
 
 
@@ -165,15 +223,21 @@ class SwinStage(nn.Module):
             for i in range(depth)
         )
         self.downsample = PatchMerging(dim) if downsample else None
+        self.by_gathers = False  # see SwinTransformer.gather_windows
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``[B, H, W, C]`` -> (stage output ``[B, H, W, C]``, input of the next stage)."""
         win = self.window
-        hp = x.shape[1] + (win - x.shape[1] % win) % win
-        wp = x.shape[2] + (win - x.shape[2] % win) % win
+        h, w = x.shape[1], x.shape[2]
+        hp = h + (win - h % win) % win
+        wp = w + (win - w % win) % win
         mask = shifted_window_mask(hp, wp, win, self.shift, like=x)
+        plain = shifted = None
+        if self.by_gathers:  # one pair of indices per shift, shared by the stage's blocks
+            plain = window_indices(h, w, win, 0, x.device)
+            shifted = window_indices(h, w, win, self.shift, x.device)
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, shifted if block.shift > 0 else plain)
         return x, (self.downsample(x) if self.downsample is not None else x)
 
 
@@ -208,6 +272,15 @@ class SwinTransformer(nn.Module):
         for i, dim in enumerate(dims):
             self.add_module(f"norm{i}", nn.LayerNorm(dim))
         self.num_features = dims
+
+    def gather_windows(self, enabled: bool = True) -> None:
+        """Move tokens into windows and back by index gathers, and merge patches by one
+        transposition (``True``), or as the original does (``False``, the default). The values
+        are the same either way; the exporter traces the gathers (see the module's docstring)."""
+        for stage in self.layers:
+            stage.by_gathers = enabled
+            if stage.downsample is not None:
+                stage.downsample.by_transposition = enabled
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.patch_embed(x)
