@@ -330,7 +330,8 @@ def export_stage(net: nn.Module, stage: str, cfg: HodorConfig, limits: Limits, o
 @contextmanager
 def _gathered_windows(net: nn.Module) -> Iterator[None]:
     """Trace the Swin windows as index gathers (``SwinTransformer.gather_windows``: the same values,
-    fewer and faster passes over the map in graph runtimes); the network is left as it was."""
+    fewer and faster passes over the map in graph runtimes); the network is handed back in its
+    original form (the default), tracing failed or not."""
     swins = [m for m in net.modules() if isinstance(m, SwinTransformer)]
     for swin in swins:
         swin.gather_windows(True)

@@ -52,6 +52,11 @@ def window_merge(windows: Tensor, window: int, b: int, hp: int, wp: int) -> Tens
     return x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
 
 
+def whole_windows(n: int, window: int) -> int:
+    """``n`` rounded up to a whole number of windows: the size a map is padded to."""
+    return n + (window - n % window) % window
+
+
 def window_indices(h: int, w: int, window: int, shift: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """The (shifted-)window partition of an ``h x w`` map of tokens as two indices.
 
@@ -62,14 +67,13 @@ def window_indices(h: int, w: int, window: int, shift: int, device: torch.device
     partition, the roll and the padding. Built from shapes with tensor ops only (the exporter
     cannot take ``%`` of a symbolic size, hence the wrap by comparison).
     """
-    hp = h + (window - h % window) % window
-    wp = w + (window - w % window) % window
+    hp, wp = whole_windows(h, window), whole_windows(w, window)
 
     def wrapped(i: Tensor, n: int) -> Tensor:  # i in [0, 2n) -> i mod n
         return torch.where(i >= n, i - n, i)
 
     def in_windows(t: Tensor) -> Tensor:  # [hp, wp] -> window order, flat
-        return t.reshape(hp // window, window, wp // window, window).permute(0, 2, 1, 3).reshape(-1)
+        return window_partition(t[None, :, :, None], window).reshape(-1)
 
     rows = in_windows(torch.arange(hp, device=device)[:, None].expand(hp, wp))
     cols = in_windows(torch.arange(wp, device=device)[None, :].expand(hp, wp))
@@ -229,9 +233,7 @@ class SwinStage(nn.Module):
         """``[B, H, W, C]`` -> (stage output ``[B, H, W, C]``, input of the next stage)."""
         win = self.window
         h, w = x.shape[1], x.shape[2]
-        hp = h + (win - h % win) % win
-        wp = w + (win - w % win) % win
-        mask = shifted_window_mask(hp, wp, win, self.shift, like=x)
+        mask = shifted_window_mask(whole_windows(h, win), whole_windows(w, win), win, self.shift, like=x)
         plain = shifted = None
         if self.by_gathers:  # one pair of indices per shift, shared by the stage's blocks
             plain = window_indices(h, w, win, 0, x.device)
