@@ -101,6 +101,26 @@ def test_window_indices_are_pad_roll_partition(h: int, w: int, shift: int) -> No
     assert torch.equal(got.reshape(2, -1, 4)[:, scatter].reshape(2, h, w, 4), x)
 
 
+@pytest.mark.parametrize("shift", [0, 3])
+@pytest.mark.parametrize("h,w", [(9, 11), (5, 14), (7, 7)])
+def test_projections_on_the_map_tokens_only_are_the_padded_ones(h: int, w: int, shift: int) -> None:
+    """qkv and proj on the map's tokens only (the padding's qkv is the bias) against the block
+    that projects every padded token: the same values, bit for bit."""
+    torch.manual_seed(4)
+    block = SwinBlock(12, 3, shift=shift).eval()
+    for p in block.parameters():
+        p.data.normal_(0, 0.3)
+    x = torch.randn(2, h, w, 12)
+    win = 7
+    mask = shifted_window_mask(h + (win - h % win) % win, w + (win - w % win) % win, win, 3, like=x)
+    indices = window_indices(h, w, win, shift, x.device)
+    with torch.no_grad():
+        want = block(x, mask)
+        gathered = block(x, mask, indices)
+        got = block(x, mask, indices, project_map_tokens=True)
+    assert torch.equal(gathered, want) and torch.equal(got, want)
+
+
 def test_patch_merging_by_transposition_is_the_slices() -> None:
     torch.manual_seed(2)
     merge = PatchMerging(6).eval()
@@ -126,9 +146,10 @@ def test_gathered_windows_give_the_same_features(size: tuple[int, int]) -> None:
     with torch.no_grad():
         want = swin(images)
         swin.gather_windows(True)
+        assert [stage.project_map_tokens for stage in swin.layers] == [False, False, True, True]
         got = swin(images)
         swin.gather_windows(False)
         again = swin(images)
     for g, w, a in zip(got, want, again, strict=True):
         assert torch.equal(g, w) and torch.equal(a, w)
-    assert not any(stage.by_gathers for stage in swin.layers)
+    assert not any(stage.by_gathers or stage.project_map_tokens for stage in swin.layers)
