@@ -12,6 +12,7 @@ from hodor.model.swin import (
     SwinTransformer,
     relative_position_index,
     shifted_window_mask,
+    whole_windows,
     window_indices,
     window_merge,
     window_partition,
@@ -112,7 +113,7 @@ def test_projections_on_the_map_tokens_only_are_the_padded_ones(h: int, w: int, 
         p.data.normal_(0, 0.3)
     x = torch.randn(2, h, w, 12)
     win = 7
-    mask = shifted_window_mask(h + (win - h % win) % win, w + (win - w % win) % win, win, 3, like=x)
+    mask = shifted_window_mask(whole_windows(h, win), whole_windows(w, win), win, 3, like=x)
     indices = window_indices(h, w, win, shift, x.device)
     with torch.no_grad():
         want = block(x, mask)
