@@ -181,6 +181,7 @@ def test_the_export_hands_the_network_back_in_its_original_form():
     with pytest.raises(RuntimeError), _gathered_windows(holder):
         raise RuntimeError("tracing failed")
     assert not any(s.by_gathers or (s.downsample and s.downsample.by_transposition) for s in swin.layers)
+    assert not any(s.project_map_tokens for s in swin.layers)
 
 
 def helper_attr(node: onnx.NodeProto, name: str) -> object:

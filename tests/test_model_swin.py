@@ -91,7 +91,7 @@ def test_window_indices_are_pad_roll_partition(h: int, w: int, shift: int) -> No
     """Gathering by the indices is the padded, rolled partition; scattering back undoes it."""
     x = torch.randn(2, h, w, 4)
     win = 7
-    hp, wp = h + (win - h % win) % win, w + (win - w % win) % win
+    hp, wp = whole_windows(h, win), whole_windows(w, win)
     padded = torch.nn.functional.pad(x, (0, 0, 0, wp - w, 0, hp - h))
     rolled = torch.roll(padded, shifts=(-shift, -shift), dims=(1, 2)) if shift else padded
     want = window_partition(rolled, win)

@@ -190,21 +190,19 @@ class SwinBlock(nn.Module):
         y = self.norm1(x)
         if indices is not None:
             gather, scatter = indices
+            mask = shift_mask if self.shift > 0 else None
             y = y.reshape(b, h * w, c)
             if project_map_tokens:
                 # A padded token is zero after the norm, so its qkv is the bias: appended as its
                 # row, and proj runs after the scatter, on the map's tokens only.
-                qkv = self.attn.qkv(y)
-                pad = self.attn.qkv.bias.reshape(1, 1, -1).expand(b, 1, -1)
-                qkv = torch.index_select(torch.cat([qkv, pad], 1), 1, gather).reshape(-1, win * win, 3 * c)
-                y = self.attn.attend(qkv, shift_mask if self.shift > 0 else None)
+                rows = torch.cat([self.attn.qkv(y), self.attn.qkv.bias.reshape(1, 1, -1).expand(b, 1, -1)], 1)
+                y = self.attn.attend(torch.index_select(rows, 1, gather).reshape(-1, win * win, 3 * c), mask)
+                y = self.attn.proj(torch.index_select(y.reshape(b, -1, c), 1, scatter))
+            else:
+                rows = torch.cat([y, y.new_zeros(b, 1, c)], 1)  # the padding's token
+                y = self.attn(torch.index_select(rows, 1, gather).reshape(-1, win * win, c), mask)
                 y = torch.index_select(y.reshape(b, -1, c), 1, scatter)
-                x = x + self.attn.proj(y).reshape(b, h, w, c)
-                return x + self.mlp(self.norm2(x))
-            y = torch.cat([y, y.new_zeros(b, 1, c)], 1)  # the padding's token
-            y = torch.index_select(y, 1, gather).reshape(-1, win * win, c)
-            y = self.attn(y, shift_mask if self.shift > 0 else None)
-            x = x + torch.index_select(y.reshape(b, -1, c), 1, scatter).reshape(b, h, w, c)
+            x = x + y.reshape(b, h, w, c)
             return x + self.mlp(self.norm2(x))
         # Zero-pad the normalised map to whole windows; padded tokens take part in the
         # attention unmasked (as in the original) and are cropped before the residual.
