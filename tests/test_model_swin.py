@@ -11,12 +11,21 @@ from hodor.model.swin import (
     SwinStage,
     SwinTransformer,
     relative_position_index,
+    round_up,
     shifted_window_mask,
     whole_windows,
     window_indices,
     window_merge,
     window_partition,
 )
+
+
+def test_round_up_is_the_remainder_formula():
+    """The floor-division form the model pads with (kept for the exporter's sake) gives what the
+    remainder form gives, for every size and multiple used."""
+    for multiple in (2, 4, 7):
+        for n in range(1, 200):
+            assert round_up(n, multiple) == n + (multiple - n % multiple) % multiple
 
 
 def _mask_by_slices(hp: int, wp: int, window: int, shift: int) -> torch.Tensor:

@@ -55,9 +55,17 @@ def window_merge(windows: Tensor, window: int, b: int, hp: int, wp: int) -> Tens
     return x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
 
 
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple``. Written with floor division alone: on the
+    exporter's symbolic sizes a remainder (``%``) becomes an expression its solver simplifies
+    slowly, and every later size of the backbone is built on it (the backbone's export took
+    several times as long)."""
+    return (n + multiple - 1) // multiple * multiple
+
+
 def whole_windows(n: int, window: int) -> int:
     """``n`` rounded up to a whole number of windows: the size a map is padded to."""
-    return n + (window - n % window) % window
+    return round_up(n, window)
 
 
 def window_indices(h: int, w: int, window: int, shift: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -230,7 +238,7 @@ class PatchMerging(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``[B, H, W, C]`` -> ``[B, ceil(H/2), ceil(W/2), 2C]``."""
         b, h, w, c = x.shape
-        x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        x = F.pad(x, (0, 0, 0, round_up(w, 2) - w, 0, round_up(h, 2) - h))
         if self.by_transposition:
             # [B, H/2, dy, W/2, dx, C] -> channels ordered (dx, dy, C), as the slices below.
             h2, w2 = x.shape[1] // 2, x.shape[2] // 2
@@ -279,7 +287,7 @@ class PatchEmbed(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``[B, 3, H, W]`` -> ``[B, H/4, W/4, C]`` (channels last)."""
         p = self.patch
-        x = F.pad(x, (0, (p - x.shape[3] % p) % p, 0, (p - x.shape[2] % p) % p))
+        x = F.pad(x, (0, round_up(x.shape[3], p) - x.shape[3], 0, round_up(x.shape[2], p) - x.shape[2]))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
