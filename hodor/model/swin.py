@@ -214,7 +214,7 @@ class SwinBlock(nn.Module):
             return x + self.mlp(self.norm2(x))
         # Zero-pad the normalised map to whole windows; padded tokens take part in the
         # attention unmasked (as in the original) and are cropped before the residual.
-        y = F.pad(y, (0, 0, 0, (win - w % win) % win, 0, (win - h % win) % win))
+        y = F.pad(y, (0, 0, 0, whole_windows(w, win) - w, 0, whole_windows(h, win) - h))
         hp, wp = y.shape[1], y.shape[2]
         if self.shift > 0:
             y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
