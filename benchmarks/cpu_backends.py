@@ -278,8 +278,14 @@ CANDIDATES: dict[str, Candidate] = {
         Candidate(
             "openvino",
             "OpenVINO, fp32 (deformable convolutions as OpenVINO's own, dense 3x3 ones as Winograd "
-            "F(4x4, 3x3) through the engine's operations)",
+            "F(6x6, 3x3) through the engine's operations)",
             _openvino("fp32"),
+        ),
+        Candidate(
+            "openvino-f4",
+            "OpenVINO, fp32, dense 3x3 convolutions as Winograd F(4x4, 3x3) through the engine's "
+            "operations (half F(6x6, 3x3)'s rounding error, more products): before F(6x6, 3x3)",
+            _openvino("fp32", fp32_winograd_tile=4),
         ),
         Candidate(
             "openvino-graph-winograd",

@@ -23,9 +23,9 @@ narrower number type. ``cpu_backends.py --floor`` sets the whole frame's floor b
 measured frame time in the same run; their quotient bounds the speed-up any backend can reach at
 that precision, even one that made every other operation (sampling, normalisation, the runtime's
 resampling and arg-max) free. The OpenVINO backend's fp32 stages do less arithmetic: they run the
-dense 3x3 convolutions as Winograd F(4x4, 3x3), a quarter of those multiplications
+dense 3x3 convolutions as Winograd F(6x6, 3x3), 64 multiplications for 36 outputs instead of 324
 (:func:`winograd_flops` counts them), so the report also gives the fp32 floor and bound with those
-products at a quarter (the transforms around them not counted: a floor still).
+products at that fraction (the transforms around them not counted: a floor still).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run as a script from a checkout
+
+from hodor.engine.backends.openvino_backend import FP32_WINOGRAD_TILE  # noqa: E402  (no OpenVINO needed)
 
 STAGES = ("backbone", "encode", "decode")
 
@@ -83,10 +85,15 @@ def stage_flops(backend: Any, calls: dict[str, Any]) -> dict[str, float]:
     return flops
 
 
+WINOGRAD_FRACTION = (FP32_WINOGRAD_TILE + 2) ** 2 / (9 * FP32_WINOGRAD_TILE**2)
+"""The fraction of a dense 3x3 convolution's multiplications its fp32 Winograd makes: F(m x m, 3x3)
+computes m^2 outputs with (m + 2)^2 instead of 9 m^2 (64 / 324 for m = 6)."""
+
+
 def winograd_flops(backend: Any, calls: dict[str, Any]) -> dict[str, float]:
     """Of :func:`stage_flops`' count, the dense 3x3 convolutions' (stride 1, padding 1, no dilation
     or groups, at least ``MIN_CHANNELS`` in and out): those the OpenVINO backend's fp32 stages run
-    as Winograd F(4x4, 3x3), with a quarter of the multiplications."""
+    as Winograd F(6x6, 3x3) (:data:`WINOGRAD_FRACTION` of the multiplications)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from hodor.engine.backends.winograd_conv import MIN_CHANNELS
@@ -336,7 +343,7 @@ def floor_section(
     """Markdown: the probes, the floors per stage and precision, and (given the baseline's measured
     times from the same run) the bound on any backend's speed-up over it; with ``winograd`` (the
     :func:`winograd_flops` of each stage), also the fp32 floor and bound with those convolutions'
-    multiplications at a quarter (their transforms not counted)."""
+    multiplications at :data:`WINOGRAD_FRACTION` (their transforms not counted)."""
     peaks = attained_peaks(probes)
     lines = [
         "Attained rates (median of the repeats; one thread per usable core):",
@@ -389,11 +396,12 @@ def floor_section(
             )
     if winograd is not None and "fp32" in peaks:
         dense = sum(winograd.values())
-        fewer = total - 0.75 * dense
+        fewer = total - (1.0 - WINOGRAD_FRACTION) * dense
         floor_ms = fewer / 1e9 / peaks["fp32"] * 1e3
         line = (
             f"\nWith the dense 3x3 convolutions ({dense / 1e9:.1f} of the {total / 1e9:.1f} GFLOP) "
-            "as Winograd F(4x4, 3x3), as the OpenVINO backend runs them in fp32, the products are "
+            f"as Winograd F({FP32_WINOGRAD_TILE}x{FP32_WINOGRAD_TILE}, 3x3), as the OpenVINO backend "
+            "runs them in fp32, the products are "
             f"{fewer / 1e9:.1f} GFLOP (their transforms not counted): fp32 floor {floor_ms:.0f} ms"
         )
         if baseline_frame_ms is not None:

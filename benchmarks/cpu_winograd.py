@@ -17,8 +17,8 @@ trained layer's scale), these ways:
   product, more memory traffic around it;
 - through the engine's OpenVINO operations
   (:func:`hodor.engine.backends.winograd_conv.rewrite_winograd_ops`, channels last), where they
-  build: ``ops F(4x4)`` in fp32 (the fp32 stages' form), ``ops F(3x3)`` (the bf16 stages' form)
-  and ``ops F(2x2)`` in bf16.
+  build: ``ops F(6x6)`` in fp32 (the fp32 stages' form) and ``ops F(4x4)`` (their form before),
+  ``ops F(3x3)`` (the bf16 stages' form) and ``ops F(2x2)`` in bf16.
 
 Here every convolution is rewritten, the narrow ones too. ``direct`` and ``graph F(4x4)`` run in
 ONNX Runtime (fp32) and OpenVINO (fp32, and with the bf16 inference hint where the CPU has
@@ -96,6 +96,7 @@ def model_convs(min_dim: int) -> list[ConvShape]:
 GRAPH_WAYS = ("direct", "graph F(4x4)")
 """The ways every engine runs."""
 OPS_WAYS = {
+    "ops F(6x6)": ("openvino fp32", 6),
     "ops F(4x4)": ("openvino fp32", 4),
     "ops F(3x3)": ("openvino bf16", 3),
     "ops F(2x2)": ("openvino bf16", 2),

@@ -115,11 +115,14 @@ def test_peaks_floors_and_bound(floor):
     assert "| frame (three stages) | 100.0 | 1000 | 500 | 1500 | 67 |" in text
     assert "not measured: x (torch, int8): why" in text
     assert "Winograd" not in text
-    # 40 of the 100 GFLOP in dense 3x3 convolutions: 100 - 30 = 70 GFLOP, 700 ms at 100 GFLOP/s
+    # 40 of the 100 GFLOP in dense 3x3 convolutions, as F(6x6, 3x3) 64 / 324 of them:
+    # 60 + 7.9 = 67.9 GFLOP, 679 ms at 100 GFLOP/s
+    assert floor.WINOGRAD_FRACTION == pytest.approx(64 / 324)
     dense = {"backbone": 30e9, "encode": 0.0, "decode": 10e9}
     text = floor.floor_section(flops, probes, {}, "base", stage_ms, 1700.0, winograd=dense)
-    assert "the products are 70.0 GFLOP (their transforms not counted): fp32 floor 700 ms" in text
-    assert "at most 2.43x base." in text
+    assert "F(6x6, 3x3)" in text
+    assert "the products are 67.9 GFLOP (their transforms not counted): fp32 floor 679 ms" in text
+    assert "at most 2.50x base." in text
 
 
 def test_probes_run_and_report_what_they_skip(floor):

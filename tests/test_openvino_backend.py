@@ -272,6 +272,35 @@ def test_direct_convolutions_on_request(exported, net, backend, tmp_path):
     assert not torch.equal(direct.backbone(images)[0], backend.backbone(images)[0])
 
 
+def _kept_winograd_tiles(cache_dir) -> set[int]:
+    """The ``tile`` attributes of the Winograd operations in the graphs kept in ``cache_dir``."""
+    import onnx
+
+    tiles = set()
+    for kept in cache_dir.glob("*.onnx"):
+        for node in onnx.load(str(kept), load_external_data=False).graph.node:
+            if node.op_type == "HodorWinogradTiles":
+                tiles |= {a.i for a in node.attribute if a.name == "tile"}
+    return tiles
+
+
+def test_fp32_winograd_f4x4_on_request(exported, net, backend, tmp_path):
+    """fp32 stages run F(6x6, 3x3) by default; F(4x4, 3x3) on request, in graphs of their own
+    (kept under their own key), both to fp32 accuracy, and not one rounding."""
+    if backend.ops_library is None:
+        pytest.skip("the engine's operations did not build here")
+    assert _kept_winograd_tiles(backend.cache_dir) == {6}
+    f4 = OpenVinoBackend(exported.directory, cache_dir=tmp_path, fp32_winograd_tile=4)
+    assert f4.winograd_ops_convs == 4 and _kept_winograd_tiles(f4.cache_dir) == {4}
+    inputs = _stage_inputs(17, 192, 256, 2, 4)
+    errors = _errors(f4, net, inputs)
+    assert max(errors.values()) <= FP32_TOLERANCE, errors
+    images = inputs[0]
+    assert not torch.equal(f4.backbone(images)[0], backend.backbone(images)[0])
+    with pytest.raises(ValueError, match="4 or 6"):
+        OpenVinoBackend(exported.directory, cache=False, fp32_winograd_tile=3)
+
+
 # --------------------------------------------------------------------------- bf16
 
 

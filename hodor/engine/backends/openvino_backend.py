@@ -31,12 +31,12 @@ transposed, and keys split into heads are transposed as 4-D maps
 instead of once per product, and the decoder's rows and every key matrix with a compiled kernel.
 
 In the fp32 stages the dense 3x3 convolutions (the FPN's outputs, the decoder's 1/4-map and
-catch-all ones) are rewritten as Winograd F(4x4, 3x3) (:mod:`hodor.engine.backends.winograd_conv`):
-4x fewer multiplications, its transforms through the same library's operations (in plain graph
-operations, slower, where it cannot be built), which OpenVINO runs faster than its own fp32
-convolution; results within 6e-6 of PyTorch. The rewritten graphs are kept (below), so a warm
-start does not redo it. Not in bf16, where its transformed values lose too much (F(3x3, 3x3)
-there, above).
+catch-all ones) are rewritten as Winograd F(6x6, 3x3) (:mod:`hodor.engine.backends.winograd_conv`):
+5x fewer multiplications, its transforms through the same library's operations (F(4x4, 3x3), 4x
+fewer, in plain graph operations, slower, where it cannot be built), which OpenVINO runs faster
+than its own fp32 convolution; the backbone's features within 1e-5 of PyTorch, the logits 6e-6.
+The rewritten graphs are kept (below), so a warm start does not redo it. Not in bf16, where
+larger tiles' transformed values lose too much (F(3x3, 3x3) there, above).
 
 The graphs are compiled for any input shape. OpenVINO runs a graph compiled for fixed shapes
 faster (at 480p in ``benchmarks/cpu_backends.py``: the encoder's CPU time 22-27 % less, the
@@ -114,6 +114,9 @@ STATIC_SHAPES_KEPT = 4
 """How many fixed-shape compilations each of those stages keeps."""
 BF16_WINOGRAD_TILE = 3
 """The bf16 stages' Winograd: F(3x3, 3x3) (:mod:`hodor.engine.backends.winograd_conv` says why)."""
+FP32_WINOGRAD_TILE = 6
+"""The fp32 stages' Winograd through the engine's operations: F(6x6, 3x3)
+(:mod:`hodor.engine.backends.winograd_conv` says why)."""
 REWRITES_VERSION = 10
 """Part of the key of the graphs kept in the cache: raised whenever a rewrite's output changes."""
 _LOWEST = torch.finfo(torch.float32).min
@@ -155,6 +158,7 @@ class OpenVinoBackend(HostGraphSeam):
         deform_columns: bool = True,
         engine_ops: bool = True,
         bf16_winograd_tile: int = BF16_WINOGRAD_TILE,
+        fp32_winograd_tile: int = FP32_WINOGRAD_TILE,
         extra_properties: dict[str, Any] | None = None,
     ) -> None:
         """``config`` overrides the manifest's (e.g. run-time ``--min-dim``); ``precision``: ``fp32``
@@ -164,7 +168,7 @@ class OpenVinoBackend(HostGraphSeam):
         were not rewritten stays fp32 regardless); ``native_deform_conv=False`` runs the decoder
         graph as exported (for comparison); ``static_shapes=False`` keeps every stage on its
         shape-free compilation; ``winograd=False`` runs the dense 3x3 convolutions as exported
-        instead of as Winograd (F(4x4, 3x3) in fp32 stages, F(3x3, 3x3) in bf16 ones, see
+        instead of as Winograd (F(6x6, 3x3) in fp32 stages, F(3x3, 3x3) in bf16 ones, see
         :mod:`hodor.engine.backends.winograd_conv`); ``deform_columns=False`` keeps a bf16
         decoder's deformable convolutions on OpenVINO's fp32 ``DeformableConvolution`` instead of
         sampled columns and a bf16 product (:mod:`hodor.engine.backends.deform_columns`);
@@ -172,12 +176,14 @@ class OpenVinoBackend(HostGraphSeam):
         without the warning: the fp32 Winograd in graph operations, bf16 as if both flags were off);
         ``bf16_winograd_tile``: the bf16 stages' Winograd, F(3x3, 3x3) (3, the default) or
         F(2x2, 3x3) (2: 2x a direct bf16 convolution's error instead of 6x, slower);
+        ``fp32_winograd_tile``: the fp32 stages' Winograd through the engine's operations,
+        F(6x6, 3x3) (6, the default) or F(4x4, 3x3) (4: half the rounding error, slower);
         ``extra_properties``: more OpenVINO compile properties (``{"PERF_COUNT": True}`` for
         :meth:`profile`). ``startup_s`` records how long reading, checking and compiling the graphs
         took; ``deform_convs_rewritten`` how many deformable convolutions OpenVINO runs as its own
         (``deform_columns_convs`` of them as columns and a bf16 product); ``winograd_convs`` how many
         convolutions run as Winograd (``winograd_ops_convs`` of them through the engine's operations:
-        F(4x4, 3x3) in fp32 stages, F(3x3, 3x3) in bf16 ones); ``ops_unavailable`` says why the
+        F(6x6, 3x3) in fp32 stages, F(3x3, 3x3) in bf16 ones); ``ops_unavailable`` says why the
         engine's operations (:mod:`hodor.engine.backends.openvino_ops`) are not used where asked for;
         ``static_compiles`` and ``static_compile_s`` how many fixed-shape compilations were made
         while running, and the seconds they took."""
@@ -236,6 +242,9 @@ class OpenVinoBackend(HostGraphSeam):
         if bf16_winograd_tile not in (2, 3):
             raise ValueError(f"bf16_winograd_tile is 2 or 3, not {bf16_winograd_tile!r}")
         self._bf16_tile = bf16_winograd_tile
+        if fp32_winograd_tile not in (4, 6):
+            raise ValueError(f"fp32_winograd_tile is 4 or 6, not {fp32_winograd_tile!r}")
+        self._fp32_tile = fp32_winograd_tile
         self.winograd_convs = 0
         self.winograd_ops_convs = 0
         self._deform_extension_added = False
@@ -319,6 +328,7 @@ class OpenVinoBackend(HostGraphSeam):
                     columns,
                     ops,
                     self._bf16_tile,
+                    self._fp32_tile,
                 ]
             )
             stem = f"{Path(entry.file).stem}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"
@@ -328,7 +338,9 @@ class OpenVinoBackend(HostGraphSeam):
                 self._note_deform_convs(found)
                 return found
         if deform or winograd:
-            prepared = _rewritten(graph, stage, wants_bf16, deform, winograd, columns, ops, self._bf16_tile)
+            prepared = _rewritten(
+                graph, stage, wants_bf16, deform, winograd, columns, ops, self._bf16_tile, self._fp32_tile
+            )
         else:
             prepared = _Prepared(graph, 0, 0, _compiles_in_bf16(wants_bf16, stage, deform_convs=0))
         self._note_deform_convs(prepared)
@@ -512,13 +524,14 @@ def _rewritten(
     columns: bool = False,
     ops: bool = False,
     bf16_tile: int = BF16_WINOGRAD_TILE,
+    fp32_tile: int = FP32_WINOGRAD_TILE,
 ) -> _Prepared:
     """The rewrites on ``graph``, parsed once and serialised once (the bytes unchanged when none
     applies). A decoder whose deformable convolutions are not in the exporter's shape keeps its
     exported form, in fp32 (its absolute sampling positions cannot take bf16). With ``columns``
     a bf16 decoder's deformable convolutions become sampled columns and a bf16 product; with
     ``ops`` (the engine's operations loaded) the dense 3x3 convolutions' Winograd runs through them
-    (F(4x4, 3x3) in fp32, F(3x3, 3x3) in bf16; without, F(4x4, 3x3) in graph operations in fp32
+    (F(6x6, 3x3) in fp32, F(3x3, 3x3) in bf16; without, F(4x4, 3x3) in graph operations in fp32
     and direct convolutions in bf16)."""
     try:
         import onnx
@@ -550,7 +563,7 @@ def _rewritten(
         from hodor.engine.backends.deform_columns import rewrite_as_columns
 
         columns_convs = rewrite_as_columns(model)
-    # F(4x4, 3x3) in fp32; in bf16 F(3x3, 3x3), F(4x4, 3x3)'s transformed values losing too much
+    # F(6x6, 3x3) in fp32; in bf16 F(3x3, 3x3), larger tiles' transformed values losing too much
     # there (see winograd_conv).
     winograd_convs = winograd_ops_convs = 0
     # The backbone's maps reach its two FPN convolutions as OpenVINO's sums of a lateral and an
@@ -559,7 +572,9 @@ def _rewritten(
     # benchmarks/RESULTS.md). The decoder's maps come channels last, where that costs more.
     nchw = stage == "backbone"
     if winograd and not bf16 and ops:
-        winograd_convs = winograd_ops_convs = rewrite_winograd_ops(model, tile=4, bf16=False, nchw=nchw)
+        winograd_convs = winograd_ops_convs = rewrite_winograd_ops(
+            model, tile=fp32_tile, bf16=False, nchw=nchw
+        )
     elif winograd and not bf16:
         winograd_convs = rewrite_winograd_convs(model)
     elif winograd and bf16 and ops:

@@ -15,7 +15,7 @@
 // nearest even; 0: f32). Used by hodor/engine/backends/deform_columns.py.
 //
 // HodorWinogradTiles and HodorWinogradUntile: the two transforms of a 3x3 convolution (stride 1,
-// padding 1) computed as Winograd F(m x m, 3 x 3), m = 2, 3 or 4 (attribute tile), n = m + 2; OpenVINO
+// padding 1) computed as Winograd F(m x m, 3 x 3), m = 2, 3, 4 or 6 (attribute tile), n = m + 2; OpenVINO
 // runs the n^2 products between them with its own kernels. Each m x m block of outputs (tile ty,
 // tx) reads the n x n input block at rows m ty - 1 .. m ty + m, columns m tx - 1 .. m tx + m (zeros
 // outside). The tiles operation writes V = B^T d B of every block, position p = n r + s major:
@@ -23,7 +23,8 @@
 // U[p] = (G g G^T)[p] as a [C, K] matrix, M[p] = V[p] U[p] is a batch of n^2 products; the untile
 // operation writes y = A^T M A of every tile plus the bias, channels last, cropped to H x W.
 // F(3x3, 3x3) serves bf16 stages (rounding its transformed values to bf16 costs about 6x a direct
-// bf16 convolution's error, F(2x2, 3x3)'s 2x, F(4x4, 3x3)'s 11x), F(4x4, 3x3) fp32 ones. Used by
+// bf16 convolution's error, F(2x2, 3x3)'s 2x, F(4x4, 3x3)'s 11x), F(6x6, 3x3) fp32 ones (about 2x
+// F(4x4, 3x3)'s rounding error there, a few units in 1e-6, with a fifth fewer products). Used by
 // hodor/engine/backends/winograd_conv.py, which also computes the transformed weights.
 //
 // HodorWinogradTiles: input x [N, H, W, C] (f32 or bf16), or [N, C, H, W] with nchw = 1; attributes
@@ -244,14 +245,25 @@ private:
     int64_t m_bf16 = 1;
 };
 
-// The transforms of Winograd F(m x m, 3 x 3), m = 2, 3 or 4 (n = m + 2 inputs a side): B^T (n x n)
+// The transforms of Winograd F(m x m, 3 x 3), m = 2, 3, 4 or 6 (n = m + 2 inputs a side): B^T (n x n)
 // and A^T (m x n), row-major. F(2x2, 3x3)'s add and subtract only; F(3x3, 3x3)'s points are 0, 1,
-// -1, 2; F(4x4, 3x3)'s are those of hodor/engine/backends/winograd_conv.py (points 0, 1, -1, 2, -2).
+// -1, 2; F(4x4, 3x3)'s are those of hodor/engine/backends/winograd_conv.py (points 0, 1, -1, 2, -2);
+// F(6x6, 3x3)'s below (its weight transform G_6 is in winograd_conv.py).
 static constexpr float kBt2[16] = {1, 0, -1, 0, 0, 1, 1, 0, 0, -1, 1, 0, 0, 1, 0, -1};
 static constexpr float kAt2[8] = {1, 1, 1, 0, 0, 1, -1, -1};
 static constexpr float kBt4[36] = {4, 0, -5, 0, 1, 0,  0, -4, -4, 1, 1, 0, 0, 4, -4, -1, 1, 0,
                                    0, -2, -1, 2, 1, 0, 0, 2, -1, -2, 1, 0, 0, 4, 0, -5, 0, 1};
 static constexpr float kAt4[24] = {1, 1, 1, 1, 1, 0, 0, 1, -1, 2, -2, 0, 0, 1, 1, 4, 4, 0, 0, 1, -1, 8, -8, 1};
+
+// F(6x6, 3x3), points 0, 1, -1, 1/2, -1/2, 2, -2 (every entry exact in binary).
+static constexpr float kBt6[64] = {
+    1, 0, -5.25f, 0, 5.25f, 0, -1, 0,          0, 1, 1, -4.25f, -4.25f, 1, 1, 0,
+    0, -1, 1, 4.25f, -4.25f, -1, 1, 0,         0, 2, 4, -2.5f, -5, 0.5f, 1, 0,
+    0, -2, 4, 2.5f, -5, -0.5f, 1, 0,           0, 0.5f, 0.25f, -2.5f, -1.25f, 2, 1, 0,
+    0, -0.5f, 0.25f, 2.5f, -1.25f, -2, 1, 0,   0, -1, 0, 5.25f, 0, -5.25f, 0, 1};
+static constexpr float kAt6[48] = {1, 1, 1,  1,        1,         1,  1,   0, 0, 1, -1, 0.5f,     -0.5f,     2,  -2,  0,
+                                   0, 1, 1,  0.25f,    0.25f,     4,  4,   0, 0, 1, -1, 0.125f,   -0.125f,   8,  -8,  0,
+                                   0, 1, 1,  0.0625f,  0.0625f,   16, 16,  0, 0, 1, -1, 0.03125f, -0.03125f, 32, -32, 1};
 
 static constexpr float kBt3[25] = {2, -1, -2, 1, 0, 0, -2, -1, 1,  0, 0, 2, -3,
                                    1, 0, 0, -1, 0,  1, 0, 0, 2, -1, -2, 1};
@@ -263,23 +275,30 @@ template <int M>
 struct Winograd {
     static constexpr int m = M, n = M + 2;
     static constexpr float bt(int r, int c) {
-        return M == 2 ? kBt2[r * n + c] : M == 3 ? kBt3[r * n + c] : kBt4[r * n + c];
+        return M == 2 ? kBt2[r * n + c] : M == 3 ? kBt3[r * n + c] : M == 4 ? kBt4[r * n + c] : kBt6[r * n + c];
     }
     static constexpr float at(int r, int c) {
-        return M == 2 ? kAt2[r * n + c] : M == 3 ? kAt3[r * n + c] : kAt4[r * n + c];
+        return M == 2 ? kAt2[r * n + c] : M == 3 ? kAt3[r * n + c] : M == 4 ? kAt4[r * n + c] : kAt6[r * n + c];
     }
 };
 
-// f(Winograd<m>{}) for tile m = 2, 3 or 4.
+// Whether m is a tile these operations compute: 2, 3, 4 or 6 outputs a side.
+static inline bool known_tile(int64_t m) {
+    return m == 2 || m == 3 || m == 4 || m == 6;
+}
+
+// f(Winograd<m>{}) for tile m = 2, 3, 4 or 6.
 template <typename F>
 static void with_tile(int64_t tile, F&& f) {
-    OPENVINO_ASSERT(tile >= 2 && tile <= 4, "Winograd tiles of 2, 3 or 4 outputs a side, not ", tile);
+    OPENVINO_ASSERT(known_tile(tile), "Winograd tiles of 2, 3, 4 or 6 outputs a side, not ", tile);
     if (tile == 2) {
         f(Winograd<2>{});
     } else if (tile == 3) {
         f(Winograd<3>{});
-    } else {
+    } else if (tile == 4) {
         f(Winograd<4>{});
+    } else {
+        f(Winograd<6>{});
     }
 }
 
@@ -475,7 +494,7 @@ public:
 
 protected:
     void check_attributes() {
-        NODE_VALIDATION_CHECK(this, m_tile >= 2 && m_tile <= 4, "tile must be 2, 3 or 4");
+        NODE_VALIDATION_CHECK(this, known_tile(m_tile), "tile must be 2, 3, 4 or 6");
         NODE_VALIDATION_CHECK(this, m_nchw == 0 || m_nchw == 1, "nchw must be 0 or 1");
     }
 

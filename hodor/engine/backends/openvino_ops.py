@@ -3,7 +3,7 @@
 ``openvino_ops.cpp`` beside this file defines three small operations that OpenVINO runs inside a
 stage's graph: ``HodorDeformColumns`` (the sampling half of a deformable convolution in bf16 stages,
 used by :mod:`hodor.engine.backends.deform_columns`), and ``HodorWinogradTiles`` and
-``HodorWinogradUntile`` (the transforms of a 3x3 convolution as Winograd, F(4x4, 3x3) in fp32
+``HodorWinogradUntile`` (the transforms of a 3x3 convolution as Winograd, F(6x6, 3x3) in fp32
 stages and F(3x3, 3x3) in bf16 ones, used by :mod:`hodor.engine.backends.winograd_conv`). Between
 them OpenVINO runs the matrix products with its own kernels; what the operations do is move and
 add values, which OpenVINO's graph operations do with more passes over memory.

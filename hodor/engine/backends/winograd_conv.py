@@ -8,7 +8,8 @@ back (``A^T m A``). Summed over the input channels, the element-wise products be
 products of (tiles x C) by (C x K): 36 multiplications per 16 outputs instead of 144, 4x fewer.
 What it costs is memory traffic: the transformed input is 2.25x the input. F(3x3, 3x3) does the
 same with 5x5 input blocks: 25 products per 9 outputs, 3.24x fewer multiplications; F(2x2, 3x3)
-with 4x4 ones: 16 products per 4 outputs, 2.25x fewer.
+with 4x4 ones: 16 products per 4 outputs, 2.25x fewer; F(6x6, 3x3) with 8x8 ones: 64 products per
+36 outputs, 5.06x fewer, and a transformed input 1.78x the input.
 
 :func:`rewrite_winograd_ops` replaces each eligible ``Conv`` node of an ONNX graph (3x3,
 stride 1, padding 1, no dilation or groups, constant weights, at least ``min_channels`` in and
@@ -25,7 +26,12 @@ backbone, whose FPN convolutions read sums OpenVINO keeps channels first (its ``
 those took 10 ms of a bf16 backbone call), and not for the decoder, whose maps it keeps channels
 last (there the ``Transpose`` costs nothing).
 
-F(4x4, 3x3) for fp32 stages; F(3x3, 3x3) for bf16 ones. Rounding the transformed values to bf16
+F(6x6, 3x3) for fp32 stages (points 0, 1, -1, 1/2, -1/2, 2, -2): against F(4x4, 3x3) one
+convolution of the model's 1/4 map (256 -> 256 channels, 120x216) took 54.6 against 61.4 ms in
+OpenVINO on two cores, at 6.1e-6 from float64 (relative norm) against 3.1e-6 (a direct fp32
+convolution 8.5e-7); over a 480p frame's four such convolutions about 20-35 ms less
+(``benchmarks/RESULTS.md``), the backbone's features 8.8e-6 from PyTorch against 5.7e-6, the
+logits 5.5e-6 against 4.2e-6. F(3x3, 3x3) for bf16 ones. Rounding the transformed values to bf16
 costs precision in proportion to how far the transforms scale them: against float64, with
 weights of a trained layer's scale, at the model's shapes (``benchmarks/cpu_winograd.py``), a
 direct bf16 convolution is off by 2.3-2.9e-3 (relative norm), F(2x2, 3x3), whose transforms
@@ -87,6 +93,16 @@ G_3 = np.array(
     [[1 / 2, 0, 0], [-1 / 2, -1 / 2, -1 / 2], [-1 / 6, 1 / 6, -1 / 6], [1 / 6, 1 / 3, 2 / 3], [0, 0, 1]],
     dtype=np.float64,
 )
+# F(6x6, 3x3) (points 0, 1, -1, 1/2, -1/2, 2, -2): its weight transform; the others are in
+# openvino_ops.cpp.
+G_6 = np.array(
+    [[1, 0, 0], [-2 / 9, -2 / 9, -2 / 9], [-2 / 9, 2 / 9, -2 / 9],
+     [32 / 45, 16 / 45, 8 / 45], [32 / 45, -16 / 45, 8 / 45],
+     [1 / 90, 1 / 45, 2 / 45], [1 / 90, -1 / 45, 2 / 45], [0, 0, 1]],
+    dtype=np.float64,
+)  # fmt: skip
+TILES = (2, 3, 4, 6)
+"""The output tiles (outputs a side) the engine's Winograd operations compute."""
 OUT_TILE, IN_TILE = 4, 6
 MIN_CHANNELS = 64
 """Below this many input or output channels the product is too small to pay for the transforms
@@ -221,7 +237,7 @@ def rewrite_winograd_convs(model: onnx.ModelProto, min_channels: int = MIN_CHANN
 def transformed_weights_for(weight: np.ndarray, tile: int) -> np.ndarray:
     """``[K, C, 3, 3]`` -> ``[n^2, C, K]`` float32 (n = tile + 2): F(tile x tile, 3x3)'s ``G g G^T``
     for every (C, K), the n x n positions row-major first, computed in float64."""
-    g = {2: G_2, 3: G_3, 4: G}[tile]
+    g = {2: G_2, 3: G_3, 4: G, 6: G_6}[tile]
     u = (g @ weight.astype(np.float64) @ g.T).transpose(2, 3, 1, 0)  # [n, n, C, K]
     return u.reshape(len(g) ** 2, weight.shape[1], weight.shape[0]).astype(np.float32)
 
@@ -238,8 +254,8 @@ def rewrite_winograd_ops(
     how many. ``tile`` 3 with ``bf16`` (the bf16 stages' form; 2 on request) or 4 without (the
     fp32 stages'); ``bf16=False`` keeps every value float32; ``nchw``: the operations take and
     give the map channels first (no ``Transpose`` around them)."""
-    if tile not in (2, 3, 4):
-        raise ValueError(f"Winograd tiles of 2, 3 or 4 outputs a side, not {tile}")
+    if tile not in TILES:
+        raise ValueError(f"Winograd tiles of 2, 3, 4 or 6 outputs a side, not {tile}")
 
     def replace(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> Replacement | None:
         found = _eligible(node, initializers, min_channels) if node.op_type == "Conv" else None
