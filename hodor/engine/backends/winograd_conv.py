@@ -26,17 +26,17 @@ backbone, whose FPN convolutions read sums OpenVINO keeps channels first (its ``
 those took 10 ms of a bf16 backbone call), and not for the decoder, whose maps it keeps channels
 last (there the ``Transpose`` costs nothing).
 
-F(6x6, 3x3) for fp32 stages (points 0, 1, -1, 1/2, -1/2, 2, -2): against F(4x4, 3x3) one
-convolution of the model's 1/4 map (256 -> 256 channels, 120x216) took 54.6 against 61.4 ms in
-OpenVINO on two cores, at 6.1e-6 from float64 (relative norm) against 3.1e-6 (a direct fp32
-convolution 8.5e-7); over a 480p frame's four such convolutions about 20-35 ms less
-(``benchmarks/RESULTS.md``), the backbone's features 8.8e-6 from PyTorch against 5.7e-6, the
-logits 5.5e-6 against 4.2e-6. F(3x3, 3x3) for bf16 ones. Rounding the transformed values to bf16
-costs precision in proportion to how far the transforms scale them: against float64, with
-weights of a trained layer's scale, at the model's shapes (``benchmarks/cpu_winograd.py``), a
-direct bf16 convolution is off by 2.3-2.9e-3 (relative norm), F(2x2, 3x3), whose transforms
-only add and subtract, 5.4e-3, F(3x3, 3x3) (points 0, 1, -1, 2) 1.7e-2, F(4x4, 3x3) 3.1e-2.
-F(3x3, 3x3) was taken for its speed (the bf16 backbone 307
+F(6x6, 3x3) for fp32 stages (points 0, 1, -1, 1/2, -1/2, 2, -2): against F(4x4, 3x3)
+(``benchmarks/cpu_winograd.py`` at 480p, OpenVINO on two cores) the FPN's 1/4-map convolution
+(256 -> 256 channels, 120x208) took 55.5 against 64.4 ms and a frame's four such convolutions
+166 against 185 ms, at 6.1e-6 from float64 (relative norm) against 3.2e-6 (a direct fp32
+convolution 8.6e-7); the backbone's features 8.8e-6 from PyTorch against 5.7e-6, the logits
+5.5e-6 against 4.2e-6 (``benchmarks/RESULTS.md``). F(3x3, 3x3) for bf16 ones. Rounding the
+transformed values to bf16 costs precision in proportion to how far the transforms scale them:
+against float64, with weights of a trained layer's scale, at the model's shapes
+(``benchmarks/cpu_winograd.py``), a direct bf16 convolution is off by 2.3-2.9e-3 (relative
+norm), F(2x2, 3x3), whose transforms only add and subtract, 5.4e-3, F(3x3, 3x3) (points 0, 1,
+-1, 2) 1.7e-2, F(4x4, 3x3) 3.1e-2. F(3x3, 3x3) was taken for its speed (the bf16 backbone 307
 against 318 ms with F(2x2, 3x3), the decoder 258 against 274) at a stage cost measured at 480p:
 the backbone's features 1.9e-2 from PyTorch fp32 (1.4e-2 with F(2x2, 3x3)), the decoder's logits
 1.8e-2 (1.7e-2); the bf16 limit is 5e-2. ``tile=2`` stays available (the backend's
@@ -101,8 +101,9 @@ G_6 = np.array(
      [1 / 90, 1 / 45, 2 / 45], [1 / 90, -1 / 45, 2 / 45], [0, 0, 1]],
     dtype=np.float64,
 )  # fmt: skip
-TILES = (2, 3, 4, 6)
-"""The output tiles (outputs a side) the engine's Winograd operations compute."""
+WEIGHT_TRANSFORMS = {2: G_2, 3: G_3, 4: G, 6: G_6}
+"""Each output tile (outputs a side) the engine's Winograd operations compute, and its ``G``."""
+TILES = tuple(WEIGHT_TRANSFORMS)
 OUT_TILE, IN_TILE = 4, 6
 MIN_CHANNELS = 64
 """Below this many input or output channels the product is too small to pay for the transforms
@@ -237,7 +238,7 @@ def rewrite_winograd_convs(model: onnx.ModelProto, min_channels: int = MIN_CHANN
 def transformed_weights_for(weight: np.ndarray, tile: int) -> np.ndarray:
     """``[K, C, 3, 3]`` -> ``[n^2, C, K]`` float32 (n = tile + 2): F(tile x tile, 3x3)'s ``G g G^T``
     for every (C, K), the n x n positions row-major first, computed in float64."""
-    g = {2: G_2, 3: G_3, 4: G, 6: G_6}[tile]
+    g = WEIGHT_TRANSFORMS[tile]
     u = (g @ weight.astype(np.float64) @ g.T).transpose(2, 3, 1, 0)  # [n, n, C, K]
     return u.reshape(len(g) ** 2, weight.shape[1], weight.shape[0]).astype(np.float32)
 
@@ -251,11 +252,12 @@ def rewrite_winograd_ops(
 ) -> int:
     """Replace, in place, every eligible 3x3 ``Conv`` of ``model`` (as :func:`rewrite_winograd_convs`
     takes them) by Winograd F(tile x tile, 3x3) through the engine's OpenVINO operations; returns
-    how many. ``tile`` 3 with ``bf16`` (the bf16 stages' form; 2 on request) or 4 without (the
-    fp32 stages'); ``bf16=False`` keeps every value float32; ``nchw``: the operations take and
+    how many. ``tile`` 3 with ``bf16`` (the bf16 stages' form; 2 on request) or 6 without (the
+    fp32 stages'; 4 on request); ``bf16=False`` keeps every value float32; ``nchw``: the operations take and
     give the map channels first (no ``Transpose`` around them)."""
     if tile not in TILES:
-        raise ValueError(f"Winograd tiles of 2, 3, 4 or 6 outputs a side, not {tile}")
+        sizes = ", ".join(map(str, TILES[:-1])) + f" or {TILES[-1]}"
+        raise ValueError(f"Winograd tiles of {sizes} outputs a side, not {tile}")
 
     def replace(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> Replacement | None:
         found = _eligible(node, initializers, min_channels) if node.op_type == "Conv" else None
