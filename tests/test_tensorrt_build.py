@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from hodor.engine.backends.manifest import STAGES, load_manifest, sha256_file
+from hodor.engine.backends.manifest import STAGES, graph_filename, load_manifest, sha256_file
 from hodor.engine.backends.tensorrt.flavours import load_flavour
 from hodor.engine.backends.tensorrt.validity import check_engine_header, header_diagnostics, probe_engines
 from hodor.errors import HodorError
@@ -28,6 +28,7 @@ from hodor.export.tensorrt_build import (
     engine_filename,
     resolve_flavour,
 )
+from tests.test_export_shared import ExportRun, shared_export
 from tests.test_tensorrt_tiny_export import (
     TINY_LIMITS,
     tiny_stage_graph,
@@ -384,21 +385,44 @@ def test_cli_tensorrt_on_without_a_flavour_exits_2_with_one_line(
 # ----------------------------------------------------------- the real graphs, through hodor-export
 
 
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, parity_checkpoint) -> ExportRun:
+    return shared_export(tmp_path_factory, parity_checkpoint)
+
+
 @pytest.mark.slow
-def test_hodor_export_builds_and_then_reuses_the_parity_engines(tmp_path, parity_checkpoint, capsys):
+def test_hodor_export_builds_and_then_reuses_the_parity_engines(
+    tmp_path, parity_checkpoint, exported, capsys, monkeypatch
+):
     """hodor-export --tensorrt on with TensorRT for RTX on this (GPU-less) machine: the three
     real fp16 stage graphs build into engines with the manifest's profiles; the export's engine
     hook, called again on the unchanged export, reuses them. (Each stage's fp32 and fp16 graph
-    is also built on its own in test_trt_parse.py; a second whole export would only repeat the
-    ONNX export, a minute of this suite.)"""
-    from hodor.export import cli
+    is also built on its own in test_trt_parse.py.)
 
+    The command runs whole except its torch -> ONNX tracing, which hands over the suite's shared
+    export of the same checkpoint with the same options instead (that step is what the
+    export tests check; here it would only repeat a minute or more of this suite): the fp16
+    conversion, the self-checks against torch, the staging, the manifest and the engines are
+    this command's own."""
+    from hodor.export import cli, onnx_export
+
+    traced: list[str] = []
+
+    def shared_graph(net, stage, cfg, limits, opset):
+        traced.append(stage)
+        return onnx.load(str(exported.directory / graph_filename(stage, "fp32")))
+
+    monkeypatch.setattr(onnx_export, "export_stage", shared_graph)
     out = tmp_path / "parity.hodor"
     args = [str(parity_checkpoint), "--out", str(out), "--precision", "fp16", "--tensorrt", "on",
             "--trt-flavour", "rtx"]  # fmt: skip
     assert cli.main(args) == 0, capsys.readouterr().err
     first = capsys.readouterr().out
+    assert traced == list(STAGES)
     manifest = load_manifest(out)
+    for stage in STAGES:  # the graphs are the shared export's: same checkpoint, same options
+        shared = exported.directory / graph_filename(stage, "fp32")
+        assert manifest.graph(stage, "fp32").sha256 == sha256_file(shared)
     record = manifest.tensorrt
     assert record is not None
     assert (record.flavour, record.precision, record.version) == ("rtx", "fp16", trt.__version__)

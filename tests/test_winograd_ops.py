@@ -43,8 +43,10 @@ needs_bf16 = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def library(tmp_path_factory) -> str:
-    return str(extension_library(tmp_path_factory.mktemp("ov-ext")))
+def library() -> str:
+    # Where the backend keeps it (built once for the suite; a build takes a quarter of a minute
+    # on 2 cores). Building itself is tested apart, into directories of its own.
+    return str(extension_library())
 
 
 def _relative(got: np.ndarray, want: np.ndarray) -> float:
