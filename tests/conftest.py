@@ -26,6 +26,17 @@ def parity_case() -> Path:
     return CASE_A
 
 
+@pytest.fixture(scope="session")
+def openvino_ops_library() -> str:
+    """The engine's OpenVINO operations built for this machine, where the backend keeps them
+    (built once for the suite, a quarter of a minute on 2 cores). Building itself is tested apart,
+    into directories of its own (``tests/test_deform_columns.py``)."""
+    pytest.importorskip("openvino", reason="the engine's operations run in OpenVINO")
+    from hodor.engine.backends.openvino_ops import extension_library
+
+    return str(extension_library())
+
+
 @pytest.fixture
 def interpreter(monkeypatch):
     """Run CPU launches in Triton's interpreter (also where a GPU is present)."""

@@ -42,13 +42,6 @@ def _relative(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
-@pytest.fixture(scope="module")
-def library() -> str:
-    # Where the backend keeps it (built once for the suite; a build takes a quarter of a minute
-    # on 2 cores). Building itself is tested apart, into directories of its own.
-    return str(extension_library())
-
-
 def _case(seed: int, channels: int = 32, height: int = 11, width: int = 17, k: int = 3):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(2, channels, height, width, generator=gen)
@@ -84,7 +77,7 @@ def _run(model: onnx.ModelProto, library: str, precision: str, feeds: dict) -> n
     return compiled.create_infer_request().infer(feeds)[0]
 
 
-def test_the_sampling_is_the_models_deformable_convolution(library):
+def test_the_sampling_is_the_models_deformable_convolution(openvino_ops_library):
     """The operation in fp32 (bf16=0) times the weights, in float64: the model's function."""
     for seed, k in ((0, 3), (1, 5)):
         x, offsets, weight, bias, want = _case(seed, k=k)
@@ -101,7 +94,7 @@ def test_the_sampling_is_the_models_deformable_convolution(library):
             graph, opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid(OP_DOMAIN, 1)]
         )
         nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        cols = _run(model, library, "f32", {"x": nhwc, "offsets": offsets}).astype(np.float64)
+        cols = _run(model, openvino_ops_library, "f32", {"x": nhwc, "offsets": offsets}).astype(np.float64)
         n, h, w, c = nhwc.shape
         assert cols.shape == (n, h, w, k * k * c)
         matrix = weight.astype(np.float64).transpose(2, 3, 1, 0).reshape(k * k * c, -1)
@@ -110,20 +103,20 @@ def test_the_sampling_is_the_models_deformable_convolution(library):
 
 
 @needs_bf16
-def test_the_rewritten_node_in_bf16(library):
+def test_the_rewritten_node_in_bf16(openvino_ops_library):
     x, offsets, weight, bias, want = _case(2)
     model = _deform_conv_model(weight, bias)
     assert rewrite_as_columns(model) == 1
     ops = [n.op_type for n in model.graph.node]
     assert OP_TYPE in ops and "DeformConv" not in ops and "MatMul" in ops
     assert {i.name for i in model.graph.initializer}.isdisjoint({"w", "b"})  # the old weights are dropped
-    got = _run(model, library, "bf16", {"x": x, "offsets": offsets})
+    got = _run(model, openvino_ops_library, "bf16", {"x": x, "offsets": offsets})
     error = _relative(got, want)
     assert 1e-5 < error <= 2e-2, error  # bf16 really is in use, and within its limit
 
 
 @needs_bf16
-def test_a_map_made_from_pixel_rows_is_read_as_rows(library):
+def test_a_map_made_from_pixel_rows_is_read_as_rows(openvino_ops_library):
     """Where the map is pixel rows ``[B, H W, C]`` transposed and reshaped to ``[B, C, H, W]`` (a
     decoder layer's output), the columns read the rows reshaped, with no transposition back; the
     same result as from the map."""
@@ -148,7 +141,7 @@ def test_a_map_made_from_pixel_rows_is_read_as_rows(library):
     assert cast.op_type == "Cast" and producers[cast.input[0]].op_type == "Reshape"
     assert producers[cast.input[0]].input[0] == "rows"
     rows = np.ascontiguousarray(x.reshape(n, c, h * w).transpose(0, 2, 1))
-    got = _run(model, library, "bf16", {"rows": rows, "offsets": offsets})
+    got = _run(model, openvino_ops_library, "bf16", {"rows": rows, "offsets": offsets})
     assert 1e-5 < _relative(got, want) <= 2e-2, _relative(got, want)
 
 

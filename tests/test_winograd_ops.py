@@ -28,9 +28,10 @@ pytest.importorskip("openvino", reason="the operations run in OpenVINO")
 import openvino  # noqa: E402
 
 from hodor.engine.backends.openvino_backend import cpu_supports_bf16  # noqa: E402
-from hodor.engine.backends.openvino_ops import bf16_tensor, extension_library  # noqa: E402
+from hodor.engine.backends.openvino_ops import bf16_tensor  # noqa: E402
 from hodor.engine.backends.winograd_conv import (  # noqa: E402
     MIN_CHANNELS,
+    TILES,
     rewrite_winograd_ops,
     transformed_weights_for,
 )
@@ -40,13 +41,6 @@ from tests.test_winograd_conv import _conv_model as conv_model  # noqa: E402
 needs_bf16 = pytest.mark.skipif(
     not cpu_supports_bf16(openvino.Core()), reason="this CPU has neither AVX-512 BF16 nor AMX"
 )
-
-
-@pytest.fixture(scope="module")
-def library() -> str:
-    # Where the backend keeps it (built once for the suite; a build takes a quarter of a minute
-    # on 2 cores). Building itself is tested apart, into directories of its own.
-    return str(extension_library())
 
 
 def _relative(got: np.ndarray, want: np.ndarray) -> float:
@@ -82,7 +76,9 @@ def _run(model: onnx.ModelProto, library: str, precision: str, x: np.ndarray) ->
     "out_ch,in_ch,bias,nchw",
     [(64, 64, True, False), (96, 64, False, False), (64, 128, True, True), (40, 24, True, True)],
 )
-def test_the_transforms_compute_the_convolution(library, tile, tolerance, out_ch, in_ch, bias, nchw):
+def test_the_transforms_compute_the_convolution(
+    openvino_ops_library, tile, tolerance, out_ch, in_ch, bias, nchw
+):
     """Channels last (a ``Transpose`` either side) and channels first (the operations read and write
     NCHW themselves; 24 channels: a last block of 8 in their 16-channel copies)."""
     model = _conv_model(out_ch, in_ch, bias)
@@ -97,7 +93,7 @@ def test_the_transforms_compute_the_convolution(library, tile, tolerance, out_ch
     for n, h, w in [(1, 7, 11), (2, 16, 16), (1, 1, 1), (3, 13, 30), (1, 4, 5), (1, 2, 9), (1, 12, 18)]:
         x = rng.standard_normal((n, in_ch, h, w)).astype(np.float32)
         want = _float64(want_model, x)
-        got = _run(model, library, "f32", x)
+        got = _run(model, openvino_ops_library, "f32", x)
         assert got.shape == want.shape
         assert _relative(got, want) <= tolerance, ((n, h, w), _relative(got, want))
 
@@ -105,7 +101,7 @@ def test_the_transforms_compute_the_convolution(library, tile, tolerance, out_ch
 @needs_bf16
 @pytest.mark.parametrize("tile,tolerance", [(2, 1e-2), (3, 5e-2)])
 @pytest.mark.parametrize("nchw", [False, True])
-def test_in_bf16_within_a_bf16_products_error(library, tile, tolerance, nchw):
+def test_in_bf16_within_a_bf16_products_error(openvino_ops_library, tile, tolerance, nchw):
     model = _conv_model(128, 128, True, seed=3)
     want_model = onnx.ModelProto()
     want_model.CopyFrom(model)
@@ -115,7 +111,7 @@ def test_in_bf16_within_a_bf16_products_error(library, tile, tolerance, nchw):
     rng = np.random.default_rng(4)
     for shape in [(1, 128, 30, 52), (2, 128, 9, 13)]:
         x = rng.standard_normal(shape).astype(np.float32)
-        error = _relative(_run(model, library, "bf16", x), _float64(want_model, x))
+        error = _relative(_run(model, openvino_ops_library, "bf16", x), _float64(want_model, x))
         assert 1e-5 < error <= tolerance, (shape, error)  # bf16 really is in use, and within its limit
 
 
@@ -123,7 +119,7 @@ def test_in_bf16_within_a_bf16_products_error(library, tile, tolerance, nchw):
 def test_other_convolutions_are_left_alone(case, attrs):
     model = _conv_model(64, 64, True, **attrs)
     before = model.SerializeToString()
-    for tile in (2, 3, 4, 6):
+    for tile in TILES:
         assert rewrite_winograd_ops(model, tile=tile) == 0, case
     assert model.SerializeToString() == before
     assert rewrite_winograd_ops(_conv_model(MIN_CHANNELS // 2, 256, True)) == 0  # too narrow to pay
